@@ -1,0 +1,39 @@
+# The two commands of the README, and what they stand on.
+#   make demo  - install, start the local Kafka + Elasticsearch, run the pipeline end to end, report
+#   make test  - install, start or reuse the local stack, run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test install stack-up stack-down bench lint clean
+
+demo: $(STAMP)
+	$(BIN)/streamdl demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@command -v java >/dev/null || { echo "Java 17+ is needed (apt-get install openjdk-17-jre-headless)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "Maven is needed (apt-get install maven)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+stack-up: $(STAMP)
+	$(BIN)/streamdl stack up
+
+stack-down: $(STAMP)
+	$(BIN)/streamdl stack down
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	-$(BIN)/streamdl stack down
+	rm -rf $(VENV) .streamdl .pytest_cache .hypothesis

@@ -1,0 +1,56 @@
+"""The Elasticsearch client built from the settings, and index/alias management."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from elasticsearch import ApiError, Elasticsearch, TransportError
+
+from streamdl.errors import ServiceUnavailable
+from streamdl.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def es_client(settings: Settings, **kwargs: Any) -> Elasticsearch:
+    """A client for ``settings.es_url`` with the configured credentials and TLS verification."""
+    auth: dict[str, Any] = {}
+    if settings.es_api_key:
+        auth["api_key"] = settings.es_api_key.get_secret_value()
+    elif settings.es_username:
+        password = settings.es_password.get_secret_value() if settings.es_password else ""
+        auth["basic_auth"] = (settings.es_username, password)
+    if not settings.es_verify_certs and settings.es_url.startswith("https"):
+        logger.warning("TLS certificate verification for Elasticsearch is OFF (STREAMDL_ES_VERIFY_CERTS=false)")
+    return Elasticsearch(settings.es_url, verify_certs=settings.es_verify_certs, request_timeout=30,
+                         retry_on_timeout=True, max_retries=3, **auth, **kwargs)
+
+
+def check_elasticsearch(client: Elasticsearch, settings: Settings, timeout: float = 10.0) -> str:
+    """Fail fast with a clear message when the cluster does not answer; returns its health status."""
+    try:
+        health = client.options(request_timeout=timeout).cluster.health(timeout=f"{max(1, int(timeout) - 1)}s")
+    except (TransportError, ApiError) as exc:
+        raise ServiceUnavailable(f"Elasticsearch at {settings.es_url} did not answer ({exc}). "
+                                 "Is it running? Try 'streamdl stack up' or check STREAMDL_ES_URL.") from None
+    return str(health["status"])
+
+
+def ensure_index(client: Elasticsearch, alias: str, version: str, body: dict[str, Any]) -> str:
+    """Create index ``<alias>-<version>`` (if missing) and point ``alias`` at it as the write index.
+
+    Idempotent. One index per version keeps vectors of different featurizer versions apart; the
+    alias is what readers and writers name. Returns the concrete index name.
+    """
+    index = f"{alias}-{version}".lower()
+    if not client.indices.exists(index=index):
+        client.indices.create(index=index, **body)
+        logger.info("created index %s", index)
+    current = client.indices.get_alias(name=alias, ignore_unavailable=True) if client.indices.exists_alias(name=alias) else {}
+    if set(current) != {index}:
+        actions: list[dict[str, Any]] = [{"remove": {"index": old, "alias": alias}} for old in current if old != index]
+        actions.append({"add": {"index": index, "alias": alias, "is_write_index": True}})
+        client.indices.update_aliases(actions=actions)
+        logger.info("alias %s -> %s", alias, index)
+    return index

@@ -1,0 +1,83 @@
+"""Index settings and mappings of the product's Elasticsearch indices (one per alias)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_KAFKA = {"properties": {"topic": {"type": "keyword"}, "partition": {"type": "integer"}, "offset": {"type": "long"}}}
+_MODEL = {"model_name": {"type": "keyword"}, "model_version": {"type": "keyword"}}
+_SETTINGS = {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "1s"}
+
+
+def images_index(dims: int) -> dict[str, Any]:
+    """The images index: a ``dense_vector`` of ``dims`` (HNSW, cosine) plus what was predicted."""
+    if dims < 1:
+        raise ValueError(f"an images index needs an embedding size >= 1. Received: dims={dims}")
+    return {
+        "settings": _SETTINGS,
+        "mappings": {
+            "dynamic": "strict",
+            "properties": {
+                "image_id": {"type": "keyword"},
+                "embedding": {"type": "dense_vector", "dims": dims, "index": True, "similarity": "cosine",
+                              "index_options": {"type": "hnsw", "m": 16, "ef_construction": 100}},
+                "label": {"type": "keyword"},
+                "score": {"type": "float"},
+                "true_label": {"type": "keyword"},
+                "top_k": {"type": "object", "enabled": False},
+                **_MODEL,
+                "source": {"type": "keyword"},
+                "content_type": {"type": "keyword"},
+                "width": {"type": "integer"},
+                "height": {"type": "integer"},
+                "kafka": _KAFKA,
+                "event_time": {"type": "date"},
+                "processed_time": {"type": "date"},
+                "thumbnail": {"type": "binary"},  # binary fields are stored, never indexed
+            },
+        },
+    }
+
+
+def events_index() -> dict[str, Any]:
+    """The events index: the event, its score and the model that scored it."""
+    return {
+        "settings": _SETTINGS,
+        "mappings": {
+            "properties": {
+                "id": {"type": "keyword"},
+                "ts": {"type": "date"},
+                "type": {"type": "keyword"},
+                "image_id": {"type": "keyword"},
+                "label": {"type": "keyword"},
+                "text": {"type": "text"},
+                "numeric": {"type": "object", "dynamic": True},
+                "categorical": {"type": "object", "dynamic": True},
+                "prediction": {"type": "keyword"},
+                "score": {"type": "float"},
+                **_MODEL,
+                "kafka": _KAFKA,
+                "processed_time": {"type": "date"},
+            },
+        },
+    }
+
+
+def alerts_index() -> dict[str, Any]:
+    """The alerts index: which rule fired on which subject, with its evidence."""
+    return {
+        "settings": _SETTINGS,
+        "mappings": {
+            "properties": {
+                "alert_id": {"type": "keyword"},
+                "rule": {"type": "keyword"},
+                "severity": {"type": "keyword"},
+                "subject_id": {"type": "keyword"},
+                "kind": {"type": "keyword"},
+                "evidence": {"type": "object", "enabled": False},
+                "suppressed": {"type": "integer"},
+                **_MODEL,
+                "ts": {"type": "date"},
+            },
+        },
+    }

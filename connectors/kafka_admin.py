@@ -1,0 +1,56 @@
+"""Create and inspect the product's Kafka topics with confluent-kafka's AdminClient."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamdl.errors import ServiceUnavailable
+from streamdl.settings import TOPIC_NAMES, Settings
+
+logger = logging.getLogger(__name__)
+
+COMPACTED = ("model-updates",)
+"""Topics keyed by name where only the latest value matters."""
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    """An AdminClient for the configured cluster."""
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+
+
+def check_kafka(admin: AdminClient, settings: Settings, timeout: float = 10.0) -> None:
+    """Fail fast with a clear message when no broker answers."""
+    try:
+        meta = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise ServiceUnavailable(f"Kafka at {settings.kafka_bootstrap_servers} did not answer within {timeout:.0f}s ({exc}). "
+                                 "Is it running? Try 'streamdl stack up' or check STREAMDL_KAFKA_BOOTSTRAP_SERVERS.") from None
+    if not meta.brokers:
+        raise ServiceUnavailable(f"Kafka at {settings.kafka_bootstrap_servers} reported no brokers.")
+
+
+def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPIC_NAMES, timeout: float = 30.0) -> dict[str, str]:
+    """Create the product's topics that do not exist yet; returns ``{topic: "created" | "exists"}``."""
+    admin = admin_client(settings)
+    check_kafka(admin, settings)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = {settings.topic(n): n for n in names}
+    result = {t: "exists" for t in wanted if t in existing}
+    new = [
+        NewTopic(topic, num_partitions=1 if short in COMPACTED else settings.topic_partitions, replication_factor=-1,
+                 config={"cleanup.policy": "compact"} if short in COMPACTED else {})
+        for topic, short in wanted.items() if topic not in existing
+    ]
+    for topic, future in (admin.create_topics(new, operation_timeout=timeout) if new else {}).items():
+        try:
+            future.result(timeout)
+            result[topic] = "created"
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise
+            result[topic] = "exists"
+    logger.info("topics %s", " ".join(f"{t}={s}" for t, s in sorted(result.items())))
+    return result

@@ -1,0 +1,324 @@
+"""The two services of the local stack: a single-node KRaft Kafka broker and a single-node
+Elasticsearch, each run from Maven artifacts on the local JVM, on 127.0.0.1.
+
+Lifecycle of a :class:`Service`: :meth:`~Service.prepare` (fetch, write config; idempotent),
+:meth:`~Service.start` (spawn, detached), :meth:`~Service.healthy` (one quick probe),
+:meth:`~Service.stop`. State lives under ``<state_dir>/<name>/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from infra import process
+from infra.fetch import fetch_elasticsearch, fetch_kafka, find_java, java_home
+from streamdl.errors import StackError
+from streamdl.settings import Settings
+
+UNPRIVILEGED_UID = 65534  # "nobody": Elasticsearch refuses to run as root
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """What ``stack status`` shows for one service."""
+
+    name: str
+    version: str
+    address: str
+    state: str  # "running", "stopped", "stale pid file", "unhealthy"
+    pid: int | None
+    rss_bytes: int
+    log: Path
+
+
+class Service(ABC):
+    """One JVM service of the local stack."""
+
+    name: str
+
+    def __init__(self, settings: Settings, say: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.say = say
+        self.home = settings.state_dir.resolve() / self.name
+        self.dist_dir = settings.state_dir.resolve() / "dist"
+        self.pid_file = self.home / f"{self.name}.pid"
+        self.log = self.home / f"{self.name}.log"
+        host, _ = self.address
+        if host not in LOOPBACK:
+            raise StackError(f"the local stack listens on 127.0.0.1, but {self.name} is configured at {host}; "
+                             f"unset {self.address_setting} to use the local stack, or point it at your own cluster and skip 'stack up'.")
+
+    # --- what differs per service -------------------------------------------
+    @property
+    @abstractmethod
+    def address(self) -> tuple[str, int]:
+        """Host and client port."""
+
+    @property
+    @abstractmethod
+    def address_setting(self) -> str:
+        """The environment variable that sets :attr:`address`."""
+
+    @property
+    @abstractmethod
+    def version(self) -> str:
+        """The release this service runs."""
+
+    @property
+    @abstractmethod
+    def ports(self) -> list[int]:
+        """Every port the service listens on (checked free before start)."""
+
+    @abstractmethod
+    def prepare(self) -> None:
+        """Fetch the artifacts and write the configuration (idempotent)."""
+
+    @abstractmethod
+    def _command(self) -> tuple[list[str], dict[str, str], int | None]:
+        """The command, extra environment and (when root) the uid to run as."""
+
+    @abstractmethod
+    def healthy(self) -> bool:
+        """One quick health probe (no waiting)."""
+
+    # --- shared lifecycle ------------------------------------------------------
+    @property
+    def marker(self) -> str:
+        """A string on the service's command line at every stage of its start (guards against pid reuse)."""
+        return f"{self.home}/"
+
+    def pid(self) -> int | None:
+        """The recorded pid when that process is alive and is this service, else ``None``."""
+        pid = process.read_pid(self.pid_file)
+        return pid if process.is_alive(pid, self.marker) else None
+
+    def status(self) -> ServiceStatus:
+        recorded = process.read_pid(self.pid_file)
+        pid = self.pid()
+        if pid is None:
+            state = "stale pid file" if recorded else "stopped"
+        else:
+            state = "running" if self.healthy() else "unhealthy"
+        host, port = self.address
+        return ServiceStatus(self.name, self.version, f"{host}:{port}", state, pid,
+                             process.rss_bytes(pid) if pid else 0, self.log)
+
+    def start(self) -> int:
+        """Spawn the service detached from this process; returns its pid."""
+        host, _ = self.address
+        taken = [p for p in self.ports if not process.port_is_free(host, p)]
+        if taken:
+            raise StackError(f"{self.name} cannot start: port {', '.join(map(str, taken))} on {host} is taken by another process. "
+                             f"Stop that process, or move {self.name} with {self.address_setting}.")
+        cmd, env, uid = self._command()
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **env}, cwd=self.home, start_new_session=True,
+                                    user=uid, group=uid, extra_groups=[] if uid is not None else None)
+        process.write_pid(self.pid_file, proc.pid)
+        return proc.pid
+
+    def stop(self, timeout: float = 60.0) -> str:
+        """Stop the service if it runs; returns what happened."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return "not running"
+        clean = process.stop_process(pid, timeout)
+        self.pid_file.unlink(missing_ok=True)
+        return "stopped" if clean else f"killed (did not stop within {timeout:.0f}s)"
+
+    def log_tail(self, lines: int = 30) -> str:
+        return process.tail(self.log, lines)
+
+
+class Kafka(Service):
+    """A single-node Kafka broker in KRaft mode (broker and controller in one process)."""
+
+    name = "kafka"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.settings.kafka_address
+
+    @property
+    def address_setting(self) -> str:
+        return "STREAMDL_KAFKA_BOOTSTRAP_SERVERS"
+
+    @property
+    def version(self) -> str:
+        return self.settings.kafka_version
+
+    @property
+    def ports(self) -> list[int]:
+        port = self.address[1]
+        return [port, port + 1]  # client listener, controller listener
+
+    def prepare(self) -> None:
+        self.libs = fetch_kafka(self.dist_dir, self.version, self.say)
+        self.java, _ = find_java()
+        host, port = self.address
+        data = self.home / "data"
+        config = self.home / "server.properties"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text("\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@{host}:{port + 1}",
+            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{port + 1}",
+            f"advertised.listeners=PLAINTEXT://{host}:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={data}",
+            f"num.partitions={self.settings.topic_partitions}",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=8",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=true",
+            "message.max.bytes=16777216",
+            "log.retention.hours=168",
+            "",
+        ]))
+        (self.home / "log4j.properties").write_text("\n".join([
+            "log4j.rootLogger=INFO, stdout",
+            "log4j.appender.stdout=org.apache.log4j.ConsoleAppender",
+            "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout",
+            "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n",
+            "log4j.logger.kafka.controller=WARN",
+            "log4j.logger.state.change.logger=WARN",
+            "log4j.logger.org.apache.kafka.controller=WARN",
+            "",
+        ]))
+        if not (data / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            proc = subprocess.run([str(self.java), "-cp", f"{self.libs}/*", f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
+                                   "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise StackError(f"formatting Kafka storage in {data} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+
+    def _command(self) -> tuple[list[str], dict[str, str], int | None]:
+        heap = self.settings.kafka_heap
+        return ([str(self.java), f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                 "-Djava.awt.headless=true",
+                 f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
+                 "-cp", f"{self.libs}/*", "kafka.Kafka", str(self.home / "server.properties")], {}, None)
+
+    def healthy(self) -> bool:
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            meta = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                                "socket.connection.setup.timeout.ms": 1000, "log_level": 0,
+                                "logger": _quiet_logger()}).list_topics(timeout=2)
+        except Exception:  # noqa: BLE001 - any failure means "not yet healthy"
+            return False
+        return bool(meta.brokers)
+
+
+class Elasticsearch(Service):
+    """A single-node Elasticsearch (security off locally; see docs for TLS and auth)."""
+
+    name = "elasticsearch"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.settings.es_address
+
+    @property
+    def address_setting(self) -> str:
+        return "STREAMDL_ES_URL"
+
+    @property
+    def version(self) -> str:
+        return self.settings.es_version
+
+    @property
+    def ports(self) -> list[int]:
+        port = self.address[1]
+        return [port, port + 100]  # HTTP, transport
+
+    def prepare(self) -> None:
+        self.dist = fetch_elasticsearch(self.dist_dir, self.version, self.say)
+        self.java, _ = find_java()
+        host, port = self.address
+        config = self.home / "config"
+        config.mkdir(parents=True, exist_ok=True)
+        for name in ("jvm.options", "log4j2.properties"):
+            shutil.copy2(self.dist / "config" / name, config / name)
+        (config / "jvm.options.d").mkdir(exist_ok=True)
+        (config / "elasticsearch.yml").write_text("\n".join([
+            "cluster.name: streamdl-local",
+            "node.name: streamdl-local",
+            f"path.data: {self.home / 'data'}",
+            f"path.logs: {self.home / 'logs'}",
+            f"network.host: {host}",
+            f"http.port: {port}",
+            f"transport.port: {port + 100}",
+            "discovery.type: single-node",
+            "xpack.security.enabled: false",
+            "cluster.routing.allocation.disk.threshold_enabled: false",
+            "action.destructive_requires_name: false",
+            "",
+        ]))
+        for sub in ("data", "logs", "tmp"):
+            (self.home / sub).mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            self._give_to_unprivileged_user()
+
+    def _give_to_unprivileged_user(self) -> None:
+        """Elasticsearch will not run as root: hand its folders to ``nobody`` and check it can reach them."""
+        for path in [self.home, *self.home.rglob("*")]:
+            os.chown(path, UNPRIVILEGED_UID, UNPRIVILEGED_UID, follow_symlinks=False)
+        for folder in (self.home, self.dist):
+            for parent in folder.parents:
+                if parent.stat().st_mode & 0o001 == 0 and parent.stat().st_uid != UNPRIVILEGED_UID:
+                    raise StackError(f"Elasticsearch runs as user 'nobody' when started by root, and 'nobody' cannot enter {parent} "
+                                     f"(on the way to {folder}). Set STREAMDL_STATE_DIR to a folder outside it (e.g. /var/tmp/streamdl) "
+                                     f"or run 'chmod o+x {parent}'.")
+
+    def _command(self) -> tuple[list[str], dict[str, str], int | None]:
+        heap = self.settings.es_heap
+        env = {
+            "ES_JAVA_HOME": str(java_home(self.java)),
+            "ES_PATH_CONF": str(self.home / "config"),
+            "ES_TMPDIR": str(self.home / "tmp"),
+            "ES_JAVA_OPTS": f"-Xms{heap} -Xmx{heap}",
+            "HOME": str(self.home),
+        }
+        uid = UNPRIVILEGED_UID if os.geteuid() == 0 else None
+        return [str(self.dist / "bin" / "elasticsearch"), "-p", str(self.home / "server.pid")], env, uid
+
+    def healthy(self) -> bool:
+        url = f"{self.settings.es_url}/_cluster/health?timeout=1s"
+        try:
+            with urllib.request.urlopen(url, timeout=3) as resp:
+                return json.load(resp).get("status") in ("yellow", "green")
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+
+def _quiet_logger():
+    """A logger that swallows librdkafka's connection-refused chatter during health probes."""
+    import logging
+
+    quiet = logging.getLogger("streamdl.kafka-probe")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    return quiet

@@ -1,0 +1,153 @@
+"""The one settings object of the product.
+
+Precedence, lowest to highest: defaults < ``.env`` file < ``STREAMDL_*`` environment
+variables < explicit overrides (CLI flags). Every field's environment variable is
+``STREAMDL_`` followed by the field name in upper case, e.g. ``STREAMDL_ES_URL``.
+The environment is read only where :func:`load_settings` is called (entry points).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamdl.errors import SettingsError
+
+ENV_PREFIX = "STREAMDL_"
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+TOPIC_NAMES = ("images", "events", "predictions", "alerts", "dlq", "model-updates")
+ALIAS_NAMES = ("images", "events", "alerts")
+
+
+class Settings(BaseSettings):
+    """Settings for every component; frozen once loaded."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # --- Kafka ---------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]. Env STREAMDL_KAFKA_BOOTSTRAP_SERVERS.")
+    topic_prefix: str = Field("streamdl.", description="Prefix of every topic name. Env STREAMDL_TOPIC_PREFIX.")
+    topic_partitions: int = Field(4, ge=1, le=1024, description="Partitions of topics the product creates. Env STREAMDL_TOPIC_PARTITIONS.")
+    consumer_group: str = Field("streamdl-workers", description="Consumer group (Faust app id) of the workers. Env STREAMDL_CONSUMER_GROUP.")
+
+    # --- Elasticsearch -------------------------------------------------------
+    es_url: str = Field("http://127.0.0.1:9200", description="Elasticsearch URL. Env STREAMDL_ES_URL.")
+    es_username: str | None = Field(None, description="Elasticsearch basic-auth user. Env STREAMDL_ES_USERNAME.")
+    es_password: SecretStr | None = Field(None, description="Elasticsearch basic-auth password. Env STREAMDL_ES_PASSWORD.")
+    es_api_key: SecretStr | None = Field(None, description="Elasticsearch API key. Env STREAMDL_ES_API_KEY.")
+    es_verify_certs: bool = Field(True, description="Verify Elasticsearch TLS certificates. Env STREAMDL_ES_VERIFY_CERTS.")
+    index_prefix: str = Field("streamdl-", description="Prefix of every Elasticsearch alias and index. Env STREAMDL_INDEX_PREFIX.")
+
+    # --- Micro-batching and models -------------------------------------------
+    max_batch_size: int = Field(64, ge=1, le=4096, description="Most messages in one micro-batch. Env STREAMDL_MAX_BATCH_SIZE.")
+    max_batch_duration_secs: float = Field(0.5, gt=0, le=60, description="Longest wait to fill a micro-batch (linger), seconds. Env STREAMDL_MAX_BATCH_DURATION_SECS.")
+    model_name: str = Field("digits-cnn", description="Model the workers serve (a registered name, a Keras application, or a file). Env STREAMDL_MODEL_NAME.")
+
+    # --- Local state and operations ------------------------------------------
+    state_dir: Path = Field(Path(".streamdl"), description="Folder for the local stack's data, logs, pid files and model cache. Env STREAMDL_STATE_DIR.")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Port of the worker's Prometheus endpoint (0 = off). Env STREAMDL_METRICS_PORT.")
+    log_level: str = Field("INFO", description="Python log level. Env STREAMDL_LOG_LEVEL.")
+
+    # --- The local stack -----------------------------------------------------
+    kafka_version: str = Field("3.9.1", description="Apache Kafka release the local stack runs (from Maven Central). Env STREAMDL_KAFKA_VERSION.")
+    es_version: str = Field("8.19.4", description="Elasticsearch release the local stack runs (from Maven Central). Env STREAMDL_ES_VERSION.")
+    kafka_heap: str = Field("512m", description="Java heap of the local Kafka broker. Env STREAMDL_KAFKA_HEAP.")
+    es_heap: str = Field("1g", description="Java heap of the local Elasticsearch node. Env STREAMDL_ES_HEAP.")
+    stack_timeout_secs: float = Field(120, gt=0, description="How long `stack up` waits for each service to become healthy. Env STREAMDL_STACK_TIMEOUT_SECS.")
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        parts = [p.strip() for p in value.split(",")]
+        bad = [p for p in parts if not _HOST_PORT.match(p) or not 0 < int(p.rsplit(":", 1)[1]) < 65536]
+        if not parts or bad:
+            raise ValueError(f"expected host:port[,host:port], got {value!r}")
+        return ",".join(parts)
+
+    @field_validator("es_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        try:
+            port_ok = parts.port is None or 0 < parts.port < 65536
+        except ValueError:
+            port_ok = False
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+            raise ValueError(f"expected an http(s)://host[:port] URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("kafka_heap", "es_heap")
+    @classmethod
+    def _check_heap(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+[mMgG]", value):
+            raise ValueError(f"expected a Java heap size such as 512m or 1g, got {value!r}")
+        return value.lower()
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {value!r}")
+        return value.upper()
+
+    # --- Derived names ---------------------------------------------------------
+    def topic(self, name: str) -> str:
+        """Full topic name of one of :data:`TOPIC_NAMES`, e.g. ``streamdl.images``."""
+        if name not in TOPIC_NAMES:
+            raise ValueError(f"unknown topic {name!r}; known: {', '.join(TOPIC_NAMES)}")
+        return f"{self.topic_prefix}{name}"
+
+    def alias(self, name: str) -> str:
+        """Elasticsearch alias of one of :data:`ALIAS_NAMES`, e.g. ``streamdl-images``."""
+        if name not in ALIAS_NAMES:
+            raise ValueError(f"unknown alias {name!r}; known: {', '.join(ALIAS_NAMES)}")
+        return f"{self.index_prefix}{name}"
+
+    @property
+    def kafka_address(self) -> tuple[str, int]:
+        """Host and port of the first bootstrap server (where the local broker listens)."""
+        host, port = self.kafka_bootstrap_servers.split(",")[0].rsplit(":", 1)
+        return host.strip("[]"), int(port)
+
+    @property
+    def es_address(self) -> tuple[str, int]:
+        """Host and port of the Elasticsearch URL (where the local node listens)."""
+        parts = urlsplit(self.es_url)
+        return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 9200)
+
+    def masked(self) -> dict[str, Any]:
+        """All settings as plain values, secrets shown as ``**********``."""
+        out: dict[str, Any] = {}
+        for key, value in self.model_dump().items():
+            out[key] = "**********" if isinstance(value, SecretStr) else (str(value) if isinstance(value, Path) else value)
+        return out
+
+
+def env_var(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, env_file: str | os.PathLike | None = ".env") -> Settings:
+    """Build the settings from defaults, ``env_file``, the environment and ``overrides``.
+
+    ``None`` values in ``overrides`` are ignored (a CLI flag that was not given).
+    Raises :class:`SettingsError` naming the setting and its environment variable.
+    """
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    try:
+        return Settings(_env_file=env_file, **given)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "?"
+            lines.append(f"setting {field} ({env_var(field)}): {err['msg']}; got {err.get('input')!r}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
