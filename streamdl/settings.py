@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1, le=4096, description="Most messages in one micro-batch. Env STREAMDL_MAX_BATCH_SIZE.")
     max_batch_duration_secs: float = Field(0.5, gt=0, le=60, description="Longest wait to fill a micro-batch (linger), seconds. Env STREAMDL_MAX_BATCH_DURATION_SECS.")
     model_name: str = Field("digits-cnn", description="Model the workers serve (a registered name, a Keras application, or a file). Env STREAMDL_MODEL_NAME.")
+    model_weights: str | None = Field("imagenet", description="Weights of a named Keras application: 'imagenet' (from the Keras cache), a file path, or 'none' (random). Env STREAMDL_MODEL_WEIGHTS.")
+    mixed_precision: bool = Field(False, description="Run the model in mixed float16 (GPUs). Env STREAMDL_MIXED_PRECISION.")
+    top_k: int = Field(5, ge=1, le=100, description="How many labels each prediction lists. Env STREAMDL_TOP_K.")
+    max_message_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest image accepted, in bytes. Env STREAMDL_MAX_MESSAGE_BYTES.")
+    max_pixels: int = Field(40_000_000, ge=1, description="Largest image accepted, in pixels (decompression bombs are refused before decoding). Env STREAMDL_MAX_PIXELS.")
 
     # --- Local state and operations ------------------------------------------
     state_dir: Path = Field(Path(".streamdl"), description="Folder for the local stack's data, logs, pid files and model cache. Env STREAMDL_STATE_DIR.")
@@ -129,6 +134,18 @@ class Settings(BaseSettings):
         for key, value in self.model_dump().items():
             out[key] = "**********" if isinstance(value, SecretStr) else (str(value) if isinstance(value, Path) else value)
         return out
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as ``STREAMDL_*`` variables, so a child process sees exactly the same settings."""
+    env: dict[str, str] = {}
+    for key, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[env_var(key)] = str(value)
+    return env
 
 
 def env_var(field: str) -> str:

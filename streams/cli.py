@@ -63,6 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-n", "--lines", type=int, default=40, help="how many lines (default 40)")
 
     sub.add_parser("init", parents=[common], help="create the topics and Elasticsearch indices (idempotent)")
+    sub.add_parser("worker", parents=[common], help="run a stream worker (images agent) until SIGINT/SIGTERM",
+                   description="Consume the images topic in micro-batches, featurize and classify, index into "
+                               "Elasticsearch, publish predictions; bad input goes to the dead-letter topic.")
+
+    produce = sub.add_parser("produce", help="publish images (or events) to Kafka")
+    produce_sub = produce.add_subparsers(dest="kind", metavar="KIND", required=True)
+    images = produce_sub.add_parser("images", parents=[common], help="publish image files, folders, or a sample",
+                                    description="Publish each image's raw bytes; key = content hash, headers = "
+                                                "content-type, source, label.")
+    images.add_argument("paths", nargs="*", type=Path, help="image files or folders (walked recursively)")
+    images.add_argument("--sample", choices=("digits",), help="publish a sample the project makes: scikit-learn's 1,797 digits")
+    images.add_argument("--limit", type=int, help="publish at most N images")
+    images.add_argument("--rate", type=float, help="images per second (default: as fast as possible)")
+    images.add_argument("--label", help="label header for every image published from PATHS")
     sub.add_parser("settings", parents=[common], help="print the effective settings (secrets masked)")
     sub.add_parser("demo", parents=[common], help="the end-to-end demo: stack up, init, run the pipeline, report")
     return parser
@@ -108,6 +122,32 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.worker import run_worker
+
+    return run_worker(settings)
+
+
+def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import replace
+    from itertools import islice
+
+    from connectors.image_producer import ImageItem, iter_digits, iter_files, publish
+
+    if bool(args.paths) == bool(args.sample):
+        raise StreamdlError("give image PATHS or --sample digits (one of the two)")
+    if args.sample:
+        items, total = iter_digits(args.limit), args.limit or 1797
+    else:
+        items = iter_files(args.paths, settings.max_message_bytes)
+        if args.label is not None:
+            items = (replace(i, label=args.label) if isinstance(i, ImageItem) else i for i in items)
+        items, total = islice(items, args.limit) if args.limit else items, args.limit
+    report = publish(settings, items, rate=args.rate, total=total, progress=sys.stderr.isatty())
+    print(report.summary())
+    return 0 if report.sent or not report.skipped else 1
+
+
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     for key, value in settings.masked().items():
         print(f"{key:<28} {value}")
@@ -121,7 +161,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
-    "stack": cmd_stack, "init": cmd_init, "settings": cmd_settings, "demo": cmd_demo,
+    "stack": cmd_stack, "init": cmd_init, "worker": cmd_worker, "produce": cmd_produce,
+    "settings": cmd_settings, "demo": cmd_demo,
 }
 
 

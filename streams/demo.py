@@ -5,21 +5,86 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from tqdm import tqdm
+
+from connectors.es_client import es_client
+from connectors.image_producer import iter_digits, publish
 from connectors.setup import init_all
 from infra.stack import LocalStack, format_status
+from streamdl.errors import StreamdlError
 from streamdl.settings import Settings
+from streams.worker_process import WorkerProcess
 
 
-def run_demo(settings: Settings, say: Callable[[str], None] = print) -> int:
-    """Start the stack, create topics and indices, and show that everything is healthy."""
+def run_demo(settings: Settings, say: Callable[[str], None] = print, timeout: float = 600.0) -> int:
+    """Stack up, topics and indices, a worker, the digits sample through it, and a report."""
     t0 = time.monotonic()
     stack = LocalStack(settings, say=say)
-    say("== 1/2 local stack")
+    say("== 1/4 local stack")
     for name, what in stack.up().items():
-        say(f"{name}: {what}")
-    say("== 2/2 topics and indices")
+        say(f"   {name}: {what}")
+    say("== 2/4 topics and indices")
     for kind, name, what in init_all(settings):
-        say(f"{kind:<6} {name:<40} {what}")
+        say(f"   {kind:<6} {name:<40} {what}")
+    say("== 3/4 worker (the default model is trained on first use, about a minute, then cached)")
+    worker = WorkerProcess(settings, settings.state_dir.resolve() / "logs" / "demo-worker.log").start(timeout=timeout)
+    say(f"   worker pid {worker.proc.pid}, metrics http://127.0.0.1:{settings.metrics_port}/metrics, log {worker.log}")
+    try:
+        say("== 4/4 the digits sample through the pipeline")
+        started = time.time()
+        report = publish(settings, iter_digits(), total=1797, progress=True)
+        say(f"   {report.summary()}")
+        docs = wait_for_documents(settings, since=started, expected=report.sent, timeout=timeout, worker=worker)
+        elapsed = time.time() - started
+    finally:
+        worker.stop()
+    print(demo_report(docs, elapsed, worker.metrics() or ""))
     print(format_status(stack.status()))
-    print(f"demo finished in {time.monotonic() - t0:.1f}s; stop the stack with: .venv/bin/streamdl stack down")
+    print(f"demo finished in {time.monotonic() - t0:.0f}s. Try: .venv/bin/streamdl stack status; stop with .venv/bin/streamdl stack down")
     return 0
+
+
+def wait_for_documents(settings: Settings, since: float, expected: int, timeout: float, worker: WorkerProcess) -> list[dict]:
+    """Wait until ``expected`` images processed after ``since`` are searchable; returns their documents."""
+    es = es_client(settings)
+    alias = settings.alias("images")
+    query = {"range": {"processed_time": {"gte": int(since * 1000), "format": "epoch_millis"}}}
+    deadline = time.monotonic() + timeout
+    with tqdm(total=expected, unit="doc", desc="indexed", leave=False) as bar:
+        while True:
+            es.indices.refresh(index=alias)
+            count = es.count(index=alias, query=query)["count"]
+            bar.update(count - bar.n)
+            if count >= expected:
+                break
+            if not worker.alive:
+                raise StreamdlError(f"the worker died; log {worker.log}:\n{worker.tail()}")
+            if time.monotonic() > deadline:
+                raise StreamdlError(f"only {count} of {expected} images indexed after {timeout:.0f}s; log {worker.log}")
+            time.sleep(0.5)
+    hits = es.search(index=alias, query=query, size=10_000, source=["image_id", "label", "true_label", "model_version"])
+    return [h["_source"] for h in hits["hits"]["hits"]]
+
+
+def demo_report(docs: list[dict], seconds: float, metrics_text: str) -> str:
+    """How many were indexed, how fast, how accurate, how many dead letters."""
+    from models.digits import held_out_ids
+
+    labelled = [d for d in docs if d.get("true_label") is not None]
+    correct = sum(d["label"] == d["true_label"] for d in labelled)
+    held = held_out_ids()
+    held_docs = [d for d in labelled if d["image_id"] in held]
+    held_correct = sum(d["label"] == d["true_label"] for d in held_docs)
+    dead = sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
+               if line.startswith("streamdl_dead_letters_total{"))
+    versions = sorted({f"{d.get('model_version')}" for d in docs})
+    return "\n".join([
+        "",
+        "streamdl demo report",
+        f"  images indexed        {len(docs)} in {seconds:.1f}s ({len(docs) / seconds:.0f} images/s, produce to searchable)",
+        f"  model version         {', '.join(versions)}",
+        f"  accuracy, all         {correct / max(1, len(labelled)):.4f} ({correct}/{len(labelled)}, most were training data)",
+        f"  accuracy, held out    {held_correct / max(1, len(held_docs)):.4f} ({held_correct}/{len(held_docs)}, never seen in training)",
+        f"  dead letters          {dead:.0f}",
+        "",
+    ])

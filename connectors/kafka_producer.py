@@ -1,0 +1,94 @@
+"""confluent-kafka producing with delivery accounting: idempotent, ``acks=all``, and a way to wait
+until every message of a batch is acknowledged by the broker."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from confluent_kafka import KafkaError, Producer
+
+from streamdl.errors import ServiceUnavailable
+from streamdl.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+def make_producer(settings: Settings, **overrides: Any) -> Producer:
+    """An idempotent producer (``acks=all``) for the configured cluster."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.max.bytes": 16 * 1024 * 1024,
+        "delivery.timeout.ms": 300_000,
+    }
+    config.update(overrides)
+    return Producer(config)
+
+
+@dataclass
+class Deliveries:
+    """Counts the delivery reports of messages produced through :meth:`produce`."""
+
+    producer: Producer
+    pending: int = 0
+    delivered: int = 0
+    failed: list[tuple[bytes | None, str]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None, headers: Headers | None = None) -> None:
+        """Queue one message; a full local queue is drained (polled) instead of failing."""
+        with self._lock:
+            self.pending += 1
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._report)
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def _report(self, err: KafkaError | None, msg: Any) -> None:
+        with self._lock:
+            self.pending -= 1
+            if err is None:
+                self.delivered += 1
+            else:
+                self.failed.append((msg.key(), err.str()))
+
+    def wait(self, timeout: float | None = None, what: str = "messages") -> None:
+        """Block until every queued message is acknowledged (or failed).
+
+        With ``timeout=None`` it waits as long as the broker needs (librdkafka keeps retrying
+        within ``delivery.timeout.ms``), logging every 10 s; with a timeout it raises
+        :class:`ServiceUnavailable` when messages are still in flight.
+        """
+        start = time.monotonic()
+        last_log = start
+        while self.pending > 0:
+            self.producer.flush(1.0)
+            now = time.monotonic()
+            if timeout is not None and now - start > timeout:
+                raise ServiceUnavailable(f"{self.pending} {what} not acknowledged by Kafka after {timeout:.0f}s")
+            if now - last_log > 10:
+                logger.warning("waiting for Kafka to acknowledge %d %s (%.0fs so far)", self.pending, what, now - start)
+                last_log = now
+
+
+def produce_all(settings: Settings, topic: str, messages: Iterable[tuple[bytes | str | None, bytes, Headers]],
+                timeout: float = 60.0) -> int:
+    """Produce ``(key, value, headers)`` messages and wait for all of them; returns how many were delivered."""
+    deliveries = Deliveries(make_producer(settings))
+    for key, value, headers in messages:
+        deliveries.produce(topic, value, key, headers)
+    deliveries.wait(timeout)
+    if deliveries.failed:
+        raise ServiceUnavailable(f"{len(deliveries.failed)} messages to {topic} failed: {deliveries.failed[0][1]}")
+    return deliveries.delivered

@@ -1,0 +1,33 @@
+"""The Faust app of the workers: one app, its topics, and the agents registered on it."""
+
+from __future__ import annotations
+
+import faust
+
+from streamdl.settings import Settings
+
+
+def create_app(settings: Settings) -> faust.App:
+    """A Faust app for ``settings``: raw bytes in and out, no web server (metrics are served separately)."""
+    return faust.App(
+        settings.consumer_group,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        datadir=str(settings.state_dir.resolve() / "faust"),
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=False,
+        autodiscover=False,
+        store="memory://",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        consumer_max_fetch_size=16 * 1024 * 1024,
+        producer_max_request_size=16 * 1024 * 1024,
+        stream_buffer_maxsize=max(4 * settings.max_batch_size, 256),
+    )
+
+
+def raw_topic(app: faust.App, name: str) -> faust.TopicT:
+    """A topic of raw bytes keys and values."""
+    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")

@@ -1,0 +1,195 @@
+"""The work of the images agent on one micro-batch, free of Faust so it can be driven directly.
+
+Lifecycle: :meth:`ImagePipeline.setup` (load the model, create the index, check the services;
+fails fast), :meth:`ImagePipeline.process_batch` (called once per micro-batch, in a worker
+thread, never raises for bad input), :meth:`ImagePipeline.close`.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from connectors.es_bulk import bulk_index
+from connectors.es_client import check_elasticsearch, ensure_index, es_client
+from connectors.es_mappings import images_index
+from connectors.kafka_admin import admin_client, check_kafka
+from connectors.kafka_producer import Deliveries, make_producer
+from models.decode import DecodeError, DecodeLimits, decode_image, thumbnail_jpeg
+from models.handler import BatchResult, ModelHandler, ModelInfo
+from streamdl.settings import Settings
+from streams import metrics
+from streams.records import InMessage, dead_letter, iso, message_id, to_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchReport:
+    """What one micro-batch did."""
+
+    size: int = 0
+    indexed: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def dead(self, reason: str) -> None:
+        self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
+
+
+@dataclass
+class _Decoded:
+    msg: InMessage
+    image_id: str
+    pixels: np.ndarray
+
+
+class ImagePipeline:
+    """Decode → featurize and classify (one model call) → index → publish predictions and dead letters."""
+
+    def __init__(self, settings: Settings, handler: ModelHandler) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.limits = DecodeLimits(max_bytes=settings.max_message_bytes, max_pixels=settings.max_pixels)
+        self.predictions_topic = settings.topic("predictions")
+        self.dlq_topic = settings.topic("dlq")
+        self._stopping = False
+
+    # --- lifecycle -------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load the model, make sure the images index for its version exists, check Kafka. Fails fast."""
+        check_kafka(admin_client(self.settings), self.settings)
+        self.es = es_client(self.settings)
+        check_elasticsearch(self.es, self.settings)
+        self.handler.load()
+        self.info: ModelInfo = self.handler.info()
+        self.index = ensure_index(self.es, self.settings.alias("images"), f"{self.info.name}-{self.info.version}",
+                                  images_index(self.info.embedding_size))
+        self.deliveries = Deliveries(make_producer(self.settings))
+        metrics.MODEL_VERSION.labels(self.info.name, self.info.version).set(1)
+        logger.info("image pipeline ready model=%s version=%s index=%s embedding=%d", self.info.name, self.info.version,
+                    self.index, self.info.embedding_size)
+
+    def stop(self) -> None:
+        """Ask a batch stuck in retries to give up (called from another thread at shutdown)."""
+        self._stopping = True
+
+    def close(self) -> None:
+        """Flush what is in flight and close the clients."""
+        self.deliveries.wait(timeout=30)
+        self.es.close()
+
+    # --- one micro-batch -------------------------------------------------------------
+    def process_batch(self, batch: Sequence[InMessage]) -> BatchReport:
+        """Process one micro-batch; returns only after its documents are indexed and its messages delivered."""
+        report = BatchReport(size=len(batch))
+        t0 = time.perf_counter()
+        decoded = self._decode(batch, report)
+        t1 = time.perf_counter()
+        results = self._predict(decoded, report)
+        t2 = time.perf_counter()
+        docs, predictions = self._outputs(decoded, results, processed=time.time(), timings=(t1 - t0, t2 - t1))
+        by_id = {d.image_id: d for d in decoded}
+        for rejected in bulk_index(self.es, self.settings.alias("images"), docs, should_stop=lambda: self._stopping):
+            self._dead(by_id[rejected.doc_id].msg, "index_rejected", f"Elasticsearch rejected the document ({rejected.status}): {rejected.reason}", "index", report)
+            predictions.pop(rejected.doc_id, None)
+        t3 = time.perf_counter()
+        for image_id, value in predictions.items():
+            self.deliveries.produce(self.predictions_topic, value, image_id)
+        self.deliveries.wait(what="predictions and dead letters")
+        t4 = time.perf_counter()
+        report.indexed = len(predictions)
+        report.seconds = {"decode": t1 - t0, "model": t2 - t1, "index": t3 - t2, "publish": t4 - t3, "total": t4 - t0}
+        self._record(report)
+        return report
+
+    def _decode(self, batch: Sequence[InMessage], report: BatchReport) -> list[_Decoded]:
+        size, channels = self.info.input_size, self.info.channels
+        out: list[_Decoded] = []
+        seen: dict[str, int] = {}
+        for msg in batch:
+            image_id = message_id(msg)
+            if image_id is None:
+                self._dead(msg, "missing_key", "the message has no usable key (image id): empty, blank or over 512 bytes", "decode", report)
+                continue
+            try:
+                pixels = decode_image(msg.value or b"", size, channels, self.limits)
+            except DecodeError as exc:
+                self._dead(msg, exc.reason, str(exc), "decode", report)
+                continue
+            if image_id in seen:  # the same id twice in one batch: the later message wins, as in the index
+                out[seen[image_id]] = _Decoded(msg, image_id, pixels)
+                continue
+            seen[image_id] = len(out)
+            out.append(_Decoded(msg, image_id, pixels))
+        return out
+
+    def _predict(self, decoded: list[_Decoded], report: BatchReport) -> BatchResult | None:
+        if not decoded:
+            return None
+        try:
+            return self.handler.predict_batch(np.stack([d.pixels for d in decoded]))
+        except Exception:  # noqa: BLE001 - isolate the image that breaks the model, keep the rest
+            logger.exception("model failed on a batch of %d; retrying one by one", len(decoded))
+            keep, rows = [], []
+            for item in decoded:
+                try:
+                    rows.append(self.handler.predict_batch(item.pixels[None]))
+                    keep.append(item)
+                except Exception as one:  # noqa: BLE001
+                    self._dead(item.msg, "model_error", f"the model failed on this image: {type(one).__name__}: {one}", "model", report)
+            decoded[:] = keep
+            if not rows:
+                return None
+            return BatchResult(np.concatenate([r.embeddings for r in rows]), np.concatenate([r.probabilities for r in rows]))
+
+    def _outputs(self, decoded: list[_Decoded], results: BatchResult | None, processed: float,
+                 timings: tuple[float, float]) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, bytes]]:
+        if results is None:
+            return [], {}
+        info = self.info
+        top = results.top_k(info.labels, self.settings.top_k)
+        per_image_ms = {"decode": 1000 * timings[0] / len(decoded), "model": 1000 * timings[1] / len(decoded)}
+        docs: list[tuple[str, dict[str, Any]]] = []
+        predictions: dict[str, bytes] = {}
+        for i, item in enumerate(decoded):
+            msg = item.msg
+            label, score = top[i][0] if top[i] else (None, None)
+            event_time = iso(msg.timestamp_ms / 1000) if msg.timestamp_ms else None
+            common = {
+                "image_id": item.image_id, "label": label, "score": score, "true_label": msg.header("label"),
+                "model_name": info.name, "model_version": info.version, "kafka": msg.coordinates,
+                "event_time": event_time, "processed_time": iso(processed),
+            }
+            docs.append((item.image_id, {
+                **common,
+                "embedding": results.embeddings[i].tolist(),
+                "top_k": [{"label": lab, "probability": p} for lab, p in top[i]],
+                "source": msg.header("source"), "content_type": msg.header("content-type"),
+                "thumbnail": base64.b64encode(thumbnail_jpeg(item.pixels)).decode(),
+            }))
+            predictions[item.image_id] = to_json({
+                **common, "top_k": [{"label": lab, "probability": round(p, 6)} for lab, p in top[i]],
+                "timings_ms": {k: round(v, 3) for k, v in per_image_ms.items()},
+            })
+        return docs, predictions
+
+    def _dead(self, msg: InMessage, code: str, reason: str, stage: str, report: BatchReport) -> None:
+        key, value, headers = dead_letter(msg, code, reason, stage)
+        self.deliveries.produce(self.dlq_topic, value, key, headers)
+        report.dead(code)
+        metrics.DEAD_LETTERS.labels(code).inc()
+
+    def _record(self, report: BatchReport) -> None:
+        metrics.IMAGES_PROCESSED.inc(report.indexed)
+        metrics.BATCH_SIZE.observe(report.size)
+        for stage, seconds in report.seconds.items():
+            metrics.STAGE_SECONDS.labels(stage).observe(seconds)
+        logger.info("batch size=%d indexed=%d dead=%d decode=%.3fs model=%.3fs index=%.3fs publish=%.3fs",
+                    report.size, report.indexed, sum(report.dead_letters.values()), report.seconds["decode"],
+                    report.seconds["model"], report.seconds["index"], report.seconds["publish"])
