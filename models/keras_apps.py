@@ -26,6 +26,7 @@ from typing import Any, Callable
 from unittest import mock
 
 import keras
+import numpy as np
 
 from models.errors import ModelNotFound
 from models.handler import ModelInfo
@@ -207,15 +208,38 @@ def build_application(spec: AppSpec, mode: str, weights_path: Path | None, versi
         version=version,
         input_size=(size, size),
         channels=3,
-        embedding_size=spec.embedding_size if mode == "featurize" else 0,
+        embedding_size=spec.embedding_size,
         labels=imagenet_labels() if mode == "classify" else (),
         extra={"source": "keras.applications", "application": spec.name, "mode": mode,
                "weights": str(weights_path) if weights_path else "random",
                "preprocess": f"keras.applications.{spec.module}.preprocess_input"},
     )  # fmt: skip
     if mode == "classify":
-        return Parts(info=info, head=model, preprocess=spec.preprocess)
+        featurizer, head = split_at_pooling(model)
+        return Parts(info=info, featurizer=featurizer, head=head, preprocess=spec.preprocess)
     return Parts(info=info, featurizer=model, preprocess=spec.preprocess)
+
+
+def split_at_pooling(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """Split a classifier at its global average pooling: ``(images -> pooled embedding, embedding -> probabilities)``.
+
+    The two share the original layers (and weights), so a predictor also yields the embedding
+    that similarity search indexes. The layers after the pooling must form a simple chain, as
+    in every Keras application listed here.
+    """
+    from keras import layers
+
+    pools = [i for i, layer in enumerate(model.layers) if isinstance(layer, layers.GlobalAveragePooling2D)]
+    if not pools:
+        raise ValueError(f"{model.name}: no GlobalAveragePooling2D layer to take the embedding from")
+    pool = model.layers[pools[-1]]
+    pooled_shape = tuple(pool.output.shape[1:])
+    featurizer = keras.Model(model.inputs, layers.Flatten(name="embedding")(pool.output), name=f"{model.name}_featurizer")
+    embedding = keras.Input(shape=(int(np.prod(pooled_shape)),), name="embedding")
+    x = layers.Reshape(pooled_shape)(embedding) if len(pooled_shape) > 1 else embedding
+    for layer in model.layers[pools[-1] + 1:]:
+        x = layer(x)
+    return featurizer, keras.Model(embedding, x, name=f"{model.name}_head")
 
 
 def _build_with_weights(spec: AppSpec, mode: str, weights_path: Path, kwargs: dict[str, Any]) -> keras.Model:

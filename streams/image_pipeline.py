@@ -1,8 +1,10 @@
 """The work of the images agent on one micro-batch, free of Faust so it can be driven directly.
 
 Lifecycle: :meth:`ImagePipeline.setup` (load the model, create the index, check the services;
-fails fast), :meth:`ImagePipeline.process_batch` (called once per micro-batch, in a worker
-thread, never raises for bad input), :meth:`ImagePipeline.close`.
+fails fast); per micro-batch :meth:`ImagePipeline.compute` (CPU: decode, model, outputs) then
+:meth:`ImagePipeline.write` (I/O: index, publish) -- two stages so a worker can overlap one
+batch's writing with the next batch's computing; neither raises for bad input;
+:meth:`ImagePipeline.close`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,19 @@ class BatchReport:
 
     def dead(self, reason: str) -> None:
         self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
+
+
+@dataclass
+class Computed:
+    """Stage 1's output for one micro-batch: everything stage 2 writes."""
+
+    size: int
+    docs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    predictions: dict[str, bytes] = field(default_factory=dict)
+    messages: dict[str, InMessage] = field(default_factory=dict)
+    dead: list[tuple[InMessage, str, str, str]] = field(default_factory=list)
+    """``(message, reason code, reason, stage)`` of each dead letter."""
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,41 +101,56 @@ class ImagePipeline:
 
     # --- one micro-batch -------------------------------------------------------------
     def process_batch(self, batch: Sequence[InMessage]) -> BatchReport:
-        """Process one micro-batch; returns only after its documents are indexed and its messages delivered."""
-        report = BatchReport(size=len(batch))
+        """Both stages of one micro-batch; returns after its documents are indexed and messages delivered."""
+        return self.write(self.compute(batch))
+
+    def compute(self, batch: Sequence[InMessage]) -> Computed:
+        """Stage 1, CPU only: decode, one model call, build documents, predictions and dead letters."""
+        computed = Computed(size=len(batch))
         t0 = time.perf_counter()
-        decoded = self._decode(batch, report)
+        decoded = self._decode(batch, computed)
         t1 = time.perf_counter()
-        results = self._predict(decoded, report)
+        results = self._predict(decoded, computed)
         t2 = time.perf_counter()
-        docs, predictions = self._outputs(decoded, results, processed=time.time(), timings=(t1 - t0, t2 - t1))
-        by_id = {d.image_id: d for d in decoded}
-        for rejected in bulk_index(self.es, self.settings.alias("images"), docs, should_stop=lambda: self._stopping):
-            self._dead(by_id[rejected.doc_id].msg, "index_rejected", f"Elasticsearch rejected the document ({rejected.status}): {rejected.reason}", "index", report)
-            predictions.pop(rejected.doc_id, None)
-        t3 = time.perf_counter()
-        for image_id, value in predictions.items():
+        self._outputs(decoded, results, computed, processed=time.time(), timings=(t1 - t0, t2 - t1))
+        computed.seconds.update(decode=t1 - t0, model=t2 - t1)
+        return computed
+
+    def write(self, computed: Computed) -> BatchReport:
+        """Stage 2, I/O only: bulk index, then predictions and dead letters; returns once all are acknowledged."""
+        t0 = time.perf_counter()
+        for rejected in bulk_index(self.es, self.settings.alias("images"), computed.docs, should_stop=lambda: self._stopping):
+            computed.dead.append((computed.messages[rejected.doc_id], "index_rejected",
+                                  f"Elasticsearch rejected the document ({rejected.status}): {rejected.reason}", "index"))
+            computed.predictions.pop(rejected.doc_id, None)
+        t1 = time.perf_counter()
+        report = BatchReport(size=computed.size, indexed=len(computed.predictions))
+        for msg, code, reason, stage in computed.dead:
+            key, value, headers = dead_letter(msg, code, reason, stage)
+            self.deliveries.produce(self.dlq_topic, value, key, headers)
+            report.dead(code)
+            metrics.DEAD_LETTERS.labels(code).inc()
+        for image_id, value in computed.predictions.items():
             self.deliveries.produce(self.predictions_topic, value, image_id)
         self.deliveries.wait(what="predictions and dead letters")
-        t4 = time.perf_counter()
-        report.indexed = len(predictions)
-        report.seconds = {"decode": t1 - t0, "model": t2 - t1, "index": t3 - t2, "publish": t4 - t3, "total": t4 - t0}
+        t2 = time.perf_counter()
+        report.seconds = {**computed.seconds, "index": t1 - t0, "publish": t2 - t1}
         self._record(report)
         return report
 
-    def _decode(self, batch: Sequence[InMessage], report: BatchReport) -> list[_Decoded]:
+    def _decode(self, batch: Sequence[InMessage], computed: Computed) -> list[_Decoded]:
         size, channels = self.info.input_size, self.info.channels
         out: list[_Decoded] = []
         seen: dict[str, int] = {}
         for msg in batch:
             image_id = message_id(msg)
             if image_id is None:
-                self._dead(msg, "missing_key", "the message has no usable key (image id): empty, blank or over 512 bytes", "decode", report)
+                computed.dead.append((msg, "missing_key", "the message has no usable key (image id): empty, blank or over 512 bytes", "decode"))
                 continue
             try:
                 pixels = decode_image(msg.value or b"", size, channels, self.limits)
             except DecodeError as exc:
-                self._dead(msg, exc.reason, str(exc), "decode", report)
+                computed.dead.append((msg, exc.reason, str(exc), "decode"))
                 continue
             if image_id in seen:  # the same id twice in one batch: the later message wins, as in the index
                 out[seen[image_id]] = _Decoded(msg, image_id, pixels)
@@ -129,7 +159,7 @@ class ImagePipeline:
             out.append(_Decoded(msg, image_id, pixels))
         return out
 
-    def _predict(self, decoded: list[_Decoded], report: BatchReport) -> BatchResult | None:
+    def _predict(self, decoded: list[_Decoded], computed: Computed) -> BatchResult | None:
         if not decoded:
             return None
         try:
@@ -142,22 +172,22 @@ class ImagePipeline:
                     rows.append(self.handler.predict_batch(item.pixels[None]))
                     keep.append(item)
                 except Exception as one:  # noqa: BLE001
-                    self._dead(item.msg, "model_error", f"the model failed on this image: {type(one).__name__}: {one}", "model", report)
+                    computed.dead.append((item.msg, "model_error", f"the model failed on this image: {type(one).__name__}: {one}", "model"))
             decoded[:] = keep
             if not rows:
                 return None
             return BatchResult(np.concatenate([r.embeddings for r in rows]), np.concatenate([r.probabilities for r in rows]))
 
-    def _outputs(self, decoded: list[_Decoded], results: BatchResult | None, processed: float,
-                 timings: tuple[float, float]) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, bytes]]:
+    def _outputs(self, decoded: list[_Decoded], results: BatchResult | None, computed: Computed, processed: float,
+                 timings: tuple[float, float]) -> None:
         if results is None:
-            return [], {}
+            return
         info = self.info
         top = results.top_k(info.labels, self.settings.top_k)
         per_image_ms = {"decode": 1000 * timings[0] / len(decoded), "model": 1000 * timings[1] / len(decoded)}
-        docs: list[tuple[str, dict[str, Any]]] = []
-        predictions: dict[str, bytes] = {}
+        docs, predictions = computed.docs, computed.predictions
         for i, item in enumerate(decoded):
+            computed.messages[item.image_id] = item.msg
             msg = item.msg
             label, score = top[i][0] if top[i] else (None, None)
             event_time = iso(msg.timestamp_ms / 1000) if msg.timestamp_ms else None
@@ -177,13 +207,6 @@ class ImagePipeline:
                 **common, "top_k": [{"label": lab, "probability": round(p, 6)} for lab, p in top[i]],
                 "timings_ms": {k: round(v, 3) for k, v in per_image_ms.items()},
             })
-        return docs, predictions
-
-    def _dead(self, msg: InMessage, code: str, reason: str, stage: str, report: BatchReport) -> None:
-        key, value, headers = dead_letter(msg, code, reason, stage)
-        self.deliveries.produce(self.dlq_topic, value, key, headers)
-        report.dead(code)
-        metrics.DEAD_LETTERS.labels(code).inc()
 
     def _record(self, report: BatchReport) -> None:
         metrics.IMAGES_PROCESSED.inc(report.indexed)

@@ -1,9 +1,13 @@
 """The images agent: micro-batches from the images topic through :class:`ImagePipeline`.
 
-Faust acks a ``take_events`` batch only when the loop body has finished with it, so offsets are
-committed after the batch's documents were indexed and its messages delivered. The body must
-not raise (Faust would ack the batch on the way out): the pipeline turns bad input into dead
-letters and waits out service outages.
+Two stages overlap: while batch N is written (Elasticsearch bulk, then predictions and dead
+letters delivered) on the I/O thread, batch N+1 is decoded and run through the model on the
+inference thread. The event loop only waits, so heartbeats and commits go on.
+
+Offsets: batches come from ``noack_take``, which never acks by itself; each batch's events are
+acked (and so become committable) only after its write finished, in order. A batch that is
+interrupted or fails is never acked, so it is redelivered: at-least-once, and the deterministic
+document ids make the rewrite idempotent.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 import faust
 
@@ -23,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 ATTEMPTS = 3
 EXIT_BATCH_FAILED = 70  # EX_SOFTWARE
+T = TypeVar("T")
 
 
 def to_message(event: faust.EventT) -> InMessage:
@@ -36,32 +42,55 @@ def to_message(event: faust.EventT) -> InMessage:
                      timestamp_ms=int(ts * 1000) if ts else None, headers=headers)
 
 
+async def with_retries(what: str, batch: Sequence[InMessage], call: Callable[[], Awaitable[T]]) -> T:
+    """Run ``call``; retry unexpected failures, then exit the process without acking the batch.
+
+    Bad input never raises (it becomes dead letters) and outages are waited out inside the
+    pipeline, so what reaches here is a bug or something lasting. Exiting without acking keeps
+    the batch for redelivery after a restart, instead of skipping it.
+    """
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return await call()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            logger.exception("%s of a batch of %d failed (attempt %d of %d)", what, len(batch), attempt, ATTEMPTS)
+            await asyncio.sleep(2.0 * attempt)
+    logger.critical("giving up on the batch at %s; exiting without committing its offsets", batch[0].coordinates)
+    os._exit(EXIT_BATCH_FAILED)
+
+
 def register_images_agent(app: faust.App, pipeline: ImagePipeline) -> None:
     """Attach the images agent to ``app``; the pipeline must be set up already."""
     settings = pipeline.settings
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+    compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+    write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
     topic = raw_topic(app, settings.topic("images"))
 
     @app.agent(topic, name="images")
     async def images(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
-        async for events in stream.take_events(settings.max_batch_size, within=settings.max_batch_duration_secs):
-            batch = [to_message(e) for e in events]
-            for attempt in range(1, ATTEMPTS + 1):
-                try:
-                    await loop.run_in_executor(executor, pipeline.process_batch, batch)
-                    break
-                except Exception:  # noqa: BLE001 - bad input never gets here; this is a bug or a lasting outage
-                    logger.exception("batch of %d failed (attempt %d of %d)", len(batch), attempt, ATTEMPTS)
-                    if attempt == ATTEMPTS:
-                        # Leaving the loop would let Faust ack (and commit) a batch that was not processed.
-                        # Exit without committing instead; the batch is redelivered when the worker restarts.
-                        logger.critical("giving up on the batch at %s; exiting without committing its offsets",
-                                        batch[0].coordinates)
-                        os._exit(EXIT_BATCH_FAILED)
-                    await asyncio.sleep(2.0 * attempt)
+        writing: asyncio.Task | None = None
+
+        async def write_then_ack(events: list[faust.EventT], batch: list[InMessage], computed) -> None:
+            await with_retries("writing", batch, lambda: loop.run_in_executor(write_thread, pipeline.write, computed))
+            for event in events:
+                await stream.ack(event)
+
+        try:
+            async for events in stream.noack_take(settings.max_batch_size, within=settings.max_batch_duration_secs):
+                batch = [to_message(e) for e in events]
+                computed = await with_retries("computing", batch, lambda: loop.run_in_executor(compute_thread, pipeline.compute, batch))
+                if writing is not None:
+                    await writing  # one batch in writing at a time: bounded memory, in-order acks
+                writing = asyncio.create_task(write_then_ack(list(events), batch, computed))
+        finally:
+            if writing is not None and not writing.done():
+                await asyncio.shield(writing)
 
     @app.on_before_shutdown.connect
     async def _stop(app: faust.App, **kwargs) -> None:  # noqa: ARG001 - after the consumer stopped
         pipeline.stop()
-        executor.shutdown(wait=True)
+        compute_thread.shutdown(wait=True)
+        write_thread.shutdown(wait=True)

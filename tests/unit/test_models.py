@@ -214,10 +214,24 @@ def test_mobilenet_v3_small_predictor_probabilities(state_dir: Path, keras_home:
     handler = load_handler("mobilenetv3small", state_dir=state_dir, batch_size=2, weights=None)
     handler.load()
     result = handler.predict_batch(_images(3, 224))  # two chunks
-    assert result.probabilities.shape == (3, 1000) and result.embeddings.shape == (3, 0)
+    assert result.probabilities.shape == (3, 1000) and result.embeddings.shape == (3, 576)
     np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-4)
     assert handler.info().labels[:2] == ("imagenet:0", "imagenet:1")
+    assert handler.info().embedding_size == 576
     assert handler.trace_count == 1
+
+
+def test_split_predictor_equals_the_whole_application() -> None:
+    """The predictor split at its pooling (embedding, then head) computes what the unsplit model does."""
+    from models.keras_apps import split_at_pooling
+
+    for build in (keras.applications.MobileNetV3Small, keras.applications.MobileNetV2):
+        whole = build(input_shape=(224, 224, 3), weights=None, include_top=True)
+        featurizer, head = split_at_pooling(whole)
+        x = np.random.default_rng(1).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
+        embedding = featurizer.predict(x, verbose=0)
+        assert embedding.ndim == 2 and embedding.shape[0] == 2
+        np.testing.assert_allclose(head.predict(embedding, verbose=0), whole.predict(x, verbose=0), rtol=1e-4, atol=1e-6)
 
 
 def test_imagenet_labels_from_the_keras_cache(keras_home: Path) -> None:
