@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        logging.getLogger("elastic_transport").setLevel(max(logging.WARNING, logging.getLogger().level))
         return COMMANDS[args.command](args, settings)
     except StreamdlError as exc:
         print(f"streamdl: error: {exc}", file=sys.stderr)

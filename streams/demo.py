@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from connectors.es_client import es_client
 from connectors.image_producer import iter_digits, publish
+from connectors.kafka_producer import produce_all
 from connectors.setup import init_all
 from infra.stack import LocalStack, format_status
 from streamdl.errors import StreamdlError
@@ -34,14 +35,35 @@ def run_demo(settings: Settings, say: Callable[[str], None] = print, timeout: fl
         started = time.time()
         report = publish(settings, iter_digits(), total=1797, progress=True)
         say(f"   {report.summary()}")
+        say(f"   and {len(BAD_INPUT)} deliberately bad messages, to show the dead-letter topic at work")
+        produce_all(settings, settings.topic("images"), BAD_INPUT)
         docs = wait_for_documents(settings, since=started, expected=report.sent, timeout=timeout, worker=worker)
         elapsed = time.time() - started
+        dead = wait_for_dead_letters(worker, len(BAD_INPUT), timeout=60)
     finally:
         worker.stop()
-    print(demo_report(docs, elapsed, worker.metrics() or ""))
+    print(demo_report(docs, elapsed, dead, settings.topic("dlq")))
     print(format_status(stack.status()))
     print(f"demo finished in {time.monotonic() - t0:.0f}s. Try: .venv/bin/streamdl stack status; stop with .venv/bin/streamdl stack down")
     return 0
+
+
+BAD_INPUT = [
+    ("demo-bad-empty", b"", [("source", b"demo")]),
+    ("demo-bad-text", b"this is not an image", [("source", b"demo")]),
+    ("demo-bad-truncated", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00 ", [("source", b"demo")]),
+]
+
+
+def wait_for_dead_letters(worker: WorkerProcess, expected: int, timeout: float) -> dict[str, int]:
+    """The worker's dead-letter counts by reason, once at least ``expected`` were counted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = {line.split('reason="', 1)[1].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
+                  for line in (worker.metrics() or "").splitlines() if line.startswith("streamdl_dead_letters_total{")}
+        if sum(counts.values()) >= expected or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.5)
 
 
 def wait_for_documents(settings: Settings, since: float, expected: int, timeout: float, worker: WorkerProcess) -> list[dict]:
@@ -66,7 +88,7 @@ def wait_for_documents(settings: Settings, since: float, expected: int, timeout:
     return [h["_source"] for h in hits["hits"]["hits"]]
 
 
-def demo_report(docs: list[dict], seconds: float, metrics_text: str) -> str:
+def demo_report(docs: list[dict], seconds: float, dead: dict[str, int], dlq_topic: str) -> str:
     """How many were indexed, how fast, how accurate, how many dead letters."""
     from models.digits import held_out_ids
 
@@ -75,8 +97,6 @@ def demo_report(docs: list[dict], seconds: float, metrics_text: str) -> str:
     held = held_out_ids()
     held_docs = [d for d in labelled if d["image_id"] in held]
     held_correct = sum(d["label"] == d["true_label"] for d in held_docs)
-    dead = sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
-               if line.startswith("streamdl_dead_letters_total{"))
     versions = sorted({f"{d.get('model_version')}" for d in docs})
     return "\n".join([
         "",
@@ -85,6 +105,6 @@ def demo_report(docs: list[dict], seconds: float, metrics_text: str) -> str:
         f"  model version         {', '.join(versions)}",
         f"  accuracy, all         {correct / max(1, len(labelled)):.4f} ({correct}/{len(labelled)}, most were training data)",
         f"  accuracy, held out    {held_correct / max(1, len(held_docs)):.4f} ({held_correct}/{len(held_docs)}, never seen in training)",
-        f"  dead letters          {dead:.0f}",
+        f"  dead letters          {sum(dead.values())} in {dlq_topic} ({', '.join(f'{k}: {v}' for k, v in sorted(dead.items())) or 'none'})",
         "",
     ])
