@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--digits-images", type=int, default=100_000, help="pipeline images for digits-cnn (memory checkpoints at 10k and at this)")
     parser.add_argument("--mobilenet-images", type=int, default=1024, help="pipeline images for MobileNetV2")
-    parser.add_argument("--skip-mobilenet", action="store_true")
+    parser.add_argument("--models", default="digits-cnn,MobileNetV2", help="comma-separated: digits-cnn, MobileNetV2")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -39,9 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     LocalStack(settings, say=lambda m: print(f"[stack] {m}", file=sys.stderr)).up()
     log_dir = settings.state_dir.resolve() / "logs"
 
-    configs = [("digits-cnn", None, digit_pngs(1797), args.digits_images, (10_000, args.digits_images))]
-    if not args.skip_mobilenet:
-        configs.append(("MobileNetV2", None, photo_jpegs(256), args.mobilenet_images, ()))
+    available = {
+        "digits-cnn": lambda: ("digits-cnn", None, digit_pngs(1797), args.digits_images, (10_000, args.digits_images)),
+        "MobileNetV2": lambda: ("MobileNetV2", None, photo_jpegs(256), args.mobilenet_images, ()),
+    }
+    configs = [available[name]() for name in args.models.split(",")]
 
     rows = []
     for model, weights, images, total, checkpoints in configs:

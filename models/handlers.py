@@ -95,8 +95,10 @@ class KerasImageHandler:
         self._model: keras.Model | None = None
         self._fn: Callable[[tf.Tensor], dict[str, tf.Tensor]] | None = None
         self._shape: tuple[int, int, int] = (0, 0, 0)
+        self.buckets = bucket_sizes(batch_size)
+        """The fixed batch shapes the model runs at: powers of two below ``batch_size``, and ``batch_size``."""
         self.trace_count = 0
-        """How often the batch function was traced: 1 after :meth:`load`, and it stays 1."""
+        """How often the batch function was traced: once per bucket during :meth:`load`, never after."""
 
     # --- ModelHandler -----------------------------------------------------------
     def load(self) -> None:
@@ -116,7 +118,8 @@ class KerasImageHandler:
             h, w = parts.info.input_size
             self._shape = (h, w, parts.info.channels)
             fn = self._trace(model, parts.preprocess)
-            fn(tf.zeros((self.batch_size, *self._shape), tf.uint8))  # trace and warm up now
+            for size in self.buckets:  # trace and warm up every shape now, never while serving
+                fn(tf.zeros((size, *self._shape), tf.uint8))
             info = parts.info
             if mixed:
                 info = dataclasses.replace(info, extra={**info.extra, "precision": "mixed_float16"})
@@ -136,7 +139,8 @@ class KerasImageHandler:
     def predict_batch(self, images: np.ndarray) -> BatchResult:
         """Embeddings and probabilities of ``(n, h, w, channels)`` uint8 images, any ``n``.
 
-        Chunks of ``batch_size`` rows run one at a time; the last chunk is zero-padded.
+        Chunks of ``batch_size`` rows run one at a time; a shorter last chunk is zero-padded to the
+        smallest bucket that holds it (7 rows run as 8, not as ``batch_size``).
         Raises ``ValueError`` when the shape or dtype is not what :meth:`info` describes.
         """
         if self._fn is None or self._info is None:
@@ -153,8 +157,9 @@ class KerasImageHandler:
         for start in range(0, n, self.batch_size):
             chunk = images[start : start + self.batch_size]
             rows = len(chunk)
-            if rows < self.batch_size:
-                padded = np.zeros((self.batch_size, *self._shape), np.uint8)
+            size = next(b for b in self.buckets if b >= rows)
+            if rows < size:
+                padded = np.zeros((size, *self._shape), np.uint8)
                 padded[:rows] = chunk
                 chunk = padded
             out = self._fn(tf.constant(chunk))
@@ -175,7 +180,7 @@ class KerasImageHandler:
     def _trace(self, model: keras.Model, preprocess: Preprocess | None) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
         input_dtype = model.inputs[0].dtype
 
-        @tf.function(input_signature=[tf.TensorSpec((self.batch_size, *self._shape), tf.uint8, name="images")])
+        @tf.function(reduce_retracing=False)
         def run(images: tf.Tensor) -> dict[str, tf.Tensor]:
             self.trace_count += 1  # Python side effect: runs only while tracing
             x = images if preprocess is None else preprocess(tf.cast(images, tf.float32))
@@ -183,6 +188,14 @@ class KerasImageHandler:
             return {key: tf.cast(value, tf.float32) for key, value in outputs.items()}
 
         return run
+
+
+def bucket_sizes(batch_size: int) -> tuple[int, ...]:
+    """``(1, 2, 4, ..., batch_size)``: the padded batch shapes for a maximum batch of ``batch_size``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1. Received: batch_size={batch_size}")
+    sizes = [1 << i for i in range(batch_size.bit_length()) if 1 << i < batch_size]
+    return (*sizes, batch_size)
 
 
 def _weighted_layers(model: keras.Model) -> Iterator[keras.Layer]:

@@ -164,7 +164,7 @@ def resolve_weights(spec: AppSpec, mode: str, weights: str | os.PathLike | None,
         return Path(keras.utils.get_file(path.name, spec.weights_url(mode), cache_dir=str(folder.parent), cache_subdir=folder.name))
     raise ModelNotFound(
         f"{spec.name} {role} needs ImageNet weights file {path.name!r} in {folder}/ "
-        f"(or pass weights=/path/to/{path.name}). Download it on a machine with internet from "
+        f"(or point STREAMDL_MODEL_WEIGHTS, or weights=, at /path/to/{path.name}). Download it on a machine with internet from "
         f"{spec.weights_url(mode)} and copy it there."
     )
 

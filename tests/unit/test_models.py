@@ -135,9 +135,12 @@ def test_handler_is_deterministic_and_padding_free(digits_handler: KerasImageHan
 
 def test_handler_never_retraces(digits_handler: KerasImageHandler, holdout) -> None:
     images = holdout[0]
-    for n in (1, 5, 17, 32, 70):  # 70 rows: three chunks of 32, the last padded
+    assert digits_handler.buckets == (1, 2, 4, 8, 16, 32)
+    traced_at_load = digits_handler.trace_count
+    assert traced_at_load == len(digits_handler.buckets)  # one trace per fixed shape, all during load()
+    for n in (1, 3, 5, 17, 32, 70):  # 70 rows: two chunks of 32, then 6 rows padded to 8
         assert len(digits_handler.predict_batch(images[:n]).probabilities) == n
-    assert digits_handler.trace_count == 1
+    assert digits_handler.trace_count == traced_at_load
     np.testing.assert_allclose(
         digits_handler.predict_batch(images[:70]).probabilities[64:],
         digits_handler.predict_batch(images[64:70]).probabilities, atol=1e-6,
@@ -154,7 +157,7 @@ def test_handler_is_safe_to_call_from_threads(digits_handler: KerasImageHandler,
         parallel = list(pool.map(lambda c: digits_handler.predict_batch(c).probabilities, chunks * 3))
     for got, expected in zip(parallel, serial * 3):
         np.testing.assert_allclose(got, expected, atol=1e-6)
-    assert digits_handler.trace_count == 1
+    assert digits_handler.trace_count == len(digits_handler.buckets)
 
 
 def test_handler_rejects_wrong_images(digits_handler: KerasImageHandler) -> None:
@@ -218,7 +221,7 @@ def test_mobilenet_v3_small_predictor_probabilities(state_dir: Path, keras_home:
     np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-4)
     assert handler.info().labels[:2] == ("imagenet:0", "imagenet:1")
     assert handler.info().embedding_size == 576
-    assert handler.trace_count == 1
+    assert handler.trace_count == len(handler.buckets) == 2
 
 
 def test_split_predictor_equals_the_whole_application() -> None:
@@ -351,6 +354,16 @@ def test_saved_model_directory(state_dir: Path, tmp_path: Path) -> None:
     result = handler.predict_batch(images)
     assert handler.info().embedding_size == 0 and result.embeddings.shape == (3, 0)
     np.testing.assert_allclose(result.probabilities, model.predict(images, verbose=0), atol=1e-6)
+
+
+def test_bucket_sizes() -> None:
+    from models.handlers import bucket_sizes
+
+    assert bucket_sizes(1) == (1,)
+    assert bucket_sizes(64) == (1, 2, 4, 8, 16, 32, 64)
+    assert bucket_sizes(100) == (1, 2, 4, 8, 16, 32, 64, 100)
+    with pytest.raises(ValueError, match="batch_size"):
+        bucket_sizes(0)
 
 
 def test_held_out_ids_are_exactly_the_images_split_digits_holds_out():
