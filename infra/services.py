@@ -37,7 +37,7 @@ class ServiceStatus:
     name: str
     version: str
     address: str
-    state: str  # "running", "stopped", "stale pid file", "unhealthy"
+    state: str  # "running", "running (external)", "stopped", "stale pid file", "unhealthy"
     pid: int | None
     rss_bytes: int
     log: Path
@@ -108,7 +108,7 @@ class Service(ABC):
         recorded = process.read_pid(self.pid_file)
         pid = self.pid()
         if pid is None:
-            state = "stale pid file" if recorded else "stopped"
+            state = "stale pid file" if recorded else ("running (external)" if self.healthy() else "stopped")
         else:
             state = "running" if self.healthy() else "unhealthy"
         host, port = self.address

@@ -35,6 +35,9 @@ class LocalStack:
             if svc.pid() is not None:
                 result[svc.name] = "already running"
                 continue
+            if svc.healthy():  # e.g. started from another checkout's state folder: reuse it, do not fight for the port
+                result[svc.name] = "already running (external: not started from this state folder, so 'down' here leaves it)"
+                continue
             if svc.pid_file.exists():
                 self.say(f"{svc.name}: removing stale pid file {svc.pid_file} (process {svc.pid_file.read_text().strip()} is gone)")
                 svc.pid_file.unlink()
@@ -68,9 +71,6 @@ class LocalStack:
 
     def status(self) -> list[ServiceStatus]:
         return [svc.status() for svc in self.services]
-
-    def is_up(self) -> bool:
-        return all(s.state == "running" for s in self.status())
 
 
 def format_status(rows: list[ServiceStatus]) -> str:

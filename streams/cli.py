@@ -106,7 +106,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     elif args.action == "status":
         rows = stack.status()
         print(format_status(rows))
-        return 0 if all(r.state == "running" for r in rows) else 3
+        return 0 if all(r.state.startswith("running") for r in rows) else 3
     elif args.action == "logs":
         for svc in [stack.service(args.service)] if args.service else stack.services:
             print(f"==> {svc.log} <==")

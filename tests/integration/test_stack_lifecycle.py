@@ -49,6 +49,14 @@ def test_up_twice_status_down_up_again(own_stack, stack):  # `stack`: the shared
     assert {r.name: r.pid for r in own_stack.status()} == pids
     assert all(r.rss_bytes > 50 * 2**20 for r in own_stack.status())
 
+    # Another checkout (another state folder) on the same ports reuses the running services and leaves them alone.
+    other_state = own_stack.settings.state_dir / "other-checkout"
+    other = LocalStack(own_stack.settings.model_copy(update={"state_dir": other_state}), say=print)
+    assert all(v.startswith("already running (external") for v in other.up().values())
+    assert states(other) == {"kafka": "running (external)", "elasticsearch": "running (external)"}
+    assert other.down() == {"kafka": "not running", "elasticsearch": "not running"}
+    assert states(own_stack) == {"kafka": "running", "elasticsearch": "running"}
+
     assert own_stack.down() == {"kafka": "stopped", "elasticsearch": "stopped"}
     assert states(own_stack) == {"kafka": "stopped", "elasticsearch": "stopped"}
     for port in (KAFKA_PORT, ES_PORT):
