@@ -54,7 +54,7 @@ def _mvn(args: list[str], what: str) -> None:
     mvn = shutil.which("mvn")
     if not mvn:
         raise StackError(f"Maven (mvn) is needed to fetch {what} from Maven Central and it is not on PATH. Install it (apt-get install maven) or put a Maven 3 'mvn' on PATH.")
-    cmd = [mvn, "-q", "-B", "-f", str(POM), *args]
+    cmd = [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM), *args]
     logger.debug("running %s", " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

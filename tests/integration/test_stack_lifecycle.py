@@ -20,12 +20,20 @@ pytestmark = pytest.mark.integration
 KAFKA_PORT, ES_PORT = 29092, 29200
 
 
+def new_state_dir(settings) -> Path:
+    """A fresh state folder whose ``dist`` is the project's (the unpacked Kafka and Elasticsearch are shared)."""
+    shared = settings.state_dir.resolve() / "dist"
+    shared.mkdir(parents=True, exist_ok=True)  # absent when the session reuses a stack started elsewhere
+    state = settings.state_dir.resolve() / "test-stacks" / uuid.uuid4().hex[:8]
+    state.mkdir(parents=True)
+    (state / "dist").symlink_to(shared)
+    return state
+
+
 @pytest.fixture
 def own_stack(settings):
     """A second stack in a fresh state folder (sharing the unpacked distributions), always stopped after."""
-    state = settings.state_dir.resolve() / "test-stacks" / uuid.uuid4().hex[:8]
-    state.mkdir(parents=True)
-    (state / "dist").symlink_to(settings.state_dir.resolve() / "dist")
+    state = new_state_dir(settings)
     own = load_settings({"state_dir": state, "kafka_bootstrap_servers": f"127.0.0.1:{KAFKA_PORT}",
                          "es_url": f"http://127.0.0.1:{ES_PORT}", "es_heap": "512m", "kafka_heap": "256m"}, env_file=None)
     stack = LocalStack(own, say=print)
@@ -38,7 +46,7 @@ def states(stack: LocalStack) -> dict[str, str]:
     return {row.name: row.state for row in stack.status()}
 
 
-def test_up_twice_status_down_up_again(own_stack, stack):  # `stack`: the shared one has fetched the distributions
+def test_up_twice_status_down_up_again(own_stack, stack):
     assert states(own_stack) == {"kafka": "stopped", "elasticsearch": "stopped"}
     first = own_stack.up()
     assert all(v.startswith("started") for v in first.values()), first
@@ -84,9 +92,7 @@ def test_taken_port_fails_clearly(own_stack, stack):
 
 def test_unhealthy_service_times_out_with_its_log(settings, stack):
     """A service that never becomes healthy is stopped and its log tail is in the error."""
-    state = settings.state_dir.resolve() / "test-stacks" / uuid.uuid4().hex[:8]
-    state.mkdir(parents=True)
-    (state / "dist").symlink_to(settings.state_dir.resolve() / "dist")
+    state = new_state_dir(settings)
     try:
         # Kafka's heap far too small for the broker: it starts, then dies or never answers.
         bad = load_settings({"state_dir": state, "kafka_bootstrap_servers": "127.0.0.1:29192", "kafka_heap": "8m",
