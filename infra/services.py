@@ -9,6 +9,7 @@ Lifecycle of a :class:`Service`: :meth:`~Service.prepare` (fetch, write config; 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -51,14 +52,19 @@ class Service(ABC):
     def __init__(self, settings: Settings, say: Callable[[str], None] = print) -> None:
         self.settings = settings
         self.say = say
-        self.home = settings.state_dir.resolve() / self.name
-        self.dist_dir = settings.state_dir.resolve() / "dist"
+        root = self._root(settings.state_dir.resolve())
+        self.home = root / self.name
+        self.dist_dir = root / "dist"
         self.pid_file = self.home / f"{self.name}.pid"
         self.log = self.home / f"{self.name}.log"
         host, _ = self.address
         if host not in LOOPBACK:
             raise StackError(f"the local stack listens on 127.0.0.1, but {self.name} is configured at {host}; "
                              f"unset {self.address_setting} to use the local stack, or point it at your own cluster and skip 'stack up'.")
+
+    def _root(self, state_dir: Path) -> Path:
+        """The folder that holds this service's ``<name>/`` and ``dist/`` (the state folder)."""
+        return state_dir
 
     # --- what differs per service -------------------------------------------
     @property
@@ -282,16 +288,21 @@ class Elasticsearch(Service):
         if os.geteuid() == 0:
             self._give_to_unprivileged_user()
 
+    def _root(self, state_dir: Path) -> Path:
+        """The state folder, or, when root runs the stack and ``nobody`` cannot reach it (a checkout
+        under a 0700 home folder), ``/var/tmp/streamdl-<hash of the state folder>``."""
+        if os.geteuid() != 0 or reachable_by_nobody(state_dir):
+            return state_dir
+        alt = Path("/var/tmp") / f"streamdl-{hashlib.sha256(str(state_dir).encode()).hexdigest()[:10]}"
+        alt.mkdir(mode=0o755, exist_ok=True)
+        return alt
+
     def _give_to_unprivileged_user(self) -> None:
-        """Elasticsearch will not run as root: hand its folders to ``nobody`` and check it can reach them."""
+        """Elasticsearch will not run as root: hand its folders to ``nobody`` (see :meth:`_root`)."""
+        if self.home.parent != self.settings.state_dir.resolve():
+            self.say(f"elasticsearch: user 'nobody' cannot reach {self.settings.state_dir.resolve()}, so its files live in {self.home.parent}")
         for path in [self.home, *self.home.rglob("*")]:
             os.chown(path, UNPRIVILEGED_UID, UNPRIVILEGED_UID, follow_symlinks=False)
-        for folder in (self.home, self.dist):
-            for parent in folder.parents:
-                if parent.stat().st_mode & 0o001 == 0 and parent.stat().st_uid != UNPRIVILEGED_UID:
-                    raise StackError(f"Elasticsearch runs as user 'nobody' when started by root, and 'nobody' cannot enter {parent} "
-                                     f"(on the way to {folder}). Set STREAMDL_STATE_DIR to a folder outside it (e.g. /var/tmp/streamdl) "
-                                     f"or run 'chmod o+x {parent}'.")
 
     def _command(self) -> tuple[list[str], dict[str, str], int | None]:
         heap = self.settings.es_heap
@@ -312,6 +323,16 @@ class Elasticsearch(Service):
                 return json.load(resp).get("status") in ("yellow", "green")
         except (urllib.error.URLError, OSError, ValueError):
             return False
+
+
+def reachable_by_nobody(path: Path) -> bool:
+    """Whether user ``nobody`` can walk down to ``path`` (every existing ancestor searchable by others)."""
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            st = folder.stat()
+            if not st.st_mode & 0o001 and st.st_uid != UNPRIVILEGED_UID:
+                return False
+    return True
 
 
 def _quiet_logger():
