@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from elasticsearch import ApiError, ConnectionError, ConnectionTimeout, Elasticsearch, TransportError
+from elasticsearch import ApiError, Elasticsearch, TransportError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def bulk_index(client: Elasticsearch, index: str, docs: list[tuple[str, dict[str
         retry: list[tuple[str, dict[str, Any]]] = []
         try:
             resp = client.bulk(operations=operations, refresh=False)
-        except (ConnectionError, ConnectionTimeout, TransportError) as exc:
+        except TransportError as exc:  # connection refused or reset, timeouts
             retry, why = pending, f"{type(exc).__name__}: {exc}"
         except ApiError as exc:
             if exc.status_code not in RETRY_STATUSES:
