@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     max_batch_duration_secs: float = Field(0.5, gt=0, le=60, description="Longest wait to fill a micro-batch (linger), seconds. Env STREAMDL_MAX_BATCH_DURATION_SECS.")
     model_name: str = Field("digits-cnn", description="Model the workers serve (a registered name, a Keras application, or a file). Env STREAMDL_MODEL_NAME.")
     model_weights: str | None = Field("imagenet", description="Weights of a named Keras application: 'imagenet' (from the Keras cache), a file path, or 'none' (random). Env STREAMDL_MODEL_WEIGHTS.")
+    model_head: str | None = Field(None, description="A .keras/SavedModel classifier head put after the model's embedding (transfer learning). Env STREAMDL_MODEL_HEAD.")
+    model_mode: Literal["classify", "featurize"] = Field("classify", description="classify: embedding and probabilities; featurize: embedding only. Env STREAMDL_MODEL_MODE.")
     mixed_precision: bool = Field(False, description="Run the model in mixed float16 (GPUs). Env STREAMDL_MIXED_PRECISION.")
     top_k: int = Field(5, ge=1, le=100, description="How many labels each prediction lists. Env STREAMDL_TOP_K.")
     max_message_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest image accepted, in bytes. Env STREAMDL_MAX_MESSAGE_BYTES.")

@@ -6,6 +6,8 @@ import logging
 
 from connectors.kafka_admin import ensure_topics
 from models.catalog import load_handler
+from models.handler import ModelHandler
+from streamdl.errors import SettingsError
 from streamdl.metrics import serve_metrics
 from streamdl.settings import Settings
 from streams.agents.images import register_images_agent
@@ -15,22 +17,25 @@ from streams.image_pipeline import ImagePipeline
 logger = logging.getLogger(__name__)
 
 
-def build_pipeline(settings: Settings) -> ImagePipeline:
-    """The image pipeline for the configured model, set up (services checked, model loaded, index ready)."""
-    handler = load_handler(settings.model_name, state_dir=settings.state_dir, batch_size=settings.max_batch_size,
-                           weights=None if (settings.model_weights or "").lower() == "none" else settings.model_weights,
-                           mixed_precision=settings.mixed_precision)
-    pipeline = ImagePipeline(settings, handler)
-    pipeline.setup()
-    return pipeline
+def make_handler(settings: Settings) -> ModelHandler:
+    """The configured model's handler, not loaded yet; a bad name, file or argument fails here, before any service is contacted."""
+    try:
+        handler = load_handler(settings.model_name, state_dir=settings.state_dir, batch_size=settings.max_batch_size,
+                               weights=None if (settings.model_weights or "").lower() == "none" else settings.model_weights,
+                               mode=settings.model_mode, head=settings.model_head, mixed_precision=settings.mixed_precision)
+    except ValueError as exc:  # an argument the model layer refuses: a settings problem for the user
+        raise SettingsError(f"model settings (STREAMDL_MODEL_*): {exc}") from None
+    return handler
 
 
 def run_worker(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM."""
     import faust
 
+    handler = make_handler(settings)
     ensure_topics(settings)
-    pipeline = build_pipeline(settings)
+    pipeline = ImagePipeline(settings, handler)
+    pipeline.setup()
     serve_metrics(settings.metrics_port)
     app = create_app(settings)
     register_images_agent(app, pipeline)
