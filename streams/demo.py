@@ -27,7 +27,7 @@ def run_demo(settings: Settings, say: Callable[[str], None] = print, timeout: fl
     say("== 2/4 topics and indices")
     for kind, name, what in init_all(settings):
         say(f"   {kind:<6} {name:<40} {what}")
-    say("== 3/4 worker (the default model is trained on first use, about a minute, then cached)")
+    say("== 3/4 worker (the default model is trained on first use, about 15 s on 2 cores, then cached)")
     worker = WorkerProcess(settings, settings.state_dir.resolve() / "logs" / "demo-worker.log").start(timeout=timeout)
     say(f"   worker pid {worker.proc.pid}, metrics http://127.0.0.1:{settings.metrics_port}/metrics, log {worker.log}")
     try:
