@@ -6,13 +6,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test install stack-up stack-down bench lint clean
+.PHONY: demo test install chromium stack-up stack-down bench lint clean
 
 demo: $(STAMP)
 	$(BIN)/streamdl demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The web page's browser test drives Debian's Chromium (Playwright without its own browser download).
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| { echo "Chromium is needed for the browser tests: run 'apt-get install chromium' as root"; exit 1; }
 
 install: $(STAMP)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -15,7 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 from connectors.es_client import es_client
 from connectors.kafka_producer import Deliveries, make_producer
 from connectors.setup import init_all
-from infra.process import rss_bytes
+from infra.process import free_port, rss_bytes
 from models.catalog import load_handler
 from models.decode import decode_image
 from streamdl.settings import Settings
@@ -62,9 +61,7 @@ class BenchStack:
 
     def __init__(self, base: Settings, model: str, weights: str | None, log_dir: Path) -> None:
         tag = f"bench{uuid.uuid4().hex[:6]}"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         self.settings = base.model_copy(update={
             "topic_prefix": f"{tag}.", "index_prefix": f"{tag}-", "consumer_group": f"{tag}-workers", "metrics_port": port,
             "model_name": model, "model_weights": weights or "none", "log_level": "WARNING",

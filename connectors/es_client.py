@@ -37,20 +37,37 @@ def check_elasticsearch(client: Elasticsearch, settings: Settings, timeout: floa
     return str(health["status"])
 
 
-def ensure_index(client: Elasticsearch, alias: str, version: str, body: dict[str, Any]) -> str:
-    """Create index ``<alias>-<version>`` (if missing) and point ``alias`` at it as the write index.
+def ensure_index(client: Elasticsearch, alias: str, version: str, body: dict[str, Any], *, take_alias: bool = False) -> str:
+    """Create index ``<alias>-<version>`` (if missing); returns the concrete index name.
 
-    Idempotent. One index per version keeps vectors of different featurizer versions apart; the
-    alias is what readers and writers name. Returns the concrete index name.
+    The alias is pointed at it when the alias does not exist yet, or, with ``take_alias``, moved to
+    it from wherever it points. Otherwise a differing alias is left alone (a reindex moves it, see
+    :func:`switch_alias`) and a warning says so. Idempotent. One index per version keeps vectors
+    of different featurizer versions apart; readers name the alias.
     """
     index = f"{alias}-{version}".lower()
     if not client.indices.exists(index=index):
         client.indices.create(index=index, **body)
         logger.info("created index %s", index)
-    current = client.indices.get_alias(name=alias, ignore_unavailable=True) if client.indices.exists_alias(name=alias) else {}
-    if set(current) != {index}:
-        actions: list[dict[str, Any]] = [{"remove": {"index": old, "alias": alias}} for old in current if old != index]
-        actions.append({"add": {"index": index, "alias": alias, "is_write_index": True}})
-        client.indices.update_aliases(actions=actions)
-        logger.info("alias %s -> %s", alias, index)
+    current = alias_targets(client, alias)
+    if not current or (take_alias and current != [index]):
+        switch_alias(client, alias, index)
+    elif index not in current:
+        logger.warning("alias %s points at %s, not at %s; searches do not see this index until "
+                       "'streamdl index reindex' (or switch) moves the alias", alias, ", ".join(current), index)
     return index
+
+
+def alias_targets(client: Elasticsearch, alias: str) -> list[str]:
+    """The indices ``alias`` points at (empty when it does not exist)."""
+    if not client.indices.exists_alias(name=alias):
+        return []
+    return sorted(client.indices.get_alias(name=alias))
+
+
+def switch_alias(client: Elasticsearch, alias: str, index: str) -> None:
+    """Point ``alias`` at ``index`` alone, in one atomic request: readers never see it missing."""
+    actions: list[dict[str, Any]] = [{"remove": {"index": old, "alias": alias}} for old in alias_targets(client, alias) if old != index]
+    actions.append({"add": {"index": index, "alias": alias, "is_write_index": True}})
+    client.indices.update_aliases(actions=actions)
+    logger.info("alias %s -> %s", alias, index)

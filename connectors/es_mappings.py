@@ -9,13 +9,18 @@ _MODEL = {"model_name": {"type": "keyword"}, "model_version": {"type": "keyword"
 _SETTINGS = {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "1s"}
 
 
-def images_index(dims: int) -> dict[str, Any]:
-    """The images index: a ``dense_vector`` of ``dims`` (HNSW, cosine) plus what was predicted."""
+def images_index(dims: int, model: dict[str, str] | None = None) -> dict[str, Any]:
+    """The images index: a ``dense_vector`` of ``dims`` (HNSW, cosine) plus what was predicted.
+
+    ``model`` (name, version) is stored in the mapping's ``_meta``: queries featurize with the
+    model that built the index, since vectors of different models are not comparable.
+    """
     if dims < 1:
         raise ValueError(f"an images index needs an embedding size >= 1. Received: dims={dims}")
     return {
         "settings": _SETTINGS,
         "mappings": {
+            "_meta": {"embedding_size": dims, **(model or {})},
             "dynamic": "strict",
             "properties": {
                 "image_id": {"type": "keyword"},

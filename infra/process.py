@@ -89,6 +89,13 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now (the system picks it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def stop_process(pid: int, timeout: float = 60.0) -> bool:
     """SIGTERM ``pid`` (and its process group), wait up to ``timeout``, then SIGKILL.
 

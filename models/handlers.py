@@ -93,7 +93,7 @@ class KerasImageHandler:
         self._load_lock = threading.Lock()
         self._info: ModelInfo | None = None
         self._model: keras.Model | None = None
-        self._fn: Callable[[tf.Tensor], dict[str, tf.Tensor]] | None = None
+        self._fns: dict[int, Callable[[tf.Tensor], dict[str, tf.Tensor]]] = {}
         self._shape: tuple[int, int, int] = (0, 0, 0)
         self.buckets = bucket_sizes(batch_size)
         """The fixed batch shapes the model runs at: powers of two below ``batch_size``, and ``batch_size``."""
@@ -104,7 +104,7 @@ class KerasImageHandler:
     def load(self) -> None:
         """Build the parts, compose them into one model and trace the batch function (idempotent)."""
         with self._load_lock:
-            if self._fn is not None:
+            if self._fns:
                 return
             enable_gpu_memory_growth()
             if self.mixed_precision and not tf.config.list_physical_devices("GPU"):
@@ -117,13 +117,13 @@ class KerasImageHandler:
                 logger.warning("%s keeps the dtypes it was saved with: mixed precision has no effect", parts.info.name)
             h, w = parts.info.input_size
             self._shape = (h, w, parts.info.channels)
-            fn = self._trace(model, parts.preprocess)
-            for size in self.buckets:  # trace and warm up every shape now, never while serving
+            fns = {size: self._trace(model, parts.preprocess, size) for size in self.buckets}
+            for size, fn in fns.items():  # trace and warm up every shape now, never while serving
                 fn(tf.zeros((size, *self._shape), tf.uint8))
             info = parts.info
             if mixed:
                 info = dataclasses.replace(info, extra={**info.extra, "precision": "mixed_float16"})
-            self._model, self._info, self._fn = model, info, fn
+            self._model, self._info, self._fns = model, info, fns
             logger.info(
                 "loaded %s version %s: input %sx%sx%s, embedding %d, %d labels, batch %d%s",
                 parts.info.name, parts.info.version, h, w, parts.info.channels, parts.info.embedding_size,
@@ -143,7 +143,7 @@ class KerasImageHandler:
         smallest bucket that holds it (7 rows run as 8, not as ``batch_size``).
         Raises ``ValueError`` when the shape or dtype is not what :meth:`info` describes.
         """
-        if self._fn is None or self._info is None:
+        if not self._fns or self._info is None:
             raise RuntimeError("call load() before predict_batch()")
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1:] != self._shape or images.dtype != np.uint8:
@@ -162,7 +162,7 @@ class KerasImageHandler:
                 padded = np.zeros((size, *self._shape), np.uint8)
                 padded[:rows] = chunk
                 chunk = padded
-            out = self._fn(tf.constant(chunk))
+            out = self._fns[size](tf.constant(chunk))
             if "embeddings" in out:
                 embeddings[start : start + rows] = out["embeddings"].numpy()[:rows]
             if "probabilities" in out:
@@ -177,10 +177,11 @@ class KerasImageHandler:
             raise RuntimeError("call load() first")
         return self._model
 
-    def _trace(self, model: keras.Model, preprocess: Preprocess | None) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    def _trace(self, model: keras.Model, preprocess: Preprocess | None, size: int) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+        """The batch function for exactly ``size`` images: its fixed signature makes a retrace impossible."""
         input_dtype = model.inputs[0].dtype
 
-        @tf.function(reduce_retracing=False)
+        @tf.function(input_signature=[tf.TensorSpec((size, *self._shape), tf.uint8, name="images")])
         def run(images: tf.Tensor) -> dict[str, tf.Tensor]:
             self.trace_count += 1  # Python side effect: runs only while tracing
             x = images if preprocess is None else preprocess(tf.cast(images, tf.float32))

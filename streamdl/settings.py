@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest image accepted, in bytes. Env STREAMDL_MAX_MESSAGE_BYTES.")
     max_pixels: int = Field(40_000_000, ge=1, description="Largest image accepted, in pixels (decompression bombs are refused before decoding). Env STREAMDL_MAX_PIXELS.")
 
+    # --- Similarity: near-duplicates and novelty in the stream ------------------
+    similarity_alerts: bool = Field(True, description="Look up each new image's neighbours and raise near_duplicate / novel alerts. Env STREAMDL_SIMILARITY_ALERTS.")
+    neighbour_k: int = Field(5, ge=1, le=100, description="Neighbours looked up per new image. Env STREAMDL_NEIGHBOUR_K.")
+    near_duplicate_threshold: float = Field(0.9995, ge=-1, le=1, description="Cosine similarity at or above which an image is a near-duplicate of its nearest neighbour (distinct digits reach 0.9993 with the default model). Env STREAMDL_NEAR_DUPLICATE_THRESHOLD.")
+    novelty_threshold: float = Field(0.85, ge=-1, le=1, description="Mean cosine similarity of the neighbours below which an image is novel. Env STREAMDL_NOVELTY_THRESHOLD.")
+
     # --- Local state and operations ------------------------------------------
     state_dir: Path = Field(Path(".streamdl"), description="Folder for the local stack's data, logs, pid files and model cache. Env STREAMDL_STATE_DIR.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Port of the worker's Prometheus endpoint (0 = off). Env STREAMDL_METRICS_PORT.")

@@ -7,6 +7,7 @@ a flag beats its ``STREAMDL_*`` environment variable, which beats ``.env``, whic
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
 import sys
 from pathlib import Path
@@ -67,6 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
                    description="Consume the images topic in micro-batches, featurize and classify, index into "
                                "Elasticsearch, publish predictions; bad input goes to the dead-letter topic.")
 
+    similar = sub.add_parser("similar", parents=[common], help="find indexed images similar to an image or an indexed id",
+                             description="kNN over the embeddings in Elasticsearch, with the model that built the index.")
+    similar.add_argument("image", nargs="?", type=Path, help="an image file to query with")
+    similar.add_argument("--id", dest="image_id", help="query with an indexed image (itself excluded)")
+    similar.add_argument("--k", type=int, default=10, help="how many neighbours (default 10)")
+    similar.add_argument("--num-candidates", type=int, help="HNSW candidates per shard (default max(100, 10k))")
+    similar.add_argument("--label", help="only neighbours with this label")
+    similar.add_argument("--source", help="only neighbours from this source")
+    similar.add_argument("--since", help="only neighbours processed since: ISO time, date math (now-1h) or a duration (30m, 2h, 7d)")
+    similar.add_argument("--exact", action="store_true", help="exact search (a full scan) instead of HNSW, to check recall")
+    similar.add_argument("--png", type=Path, help="also write a contact sheet: the query and its neighbours")
+
+    index = sub.add_parser("index", help="the Elasticsearch indices: status, reindex for another model")
+    index_sub = index.add_subparsers(dest="action", metavar="ACTION", required=True)
+    index_sub.add_parser("status", parents=[common], help="indices, aliases, document counts, the model of each")
+    reindex = index_sub.add_parser("reindex", parents=[common], help="rebuild the images index with another model, then switch the alias",
+                                   description="Replays the images topic from the start through the model given by --model "
+                                               "(or STREAMDL_MODEL_NAME) into its own index, then moves the images alias to it "
+                                               "atomically. Then restart the workers with the same model.")
+    reindex.add_argument("--no-switch", action="store_true", help="build the index but leave the alias where it is")
+
     produce = sub.add_parser("produce", help="publish images (or events) to Kafka")
     produce_sub = produce.add_subparsers(dest="kind", metavar="KIND", required=True)
     images = produce_sub.add_parser("images", parents=[common], help="publish image files, folders, or a sample",
@@ -77,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--limit", type=int, help="publish at most N images")
     images.add_argument("--rate", type=float, help="images per second (default: as fast as possible)")
     images.add_argument("--label", help="label header for every image published from PATHS")
+    serve = sub.add_parser("serve", parents=[common], help="serve the similar-images web page and JSON API",
+                           description="A web page and JSON API (/api/similar, /api/index) over the images index.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8088, help="port to listen on (default 8088)")
     sub.add_parser("settings", parents=[common], help="print the effective settings (secrets masked)")
     sub.add_parser("demo", parents=[common], help="the end-to-end demo: stack up, init, run the pipeline, report")
     return parser
@@ -148,10 +174,63 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.sent or not report.skipped else 1
 
 
+def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
+    from connectors.search import Filters, SimilaritySearch
+
+    if bool(args.image) == bool(args.image_id):
+        raise StreamdlError("give an IMAGE file or --id ID (one of the two)")
+    search = SimilaritySearch(settings)
+    filters = Filters(label=args.label, source=args.source, since=args.since)
+    options = {"k": args.k, "num_candidates": args.num_candidates, "filters": filters, "exact": args.exact}
+    if args.image_id:
+        result = search.by_id(args.image_id, **options)
+        doc = search.es.get(index=result.index, id=args.image_id, source=["thumbnail", "label"])["_source"]
+        query_image, caption = base64.b64decode(doc["thumbnail"]) if doc.get("thumbnail") else None, f"query  label {doc.get('label') or '-'}\n{args.image_id[:16]}"
+    else:
+        try:
+            query_image = args.image.read_bytes()
+        except OSError as exc:
+            raise StreamdlError(f"cannot read {args.image}: {exc.strerror or exc}") from None
+        result = search.by_image(query_image, **options)
+        caption = f"query\n{args.image.name[:16]}"
+    print(f"{'exact' if result.exact else 'approximate'} kNN in {result.index} ({result.model_name} v{result.model_version}), {result.took_ms:.0f} ms")
+    print(f"{'rank':>4}  {'similarity':>10}  {'label':<10}{'true':<8}id")
+    for rank, n in enumerate(result.neighbours, 1):
+        print(f"{rank:>4}  {n.similarity:>10.4f}  {n.label or '-':<10}{n.true_label or '-':<8}{n.image_id}")
+    if args.png:
+        from streams.contact_sheet import contact_sheet
+
+        args.png.write_bytes(contact_sheet(result, query_image, caption))
+        print(f"contact sheet: {args.png}")
+    return 0 if result.neighbours else 1
+
+
+def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "status":
+        from connectors.es_client import check_elasticsearch, es_client
+        from connectors.index_status import format_index_status, index_status
+
+        es = es_client(settings)
+        check_elasticsearch(es, settings)
+        print(format_index_status(index_status(settings, es)))
+        return 0
+    from streams.reindex import reindex
+
+    report = reindex(settings, settings.model_name, switch=not args.no_switch, progress=sys.stderr.isatty())
+    print(report.summary())
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     for key, value in settings.masked().items():
         print(f"{key:<28} {value}")
     return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.web import serve
+
+    return serve(settings, args.host, args.port)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -162,7 +241,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "stack": cmd_stack, "init": cmd_init, "worker": cmd_worker, "produce": cmd_produce,
-    "settings": cmd_settings, "demo": cmd_demo,
+    "similar": cmd_similar, "index": cmd_index,
+    "settings": cmd_settings, "demo": cmd_demo, "serve": cmd_serve,
 }
 
 

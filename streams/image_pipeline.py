@@ -13,13 +13,15 @@ import base64
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from connectors.es_bulk import bulk_index
 from connectors.es_client import check_elasticsearch, ensure_index, es_client
-from connectors.es_mappings import images_index
+from connectors.es_mappings import alerts_index, images_index
+from connectors.setup import INDEX_VERSION as ALERTS_INDEX_VERSION
 from connectors.kafka_admin import admin_client, check_kafka
 from connectors.kafka_producer import Deliveries, make_producer
 from models.decode import DecodeError, DecodeLimits, decode_image, thumbnail_jpeg
@@ -27,8 +29,15 @@ from models.handler import BatchResult, ModelHandler, ModelInfo
 from streamdl.settings import Settings
 from streams import metrics
 from streams.records import InMessage, dead_letter, iso, message_id, to_json
+from streams.similarity import NeighbourCheck
 
 logger = logging.getLogger(__name__)
+
+
+def model_ref(name: str) -> str:
+    """What loads the model again from anywhere: a file's absolute path, else the name."""
+    path = Path(name)
+    return str(path.resolve()) if path.exists() else name
 
 
 @dataclass
@@ -37,6 +46,7 @@ class BatchReport:
 
     size: int = 0
     indexed: int = 0
+    alerts: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -67,12 +77,15 @@ class _Decoded:
 class ImagePipeline:
     """Decode → featurize and classify (one model call) → index → publish predictions and dead letters."""
 
-    def __init__(self, settings: Settings, handler: ModelHandler) -> None:
+    def __init__(self, settings: Settings, handler: ModelHandler, *, publish: bool = True) -> None:
+        """``publish=False`` (a reindex) writes documents only: no predictions, alerts or dead letters again."""
         self.settings = settings
         self.handler = handler
+        self.publish = publish
         self.limits = DecodeLimits(max_bytes=settings.max_message_bytes, max_pixels=settings.max_pixels)
         self.predictions_topic = settings.topic("predictions")
         self.dlq_topic = settings.topic("dlq")
+        self.alerts_topic = settings.topic("alerts")
         self._stopping = False
 
     # --- lifecycle -------------------------------------------------------------------
@@ -83,8 +96,13 @@ class ImagePipeline:
         check_elasticsearch(self.es, self.settings)
         self.handler.load()
         self.info: ModelInfo = self.handler.info()
+        model_meta = {"model_name": self.info.name, "model_version": self.info.version, "model_ref": model_ref(self.settings.model_name)}
         self.index = ensure_index(self.es, self.settings.alias("images"), f"{self.info.name}-{self.info.version}",
-                                  images_index(self.info.embedding_size))
+                                  images_index(self.info.embedding_size, model_meta))
+        self.es.indices.put_mapping(index=self.index, meta={"embedding_size": self.info.embedding_size, **model_meta})
+        self.alerts_index = ensure_index(self.es, self.settings.alias("alerts"), ALERTS_INDEX_VERSION, alerts_index())
+        self.neighbours = NeighbourCheck(self.settings, self.es, self.index, self.info.name, self.info.version) \
+            if self.settings.similarity_alerts and self.publish else None
         self.deliveries = Deliveries(make_producer(self.settings))
         metrics.MODEL_VERSION.labels(self.info.name, self.info.version).set(1)
         logger.info("image pipeline ready model=%s version=%s index=%s embedding=%d", self.info.name, self.info.version,
@@ -117,14 +135,29 @@ class ImagePipeline:
         return computed
 
     def write(self, computed: Computed) -> BatchReport:
-        """Stage 2, I/O only: bulk index, then predictions and dead letters; returns once all are acknowledged."""
+        """Stage 2, I/O only: neighbour lookup, bulk index, alerts, then predictions, alerts and dead letters
+        published; returns once all are acknowledged."""
         t0 = time.perf_counter()
-        for rejected in bulk_index(self.es, self.settings.alias("images"), computed.docs, should_stop=lambda: self._stopping):
+        alerts = self.neighbours.alerts(computed.docs) if self.neighbours else []
+        for rejected in bulk_index(self.es, self.index, computed.docs, should_stop=lambda: self._stopping):
             computed.dead.append((computed.messages[rejected.doc_id], "index_rejected",
                                   f"Elasticsearch rejected the document ({rejected.status}): {rejected.reason}", "index"))
             computed.predictions.pop(rejected.doc_id, None)
+        alerts = [a for a in alerts if a.subject_id in computed.predictions]  # none for a document that was refused
+        if alerts:
+            for rejected in bulk_index(self.es, self.settings.alias("alerts"), [(a.alert_id, a.as_json()) for a in alerts],
+                                       should_stop=lambda: self._stopping):
+                logger.error("alert %s refused by Elasticsearch: %s", rejected.doc_id, rejected.reason)
         t1 = time.perf_counter()
-        report = BatchReport(size=computed.size, indexed=len(computed.predictions))
+        report = BatchReport(size=computed.size, indexed=len(computed.predictions), alerts=len(alerts))
+        if not self.publish:
+            for _, code, _, _ in computed.dead:
+                report.dead(code)
+            report.seconds = {**computed.seconds, "index": t1 - t0, "publish": 0.0}
+            return report
+        for alert in alerts:
+            self.deliveries.produce(self.alerts_topic, to_json(alert.as_json()), alert.subject_id)
+            metrics.ALERTS.labels(alert.rule).inc()
         for msg, code, reason, stage in computed.dead:
             key, value, headers = dead_letter(msg, code, reason, stage)
             self.deliveries.produce(self.dlq_topic, value, key, headers)
@@ -213,6 +246,6 @@ class ImagePipeline:
         metrics.BATCH_SIZE.observe(report.size)
         for stage, seconds in report.seconds.items():
             metrics.STAGE_SECONDS.labels(stage).observe(seconds)
-        logger.info("batch size=%d indexed=%d dead=%d decode=%.3fs model=%.3fs index=%.3fs publish=%.3fs",
-                    report.size, report.indexed, sum(report.dead_letters.values()), report.seconds["decode"],
+        logger.info("batch size=%d indexed=%d alerts=%d dead=%d decode=%.3fs model=%.3fs index=%.3fs publish=%.3fs",
+                    report.size, report.indexed, report.alerts, sum(report.dead_letters.values()), report.seconds["decode"],
                     report.seconds["model"], report.seconds["index"], report.seconds["publish"])

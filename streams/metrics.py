@@ -11,3 +11,4 @@ STAGE_SECONDS = Histogram("streamdl_stage_seconds", "Time per micro-batch in eac
                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 DEAD_LETTERS = Counter("streamdl_dead_letters", "Messages sent to the dead-letter topic", ["reason"], registry=REGISTRY)
 MODEL_VERSION = Gauge("streamdl_model_loaded", "1 for the model version the worker serves", ["name", "version"], registry=REGISTRY)
+ALERTS = Counter("streamdl_alerts", "Alerts raised by the image stream", ["rule"], registry=REGISTRY)

@@ -1,4 +1,4 @@
-"""Run ``streamdl worker`` as a child process with given settings (the demo, tests and benchmarks)."""
+"""Run ``streamdl worker`` (or another subcommand) as a child process with given settings (the demo, tests, benchmarks)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ from streamdl.settings import Settings, settings_env
 
 
 class WorkerProcess:
-    """One worker process: :meth:`start` waits until its metrics endpoint answers (the pipeline is set up)."""
+    """One ``streamdl`` child process: :meth:`start` waits until ``ready_url`` answers (for a worker: its
+    metrics endpoint, which comes up once the pipeline is set up)."""
 
-    def __init__(self, settings: Settings, log: Path) -> None:
+    def __init__(self, settings: Settings, log: Path, command: tuple[str, ...] = ("worker",), ready_url: str | None = None) -> None:
         self.settings = settings
         self.log = log
+        self.command = command
+        self.ready_url = ready_url or f"http://127.0.0.1:{settings.metrics_port}/metrics"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 180.0) -> "WorkerProcess":
@@ -28,17 +31,17 @@ class WorkerProcess:
         env.update(settings_env(self.settings))
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "streams", "worker"], stdout=out, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen([sys.executable, "-m", "streams", *self.command], stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise StreamdlError(f"the worker exited with {self.proc.returncode} while starting; log {self.log}:\n{self.tail()}")
-            if self.metrics() is not None:
+                raise StreamdlError(f"'streamdl {self.command[0]}' exited with {self.proc.returncode} while starting; log {self.log}:\n{self.tail()}")
+            if self._get(self.ready_url) is not None:
                 return self
             time.sleep(0.5)
         self.stop()
-        raise StreamdlError(f"the worker did not start within {timeout:.0f}s; log {self.log}:\n{self.tail()}")
+        raise StreamdlError(f"'streamdl {self.command[0]}' did not start within {timeout:.0f}s; log {self.log}:\n{self.tail()}")
 
     @property
     def alive(self) -> bool:
@@ -46,8 +49,12 @@ class WorkerProcess:
 
     def metrics(self) -> str | None:
         """The worker's Prometheus text, or ``None`` when it does not answer."""
+        return self._get(f"http://127.0.0.1:{self.settings.metrics_port}/metrics")
+
+    @staticmethod
+    def _get(url: str) -> str | None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.metrics_port}/metrics", timeout=2) as resp:
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 return resp.read().decode()
         except OSError:
             return None

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
+from infra.process import free_port
 from streamdl.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from streams.worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,3 +84,34 @@ def index_factory(es, unique) -> Iterator[Callable[..., str]]:
     yield make
     for name in made:
         es.options(ignore_status=404).indices.delete(index=f"{name}*")
+
+
+@contextmanager
+def running_stream(base: Settings, log: Path, **overrides) -> Iterator[tuple[Settings, "WorkerProcess"]]:
+    """A real worker on its own topics, indices and consumer group; everything removed afterwards."""
+    from confluent_kafka.admin import AdminClient
+
+    from connectors.es_client import es_client
+    from connectors.setup import init_all
+    from streams.worker_process import WorkerProcess
+
+    tag = f"t{uuid.uuid4().hex[:8]}"
+    settings = base.model_copy(update={"topic_prefix": f"{tag}.", "index_prefix": f"{tag}-", "consumer_group": f"{tag}-workers",
+                                       "metrics_port": free_port(), **overrides})
+    init_all(settings)
+    worker = WorkerProcess(settings, log).start()
+    try:
+        yield settings, worker
+    finally:
+        worker.stop()
+        es_client(settings).options(ignore_status=404).indices.delete(index=f"{tag}-*")
+        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+        topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(tag)]
+        if topics:
+            admin.delete_topics(topics, operation_timeout=30)
+
+
+@pytest.fixture(scope="session")
+def stream_factory(stack: Settings) -> Callable[..., "contextmanager"]:
+    """``with stream_factory(log_path, **setting_overrides) as (settings, worker):`` a real worker on the stack."""
+    return lambda log, **overrides: running_stream(stack, log, **overrides)

@@ -35,11 +35,13 @@ def test_knn_finds_each_vector_itself(es, index_factory):
         assert len(hits) == 5
 
 
-def test_ensure_index_is_idempotent_and_moves_the_alias(es, index_factory):
+def test_ensure_index_is_idempotent_and_moves_the_alias_only_when_asked(es, index_factory):
     alias = index_factory("alias")
     first = ensure_index(es, alias, "v1", images_index(dims=4))
     assert ensure_index(es, alias, "v1", images_index(dims=4)) == first
     second = ensure_index(es, alias, "v2", images_index(dims=8))
+    assert set(es.indices.get_alias(name=alias)) == {first}  # a second version does not take the alias by itself
+    assert ensure_index(es, alias, "v2", images_index(dims=8), take_alias=True) == second
     assert set(es.indices.get_alias(name=alias)) == {second}
     assert es.indices.exists(index=first)  # the old version stays until someone removes it
 

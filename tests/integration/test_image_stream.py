@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import time
 import uuid
 
@@ -20,7 +19,6 @@ from PIL import Image
 
 from connectors.image_producer import iter_digits, publish
 from connectors.kafka_producer import produce_all
-from connectors.setup import init_all
 from streams.records import parse_dead_letter_headers
 from streams.worker_process import WorkerProcess
 
@@ -30,31 +28,11 @@ DIGITS = 1797
 MAX_BYTES = 300_000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def stream(stack, tmp_path_factory):
-    tag = f"t{uuid.uuid4().hex[:8]}"
-    settings = stack.model_copy(update={
-        "topic_prefix": f"{tag}.", "index_prefix": f"{tag}-", "consumer_group": f"{tag}-workers",
-        "metrics_port": free_port(), "max_message_bytes": MAX_BYTES, "max_batch_size": 64, "max_batch_duration_secs": 0.3,
-    })
-    init_all(settings)
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    worker = WorkerProcess(settings, log).start()
-    yield settings, worker
-    worker.stop()
-    from connectors.es_client import es_client
-
-    es_client(settings).options(ignore_status=404).indices.delete(index=f"{tag}-*")
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
-    topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(tag)]
-    if topics:
-        admin.delete_topics(topics, operation_timeout=30)
+def stream(stream_factory, tmp_path_factory):
+    with stream_factory(tmp_path_factory.mktemp("worker") / "worker.log", max_message_bytes=MAX_BYTES,
+                        max_batch_size=64, max_batch_duration_secs=0.3) as running:
+        yield running
 
 
 def consume(settings, topic: str, expected: int, timeout: float = 240.0) -> list:

@@ -1,0 +1,91 @@
+"""Near-duplicates and novelty in the stream: one multi-search per micro-batch.
+
+For each new image, its nearest neighbours among the images indexed before this batch (itself
+excluded) are looked up. The nearest at or above ``near_duplicate_threshold`` raises a
+``near_duplicate`` alert naming it; a mean similarity of a full set of ``neighbour_k``
+neighbours below ``novelty_threshold`` raises a ``novel`` alert. Images of the same batch do not
+see each other (they are not searchable yet).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from elasticsearch import ApiError, Elasticsearch, TransportError
+
+from streamdl.settings import Settings
+from streams.records import iso
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert: which rule fired on which subject, with its evidence."""
+
+    rule: str
+    severity: str
+    subject_id: str
+    model_name: str
+    model_version: str
+    evidence: dict[str, Any]
+    ts: float
+
+    @property
+    def alert_id(self) -> str:
+        """Deterministic, so a replayed batch rewrites its alert instead of adding one."""
+        return f"{self.rule}:{self.subject_id}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"alert_id": self.alert_id, "rule": self.rule, "kind": self.rule, "severity": self.severity,
+                "subject_id": self.subject_id, "model_name": self.model_name, "model_version": self.model_version,
+                "evidence": self.evidence, "suppressed": 0, "ts": iso(self.ts)}
+
+
+class NeighbourCheck:
+    """Looks up the neighbours of a batch's embeddings and turns them into alerts."""
+
+    def __init__(self, settings: Settings, es: Elasticsearch, index: str, model_name: str, model_version: str) -> None:
+        self.settings, self.es, self.index = settings, es, index
+        self.model_name, self.model_version = model_name, model_version
+
+    def alerts(self, docs: list[tuple[str, dict[str, Any]]]) -> list[Alert]:
+        """Alerts for ``(image id, document)`` pairs; an Elasticsearch failure is logged and yields none."""
+        if not docs:
+            return []
+        k = self.settings.neighbour_k
+        searches: list[dict[str, Any]] = []
+        for image_id, doc in docs:
+            searches += [{"index": self.index}, {
+                "knn": {"field": "embedding", "query_vector": doc["embedding"], "k": k, "num_candidates": max(50, 10 * k),
+                        "filter": {"bool": {"must_not": [{"ids": {"values": [image_id]}}]}}},
+                "size": k, "_source": ["image_id"]}]
+        try:
+            responses = self.es.msearch(searches=searches)["responses"]
+        except (ApiError, TransportError) as exc:
+            logger.warning("neighbour lookup failed for a batch of %d, no similarity alerts for it: %s", len(docs), exc)
+            return []
+        now = time.time()
+        out: list[Alert] = []
+        for (image_id, _), resp in zip(docs, responses):
+            hits = resp.get("hits", {}).get("hits", [])
+            sims = [(h["_source"]["image_id"], round(2 * h["_score"] - 1, 6)) for h in hits]  # cosine score = (1 + cos) / 2
+            if not sims:
+                continue
+            evidence = {"neighbours": [{"image_id": i, "similarity": s} for i, s in sims]}
+            top_id, top_sim = sims[0]
+            if top_sim >= self.settings.near_duplicate_threshold:
+                out.append(self._alert("near_duplicate", "warning", image_id, now, {
+                    **evidence, "original": top_id, "similarity": top_sim, "threshold": self.settings.near_duplicate_threshold}))
+            mean = float(np.mean([s for _, s in sims]))
+            if len(sims) == k and mean < self.settings.novelty_threshold:
+                out.append(self._alert("novel", "info", image_id, now, {
+                    **evidence, "mean_similarity": round(mean, 6), "threshold": self.settings.novelty_threshold}))
+        return out
+
+    def _alert(self, rule: str, severity: str, subject: str, ts: float, evidence: dict[str, Any]) -> Alert:
+        return Alert(rule, severity, subject, self.model_name, self.model_version, evidence, ts)

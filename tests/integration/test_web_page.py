@@ -1,0 +1,318 @@
+"""``streamdl serve`` end to end: a real worker indexes 300 digits, the server runs as its own
+process (``python -m streams serve``), and headless Chromium (Debian's, driven by Playwright)
+uses the page; the JSON API's error paths are checked over plain HTTP.
+
+The screenshot of a search is kept at ``.streamdl/artifacts/web-page.png``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from connectors.image_producer import iter_digits, publish
+from infra.process import free_port
+from streams.worker_process import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / ".streamdl" / "artifacts"
+PUBLISHED = 300
+QUERY_DIGIT = 1500
+"""A sample digit that is not among the published ones: a new image for the index."""
+MAX_BYTES = 300_000
+BODY_LIMIT = MAX_BYTES + 64 * 1024
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def indexed(settings) -> int:
+    from connectors.es_client import es_client
+
+    es = es_client(settings)
+    alias = settings.alias("images")
+    if not es.indices.exists_alias(name=alias):
+        return 0
+    es.indices.refresh(index=alias)
+    return es.count(index=alias, query={"prefix": {"image_id": "digits-"}})["count"]
+
+
+class Server(WorkerProcess):
+    """``python -m streams serve`` with the module's settings, on a free port."""
+
+    def __init__(self, settings, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(settings, log, ("serve", "--host", "127.0.0.1", "--port", str(self.port)), f"{self.url}/api/index")
+        self.start(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def web(stream_factory, tmp_path_factory):
+    """A worker that indexed the first 300 digits, and the web server over its index."""
+    logs = tmp_path_factory.mktemp("web")
+    with stream_factory(logs / "worker.log", max_message_bytes=MAX_BYTES, max_batch_size=64, max_batch_duration_secs=0.3) as (settings, worker):
+        report = publish(settings, iter_digits(PUBLISHED), total=PUBLISHED, progress=False)
+        assert report.sent == PUBLISHED
+        deadline = time.monotonic() + 300
+        while indexed(settings) < PUBLISHED:
+            assert worker.alive, f"worker died:\n{worker.tail()}"
+            assert time.monotonic() < deadline, f"only {indexed(settings)} of {PUBLISHED} indexed after 300s\n{worker.tail()}"
+            time.sleep(1)
+        server = Server(settings, logs / "server.log")
+        try:
+            yield settings, server
+        finally:
+            server.stop()
+            print(f"\n[server log]\n{server.tail()}")
+
+
+@pytest.fixture(scope="module")
+def query_digit(tmp_path_factory) -> tuple[Path, str]:
+    """Digit 1500 (not published) as a PNG file, and its label."""
+    from sklearn.datasets import load_digits
+
+    from models.digits import digit_to_png
+
+    digits = load_digits()
+    path = tmp_path_factory.mktemp("query") / f"digit-{QUERY_DIGIT}.png"
+    path.write_bytes(digit_to_png(digits.data[QUERY_DIGIT]))
+    return path, str(int(digits.target[QUERY_DIGIT]))
+
+
+# --- the page in Chromium -----------------------------------------------------------------
+def chromium_path() -> str:
+    path = os.environ.get("STREAMDL_TEST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("Chromium is needed for the browser tests: 'make install' installs Debian's package "
+                    "(apt-get install chromium), or set STREAMDL_TEST_CHROMIUM to a Chromium binary")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        # Debian's Chromium, never a downloaded one; headless with the flags that work on this closed network
+        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, web):
+    _, server = web
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    messages: list[str] = []
+    page.on("console", lambda m: messages.append(f"{m.type}: {m.text}")
+            if m.type in ("error", "warning") and not m.text.startswith("Failed to load resource") else None)  # 4xx are tested
+    page.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(server.url + "/")
+    yield page
+    context.close()
+    assert not messages, f"the page logged: {messages}"
+    outside = [u for u in requests if not u.startswith(server.url) and not u.startswith("data:")]
+    assert not outside, f"the page requested outside URLs: {outside}"
+
+
+def tiles(page) -> list[dict]:
+    return page.eval_on_selector_all(
+        "#grid .tile",
+        "ts => ts.map(t => ({id: t.dataset.id, similarity: Number(t.dataset.similarity), label: t.dataset.label, "
+        "text: t.innerText, img: t.querySelector('img') ? t.querySelector('img').src.slice(0, 23) : null, "
+        "shown: !!t.querySelector('img') && t.querySelector('img').complete && t.querySelector('img').naturalWidth > 0}))")
+
+
+def test_search_by_uploaded_image_shows_similar_digits(page, query_digit):
+    png, label = query_digit
+    expect(page.locator("#status")).to_contain_text(f"{PUBLISHED} images in")
+    page.set_input_files("#file", str(png))
+    assert page.input_value("#k") == "10"
+    page.click("#search")
+    page.wait_for_selector("#grid .tile")
+    got = tiles(page)
+    assert len(got) == 10
+    sims = [t["similarity"] for t in got]
+    assert sims == sorted(sims, reverse=True)
+    assert all(-1 <= s <= 1 for s in sims)
+    same = sum(t["label"] == label for t in got)
+    assert same >= 7, f"only {same} of 10 neighbours of a {label} are labelled {label}: {[t['label'] for t in got]}"
+    assert all(t["img"] == "data:image/jpeg;base64," and t["shown"] for t in got), got
+    assert all(f"{t['similarity']:.3f}" in t["text"] and t["id"] in t["text"] for t in got)
+    assert page.is_hidden("#error")
+    query = page.locator("#grid > :first-child")
+    assert query.get_attribute("class") == "query" and query.locator("img").get_attribute("src").startswith("data:image/png;base64,")
+    assert "neighbours in" in page.inner_text("#status")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
+
+
+def test_search_by_id_with_a_label_filter(page):
+    page.fill("#image-id", "digits-0007")
+    page.fill("#k", "5")
+    page.fill("#label", "7")
+    page.check("#exact")
+    page.click("#search")
+    page.wait_for_selector("#grid .tile")
+    got = tiles(page)
+    assert len(got) == 5
+    assert all(t["label"] == "7" and t["id"] != "digits-0007" for t in got)
+    assert [t["similarity"] for t in got] == sorted((t["similarity"] for t in got), reverse=True)
+    assert "exact scan" in page.inner_text("#status")
+    assert "digits-0007" in page.inner_text("#grid > .query")
+
+
+def test_unknown_id_shows_the_reason_in_the_error_box(page):
+    page.fill("#image-id", "no-such-image")
+    page.click("#search")
+    page.wait_for_selector("#error", state="visible")
+    text = page.inner_text("#error")
+    assert "no image with id 'no-such-image'" in text
+    assert page.locator("#grid .tile").count() == 0
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-page-error.png"))
+
+
+# --- the JSON API over plain HTTP -------------------------------------------------------------
+def call(url: str, data: bytes | None = None, headers: dict[str, str] | None = None, method: str | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        assert exc.headers.get_content_type() == "application/json", body[:300]
+        return exc.code, json.loads(body)
+
+
+def similar(server: Server, **params: str) -> tuple[int, dict]:
+    return call(f"{server.url}/api/similar?{urllib.parse.urlencode(params)}")
+
+
+def multipart(fields: dict[str, str | tuple[str, bytes]]) -> tuple[bytes, dict[str, str]]:
+    boundary = uuid.uuid4().hex
+    body = b""
+    for name, value in fields.items():
+        if isinstance(value, tuple):
+            filename, data = value
+            head = f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\nContent-Type: application/octet-stream'
+        else:
+            head, data = f'Content-Disposition: form-data; name="{name}"', value.encode()
+        body += f"--{boundary}\r\n{head}\r\n\r\n".encode() + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def upload(server: Server, fields: dict[str, str | tuple[str, bytes]]) -> tuple[int, dict]:
+    body, headers = multipart(fields)
+    return call(f"{server.url}/api/similar", body, headers)
+
+
+def test_api_similar_by_id_and_by_image(web, query_digit):
+    _, server = web
+    status, body = similar(server, id="digits-0003", k="4", label="3")
+    assert status == 200 and body["query_id"] == "digits-0003" and len(body["neighbours"]) == 4
+    assert {n["label"] for n in body["neighbours"]} == {"3"} and body["query"]["label"] == "3"
+    png, label = query_digit
+    status, body = upload(server, {"image": ("q.png", png.read_bytes()), "k": "10", "exact": "true"})
+    assert status == 200 and body["exact"] is True and len(body["neighbours"]) == 10
+    assert sum(n["label"] == label for n in body["neighbours"]) >= 7
+
+
+def test_api_index(web):
+    settings, server = web
+    status, body = call(f"{server.url}/api/index")
+    assert status == 200
+    assert body["alias"] == settings.alias("images") and body["index"].startswith(settings.alias("images"))
+    assert body["model_name"] == "digits-cnn" and body["dims"] == 64 and body["documents"] == PUBLISHED
+
+
+def test_api_rejects_an_unknown_filter_parameter(web):
+    _, server = web
+    status, body = similar(server, id="digits-0001", colour="red")
+    assert status == 400 and "'colour'" in body["error"]
+    status, body = upload(server, {"image": ("q.png", b"x"), "flavour": "sweet"})
+    assert status == 400 and "'flavour'" in body["error"]
+
+
+def test_api_rejects_bad_k(web):
+    _, server = web
+    for k in ("0", "-3", "1001", "ten"):
+        status, body = similar(server, id="digits-0001", k=k)
+        assert status == 400 and "k must be" in body["error"], (k, body)
+    status, body = similar(server, id="digits-0001", exact="perhaps")
+    assert status == 400 and "exact" in body["error"]
+
+
+def test_api_unknown_id_is_404(web):
+    _, server = web
+    status, body = similar(server, id="no-such-image")
+    assert status == 404 and "no image with id 'no-such-image'" in body["error"]
+    status, body = similar(server)
+    assert status == 400 and "id" in body["error"]
+
+
+def test_api_corrupt_upload_is_400_with_the_decode_reason(web, query_digit):
+    _, server = web
+    good = query_digit[0].read_bytes()
+    status, body = upload(server, {"image": ("broken.png", good[: len(good) // 2])})
+    assert status == 400 and "cannot be used" in body["error"] and "truncated" in body["error"], body
+    status, body = upload(server, {"image": ("text.png", b"hello, this is not an image at all")})
+    assert status == 400 and "cannot be used" in body["error"], body
+    status, body = upload(server, {"image": ("empty.png", b"")})
+    assert status == 400 and "empty" in body["error"], body
+    status, body = upload(server, {"k": "3"})
+    assert status == 400 and "no image" in body["error"]
+    status, body = call(f"{server.url}/api/similar", good, {"Content-Type": "image/png"})
+    assert status == 400 and "multipart/form-data" in body["error"]
+
+
+def test_api_body_over_the_limit_is_413(web):
+    _, server = web
+    status, body = upload(server, {"image": ("big.png", os.urandom(BODY_LIMIT + 1024))})
+    assert status == 413 and "too large" in body["error"], body
+    # an image over the image limit, inside the body limit: refused by the decoder's size check
+    status, body = upload(server, {"image": ("big.png", os.urandom(MAX_BYTES + 1))})
+    assert status == 400 and "limit" in body["error"], body
+
+
+def test_only_the_known_routes_exist(web):
+    _, server = web
+    for path in ("/../../etc/passwd", "/etc/passwd", "/static/../../streams/web.py", "/%2e%2e/%2e%2e/etc/passwd", "/api", "/api/"):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        assert resp.status in (404, 400), (path, resp.status)
+        assert b"root:" not in body and b"import" not in body
+    status, body = call(f"{server.url}/api/index", method="DELETE")
+    assert status == 405 and "not allowed" in body["error"]
+    status, body = call(f"{server.url}/api/similar?id=digits-0001", method="PUT", data=b"")
+    assert status == 405
+
+
+def test_the_page_is_self_contained(web):
+    _, server = web
+    with urllib.request.urlopen(f"{server.url}/", timeout=10) as resp:
+        html = resp.read().decode()
+        csp = resp.headers["Content-Security-Policy"]
+    assert resp.headers.get_content_type() == "text/html"
+    assert "default-src 'none'" in csp
+    for element in ("file", "image-id", "k", "label", "source", "since", "exact", "search", "grid", "error", "status"):
+        assert f'id="{element}"' in html
+    assert "http://" not in html and "https://" not in html and "//cdn" not in html
