@@ -43,6 +43,7 @@ def run_demo(settings: Settings, say: Callable[[str], None] = print, timeout: fl
     finally:
         worker.stop()
     print(demo_report(docs, elapsed, dead, settings.topic("dlq")))
+    print(similar_report(settings))
     print(format_status(stack.status()))
     print(f"demo finished in {time.monotonic() - t0:.0f}s. Try: .venv/bin/streamdl stack status; stop with .venv/bin/streamdl stack down")
     return 0
@@ -86,6 +87,29 @@ def wait_for_documents(settings: Settings, since: float, expected: int, timeout:
             time.sleep(0.5)
     hits = es.search(index=alias, query=query, size=10_000, source=["image_id", "label", "true_label", "model_version"])
     return [h["_source"] for h in hits["hits"]["hits"]]
+
+
+def similar_report(settings: Settings) -> str:
+    """The neighbours of one digit the model never trained on, and a contact sheet of them."""
+    import base64
+
+    from connectors.search import SimilaritySearch
+    from models.digits import held_out_ids
+    from streams.contact_sheet import contact_sheet
+
+    image_id = sorted(held_out_ids())[0]
+    search = SimilaritySearch(settings)
+    result = search.by_id(image_id, k=8)
+    query = search.es.get(index=result.index, id=image_id, source=["thumbnail", "true_label"])["_source"]
+    sheet = settings.state_dir.resolve() / "demo-similar.png"
+    sheet.write_bytes(contact_sheet(result, base64.b64decode(query["thumbnail"]), f"query  label {query['true_label']}\n{image_id}"))
+    labels = " ".join(n.true_label or "?" for n in result.neighbours)
+    return "\n".join([
+        f"  similar to {image_id} (a {query['true_label']}):  labels of the 8 nearest: {labels}  ({result.took_ms:.0f} ms)",
+        f"  contact sheet         {sheet}",
+        "  try                   .venv/bin/streamdl similar --id digits-0042 --k 5;  .venv/bin/streamdl serve",
+        "",
+    ])
 
 
 def demo_report(docs: list[dict], seconds: float, dead: dict[str, int], dlq_topic: str) -> str:
