@@ -38,7 +38,9 @@ stack-down: $(STAMP)
 	$(BIN)/streamdl stack down
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.knn
 
 clean:
 	-$(BIN)/streamdl stack down
