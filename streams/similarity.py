@@ -61,7 +61,7 @@ class NeighbourCheck:
         searches: list[dict[str, Any]] = []
         for image_id, doc in docs:
             searches += [{"index": self.index}, {
-                "knn": {"field": "embedding", "query_vector": doc["embedding"], "k": k, "num_candidates": max(50, 10 * k),
+                "knn": {"field": "embedding", "query_vector": doc["embedding"], "k": k, "num_candidates": max(20, 4 * k),
                         "filter": {"bool": {"must_not": [{"ids": {"values": [image_id]}}]}}},
                 "size": k, "_source": ["image_id"]}]
         try:
