@@ -146,6 +146,11 @@ class SimilaritySearch:
         return IndexModel(index, meta["model_name"], str(meta["model_version"]), int(meta["embedding_size"]),
                           str(meta.get("model_ref", meta["model_name"])))
 
+    def stored(self, image_id: str, index: str | None = None) -> Neighbour | None:
+        """An indexed image's own label and thumbnail (similarity 1.0), to show it beside its neighbours."""
+        resp = self.es.options(ignore_status=404).get(index=index or self.alias, id=image_id, source=_SOURCE)
+        return _neighbour(resp["_source"], 1.0) if resp.get("found") else None
+
     # --- queries -----------------------------------------------------------------------
     def by_id(self, image_id: str, k: int = 10, num_candidates: int | None = None, filters: Filters = Filters(),
               exact: bool = False) -> SearchResult:

@@ -7,7 +7,6 @@ a flag beats its ``STREAMDL_*`` environment variable, which beats ``.env``, whic
 from __future__ import annotations
 
 import argparse
-import base64
 import logging
 import sys
 from pathlib import Path
@@ -184,8 +183,9 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
     options = {"k": args.k, "num_candidates": args.num_candidates, "filters": filters, "exact": args.exact}
     if args.image_id:
         result = search.by_id(args.image_id, **options)
-        doc = search.es.get(index=result.index, id=args.image_id, source=["thumbnail", "label"])["_source"]
-        query_image, caption = base64.b64decode(doc["thumbnail"]) if doc.get("thumbnail") else None, f"query  label {doc.get('label') or '-'}\n{args.image_id[:16]}"
+        query = search.stored(args.image_id, result.index)
+        query_image = query.thumbnail if query else None
+        caption = f"query  label {query.label if query else '-'}\n{args.image_id[:16]}"
     else:
         try:
             query_image = args.image.read_bytes()

@@ -91,8 +91,6 @@ def wait_for_documents(settings: Settings, since: float, expected: int, timeout:
 
 def similar_report(settings: Settings) -> str:
     """The neighbours of one digit the model never trained on, and a contact sheet of them."""
-    import base64
-
     from connectors.search import SimilaritySearch
     from models.digits import held_out_ids
     from streams.contact_sheet import contact_sheet
@@ -100,12 +98,12 @@ def similar_report(settings: Settings) -> str:
     image_id = sorted(held_out_ids())[0]
     search = SimilaritySearch(settings)
     result = search.by_id(image_id, k=8)
-    query = search.es.get(index=result.index, id=image_id, source=["thumbnail", "true_label"])["_source"]
+    query = search.stored(image_id, result.index)
     sheet = settings.state_dir.resolve() / "demo-similar.png"
-    sheet.write_bytes(contact_sheet(result, base64.b64decode(query["thumbnail"]), f"query  label {query['true_label']}\n{image_id}"))
+    sheet.write_bytes(contact_sheet(result, query.thumbnail, f"query  label {query.true_label}\n{image_id}"))
     labels = " ".join(n.true_label or "?" for n in result.neighbours)
     return "\n".join([
-        f"  similar to {image_id} (a {query['true_label']}):  labels of the 8 nearest: {labels}  ({result.took_ms:.0f} ms)",
+        f"  similar to {image_id} (a {query.true_label}):  labels of the 8 nearest: {labels}  ({result.took_ms:.0f} ms)",
         f"  contact sheet         {sheet}",
         "  try                   .venv/bin/streamdl similar --id digits-0042 --k 5;  .venv/bin/streamdl serve",
         "",

@@ -177,17 +177,9 @@ async def similar_by_id(request: web.Request) -> web.Response:
     search = request.app[SEARCH_KEY]
     result = await _run(request, search.by_id, image_id, **args)
     body = result.as_json()
-    body["query"] = await _run(request, _query_doc, search, result.index, image_id)
+    query = await _run(request, search.stored, image_id, result.index)
+    body["query"] = None if query is None else {k: v for k, v in query.as_json().items() if k in ("image_id", "label", "thumbnail")}
     return web.json_response(body)
-
-
-def _query_doc(search: SimilaritySearch, index: str, image_id: str) -> dict[str, Any] | None:
-    """The query image's own label and thumbnail, for showing it beside its neighbours."""
-    resp = search.es.options(ignore_status=404).get(index=index, id=image_id, source=["label", "thumbnail"])
-    if not resp.get("found"):
-        return None
-    src = resp["_source"]
-    return {"image_id": image_id, "label": src.get("label"), "thumbnail": src.get("thumbnail")}
 
 
 async def similar_by_image(request: web.Request) -> web.Response:
