@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     similarity_alerts: bool = Field(True, description="Look up each new image's neighbours and raise near_duplicate / novel alerts. Env STREAMDL_SIMILARITY_ALERTS.")
     neighbour_k: int = Field(5, ge=1, le=100, description="Neighbours looked up per new image. Env STREAMDL_NEIGHBOUR_K.")
     near_duplicate_threshold: float = Field(0.9995, ge=-1, le=1, description="Cosine similarity at or above which an image is a near-duplicate of its nearest neighbour (distinct digits reach 0.9993 with the default model). Env STREAMDL_NEAR_DUPLICATE_THRESHOLD.")
+    novelty_min_images: int = Field(1000, ge=0, description="Images the index must hold before novelty is judged (an almost empty index makes everything look novel). Env STREAMDL_NOVELTY_MIN_IMAGES.")
     novelty_threshold: float = Field(0.85, ge=-1, le=1, description="Mean cosine similarity of the neighbours below which an image is novel. Env STREAMDL_NOVELTY_THRESHOLD.")
 
     # --- Local state and operations ------------------------------------------

@@ -3,8 +3,8 @@
 For each new image, its nearest neighbours among the images indexed before this batch (itself
 excluded) are looked up. The nearest at or above ``near_duplicate_threshold`` raises a
 ``near_duplicate`` alert naming it; a mean similarity of a full set of ``neighbour_k``
-neighbours below ``novelty_threshold`` raises a ``novel`` alert. Images of the same batch do not
-see each other (they are not searchable yet).
+neighbours below ``novelty_threshold`` raises a ``novel`` alert, once the index holds
+``novelty_min_images``. Images of the same batch do not see each other (not searchable yet).
 """
 
 from __future__ import annotations
@@ -52,6 +52,13 @@ class NeighbourCheck:
     def __init__(self, settings: Settings, es: Elasticsearch, index: str, model_name: str, model_version: str) -> None:
         self.settings, self.es, self.index = settings, es, index
         self.model_name, self.model_version = model_name, model_version
+        self._enough_for_novelty = settings.novelty_min_images == 0
+
+    def _judge_novelty(self) -> bool:
+        """Whether the index holds ``novelty_min_images`` yet (counted until it does, then never again)."""
+        if not self._enough_for_novelty:
+            self._enough_for_novelty = self.es.count(index=self.index)["count"] >= self.settings.novelty_min_images
+        return self._enough_for_novelty
 
     def alerts(self, docs: list[tuple[str, dict[str, Any]]]) -> list[Alert]:
         """Alerts for ``(image id, document)`` pairs; an Elasticsearch failure is logged and yields none."""
@@ -65,6 +72,7 @@ class NeighbourCheck:
                         "filter": {"bool": {"must_not": [{"ids": {"values": [image_id]}}]}}},
                 "size": k, "_source": ["image_id"]}]
         try:
+            judge_novelty = self._judge_novelty()
             responses = self.es.msearch(searches=searches)["responses"]
         except (ApiError, TransportError) as exc:
             logger.warning("neighbour lookup failed for a batch of %d, no similarity alerts for it: %s", len(docs), exc)
@@ -82,7 +90,7 @@ class NeighbourCheck:
                 out.append(self._alert("near_duplicate", "warning", image_id, now, {
                     **evidence, "original": top_id, "similarity": top_sim, "threshold": self.settings.near_duplicate_threshold}))
             mean = float(np.mean([s for _, s in sims]))
-            if len(sims) == k and mean < self.settings.novelty_threshold:
+            if judge_novelty and len(sims) == k and mean < self.settings.novelty_threshold:
                 out.append(self._alert("novel", "info", image_id, now, {
                     **evidence, "mean_similarity": round(mean, 6), "threshold": self.settings.novelty_threshold}))
         return out

@@ -3,6 +3,7 @@ queries, exact against approximate, and a reindex whose alias switch never break
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import threading
@@ -12,6 +13,7 @@ import uuid
 import numpy as np
 import pytest
 from confluent_kafka import Consumer
+from PIL import Image
 from sklearn.datasets import load_digits
 
 from connectors.es_client import ensure_index, es_client
@@ -28,7 +30,8 @@ COUNT = 1000  # digits 0..999 are indexed; 1500.. are queries the index never sa
 
 @pytest.fixture(scope="module")
 def indexed(stream_factory, tmp_path_factory):
-    with stream_factory(tmp_path_factory.mktemp("worker") / "worker.log", max_batch_duration_secs=0.3) as (settings, worker):
+    with stream_factory(tmp_path_factory.mktemp("worker") / "worker.log", max_batch_duration_secs=0.3,
+                        novelty_min_images=COUNT // 2) as (settings, worker):
         publish(settings, iter_digits(COUNT), total=COUNT, progress=False)
         es = es_client(settings)
         deadline = time.monotonic() + 240
@@ -147,6 +150,26 @@ def test_a_republished_copy_raises_exactly_one_near_duplicate_alert(indexed):
     stored = es.get(index=settings.alias("alerts"), id=alert["alert_id"])["_source"]
     assert stored["subject_id"] == copy_id and stored["kind"] == "near_duplicate"
     assert 'streamdl_alerts_total{rule="near_duplicate"} 1.0' in (worker.metrics() or "")
+
+
+def test_an_image_unlike_any_digit_raises_a_novel_alert_and_digits_mostly_do_not(indexed):
+    settings, worker = indexed
+    bars = (np.indices((32, 32))[0] % 8 < 4).astype(np.uint8) * 255  # horizontal bars: no digit looks like this
+    buf = io.BytesIO()
+    Image.fromarray(bars).save(buf, format="PNG")
+    produce_all(settings, settings.topic("images"), [("bars", buf.getvalue(), [("source", b"test")])])
+    es = es_client(settings)
+    deadline = time.monotonic() + 60
+    while not es.options(ignore_status=404).get(index=settings.alias("images"), id="bars").get("found"):
+        assert time.monotonic() < deadline and worker.alive
+        time.sleep(0.5)
+    novel = [a for a in _alerts(settings, timeout=10) if a["rule"] == "novel"]
+    assert [a["subject_id"] for a in novel if a["subject_id"] == "bars"] == ["bars"]
+    evidence = next(a for a in novel if a["subject_id"] == "bars")["evidence"]
+    assert evidence["mean_similarity"] < settings.novelty_threshold and len(evidence["neighbours"]) == settings.neighbour_k
+    digits_flagged = [a for a in novel if a["subject_id"].startswith("digits-")]
+    print(f"\ndigits flagged novel after the index held {settings.novelty_min_images}: {len(digits_flagged)} of {COUNT}")
+    assert len(digits_flagged) < COUNT * 0.02  # before the warm-up, an almost empty index flagged ~5%
 
 
 def test_reindex_to_another_model_version_switches_the_alias_without_a_failed_search(indexed, tmp_path):
