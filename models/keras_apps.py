@@ -23,7 +23,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-from unittest import mock
 
 import keras
 import numpy as np
@@ -262,8 +261,11 @@ def _build_with_weights(spec: AppSpec, mode: str, weights_path: Path, kwargs: di
             asked.append(fname)
             return str(weights_path)
 
-    with mock.patch.object(module, "file_utils", _LocalFiles()):
+    module.file_utils = _LocalFiles()
+    try:
         model = spec.constructor(**{**kwargs, "weights": "imagenet"})
+    finally:
+        module.file_utils = real
     if asked != [spec.weights_file(mode)]:
         logger.warning("Keras asked for weights file(s) %s for %s, expected %r", asked, spec.name, spec.weights_file(mode))
     logger.info("loaded %s weights from %s", spec.name, weights_path)
