@@ -293,9 +293,7 @@ class Elasticsearch(Service):
         under a 0700 home folder), ``/var/tmp/streamdl-<hash of the state folder>``."""
         if os.geteuid() != 0 or reachable_by_nobody(state_dir):
             return state_dir
-        alt = Path("/var/tmp") / f"streamdl-{hashlib.sha256(str(state_dir).encode()).hexdigest()[:10]}"
-        alt.mkdir(mode=0o755, exist_ok=True)
-        return alt
+        return Path("/var/tmp") / f"streamdl-{hashlib.sha256(str(state_dir).encode()).hexdigest()[:10]}"
 
     def _give_to_unprivileged_user(self) -> None:
         """Elasticsearch will not run as root: hand its folders to ``nobody`` (see :meth:`_root`)."""
