@@ -29,7 +29,7 @@ from models.handler import BatchResult, ModelHandler, ModelInfo
 from streamdl.settings import Settings
 from streams import metrics
 from streams.records import InMessage, dead_letter, iso, message_id, to_json
-from streams.similarity import NeighbourCheck
+from streams.similarity import Alert, NeighbourCheck
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +96,11 @@ class ImagePipeline:
         check_elasticsearch(self.es, self.settings)
         self.handler.load()
         self.info: ModelInfo = self.handler.info()
-        model_meta = {"model_name": self.info.name, "model_version": self.info.version, "model_ref": model_ref(self.settings.model_name)}
-        self.index = ensure_index(self.es, self.settings.alias("images"), f"{self.info.name}-{self.info.version}",
-                                  images_index(self.info.embedding_size, model_meta))
-        self.es.indices.put_mapping(index=self.index, meta={"embedding_size": self.info.embedding_size, **model_meta})
-        self.alerts_index = ensure_index(self.es, self.settings.alias("alerts"), ALERTS_INDEX_VERSION, alerts_index())
+        body = images_index(self.info.embedding_size, {"model_name": self.info.name, "model_version": self.info.version,
+                                                       "model_ref": model_ref(self.settings.model_name)})
+        self.index = ensure_index(self.es, self.settings.alias("images"), f"{self.info.name}-{self.info.version}", body)
+        self.es.indices.put_mapping(index=self.index, meta=body["mappings"]["_meta"])  # also an index made before _meta existed
+        ensure_index(self.es, self.settings.alias("alerts"), ALERTS_INDEX_VERSION, alerts_index())
         self.neighbours = NeighbourCheck(self.settings, self.es, self.index, self.info.name, self.info.version) \
             if self.settings.similarity_alerts and self.publish else None
         self.deliveries = Deliveries(make_producer(self.settings))
@@ -150,26 +150,27 @@ class ImagePipeline:
                 logger.error("alert %s refused by Elasticsearch: %s", rejected.doc_id, rejected.reason)
         t1 = time.perf_counter()
         report = BatchReport(size=computed.size, indexed=len(computed.predictions), alerts=len(alerts))
-        if not self.publish:
-            for _, code, _, _ in computed.dead:
-                report.dead(code)
-            report.seconds = {**computed.seconds, "index": t1 - t0, "publish": 0.0}
-            return report
+        for _, code, _, _ in computed.dead:
+            report.dead(code)
+        if self.publish:
+            self._publish(computed, alerts)
+        t2 = time.perf_counter()
+        report.seconds = {**computed.seconds, "index": t1 - t0, "publish": t2 - t1}
+        self._record(report)
+        return report
+
+    def _publish(self, computed: Computed, alerts: list[Alert]) -> None:
+        """Alerts, dead letters and predictions to Kafka; returns once all are acknowledged."""
         for alert in alerts:
             self.deliveries.produce(self.alerts_topic, to_json(alert.as_json()), alert.subject_id)
             metrics.ALERTS.labels(alert.rule).inc()
         for msg, code, reason, stage in computed.dead:
             key, value, headers = dead_letter(msg, code, reason, stage)
             self.deliveries.produce(self.dlq_topic, value, key, headers)
-            report.dead(code)
             metrics.DEAD_LETTERS.labels(code).inc()
         for image_id, value in computed.predictions.items():
             self.deliveries.produce(self.predictions_topic, value, image_id)
         self.deliveries.wait(what="predictions and dead letters")
-        t2 = time.perf_counter()
-        report.seconds = {**computed.seconds, "index": t1 - t0, "publish": t2 - t1}
-        self._record(report)
-        return report
 
     def _decode(self, batch: Sequence[InMessage], computed: Computed) -> list[_Decoded]:
         size, channels = self.info.input_size, self.info.channels
