@@ -114,12 +114,7 @@ class BenchStack:
 
     def stage_seconds(self) -> dict[str, float]:
         """Total seconds the worker spent in each stage so far (its ``streamdl_stage_seconds`` sums)."""
-        out: dict[str, float] = {}
-        for line in (self.worker.metrics() or "").splitlines():
-            if line.startswith("streamdl_stage_seconds_sum{"):
-                stage = line.split('stage="', 1)[1].split('"', 1)[0]
-                out[stage] = float(line.rsplit(" ", 1)[1])
-        return out
+        return self.worker.metric("streamdl_stage_seconds_sum", "stage")
 
     def latency(self, images: list[bytes], rate: float, count: int) -> tuple[float, float]:
         """Produce ``count`` images at ``rate``/s; p50 and p99 of produce-to-prediction time, in ms."""

@@ -60,8 +60,7 @@ def wait_for_dead_letters(worker: WorkerProcess, expected: int, timeout: float) 
     """The worker's dead-letter counts by reason, once at least ``expected`` were counted."""
     deadline = time.monotonic() + timeout
     while True:
-        counts = {line.split('reason="', 1)[1].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
-                  for line in (worker.metrics() or "").splitlines() if line.startswith("streamdl_dead_letters_total{")}
+        counts = {reason: int(n) for reason, n in worker.metric("streamdl_dead_letters_total", "reason").items()}
         if sum(counts.values()) >= expected or time.monotonic() > deadline:
             return counts
         time.sleep(0.5)

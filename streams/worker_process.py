@@ -51,6 +51,14 @@ class WorkerProcess:
         """The worker's Prometheus text, or ``None`` when it does not answer."""
         return self._get(f"http://127.0.0.1:{self.settings.metrics_port}/metrics")
 
+    def metric(self, sample: str, label: str) -> dict[str, float]:
+        """The values of one sample of the worker's metrics by one label, e.g.
+        ``metric("streamdl_dead_letters_total", "reason") -> {"empty": 1.0}``."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return {s.labels[label]: s.value for family in text_string_to_metric_families(self.metrics() or "")
+                for s in family.samples if s.name == sample and label in s.labels}
+
     @staticmethod
     def _get(url: str) -> str | None:
         try:
