@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import re
+import threading
 import time
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Sequence
@@ -133,6 +134,7 @@ class SimilaritySearch:
         self.alias = alias or settings.alias("images")
         self._handler = None
         self._handler_for: IndexModel | None = None
+        self._loading = threading.Lock()  # the query model loads once, even when queries come from many threads
 
     # --- what is searched ------------------------------------------------------------
     def index_model(self) -> IndexModel:
@@ -155,6 +157,7 @@ class SimilaritySearch:
     def by_id(self, image_id: str, k: int = 10, num_candidates: int | None = None, filters: Filters = Filters(),
               exact: bool = False) -> SearchResult:
         """Neighbours of an indexed image (itself excluded)."""
+        num_candidates = check_sizes(k, num_candidates)
         target = self.index_model()
         resp = self.es.options(ignore_status=404).get(index=target.index, id=image_id, source=["embedding"])
         if not resp.get("found"):
@@ -165,6 +168,7 @@ class SimilaritySearch:
     def by_image(self, data: bytes, k: int = 10, num_candidates: int | None = None, filters: Filters = Filters(),
                  exact: bool = False) -> SearchResult:
         """Neighbours of an image given as file bytes, featurized with the index's model."""
+        num_candidates = check_sizes(k, num_candidates)
         target = self.index_model()
         return self._search(target, self.embed(data, target), k, num_candidates, filters, exact, exclude=(), query_id=None)
 
@@ -181,14 +185,18 @@ class SimilaritySearch:
         return handler.predict_batch(pixels[None]).embeddings[0]
 
     def _query_model(self, target: IndexModel):
-        if self._handler is not None and self._handler_for == target:
+        with self._loading:
+            if self._handler is None or self._handler_for != target:
+                self._handler, self._handler_for = self._load_query_model(target), target
             return self._handler
+
+    def _load_query_model(self, target: IndexModel):
         from models.catalog import load_handler
         from models.errors import ModelNotFound
 
         try:
             handler = load_handler(target.model_ref, state_dir=self.settings.state_dir, batch_size=1,
-                                   weights=None if (self.settings.model_weights or "").lower() == "none" else self.settings.model_weights)
+                                   weights=self.settings.weights)
             handler.load()
         except ModelNotFound as exc:
             raise NotFound(f"index {target.index} was built by model {target.model_name!r}, which cannot be loaded here: {exc}") from None
@@ -196,16 +204,10 @@ class SimilaritySearch:
         if version != target.model_version:
             raise SearchError(f"index {target.index} was built by {target.model_name} version {target.model_version}, but this "
                               f"machine loads version {version}; vectors of different versions are not comparable")
-        self._handler, self._handler_for = handler, target
         return handler
 
-    def _search(self, target: IndexModel, vector: np.ndarray, k: int, num_candidates: int | None, filters: Filters,
+    def _search(self, target: IndexModel, vector: np.ndarray, k: int, candidates: int, filters: Filters,
                 exact: bool, exclude: Sequence[str], query_id: str | None) -> SearchResult:
-        if not 1 <= k <= MAX_K:
-            raise SearchError(f"k must be between 1 and {MAX_K}; got {k}")
-        candidates = num_candidates or min(MAX_CANDIDATES, max(100, 10 * k))
-        if not k <= candidates <= MAX_CANDIDATES:
-            raise SearchError(f"num_candidates must be between k ({k}) and {MAX_CANDIDATES}; got {candidates}")
         if len(vector) != target.dims:
             raise SearchError(f"the query vector has {len(vector)} dimensions; index {target.index} has {target.dims}")
         query = {"bool": {"filter": filters.clauses(), "must_not": [{"ids": {"values": list(exclude)}}] if exclude else []}}
@@ -231,6 +233,16 @@ class SimilaritySearch:
             best.append((float(unit @ (v / (np.linalg.norm(v) or 1.0))), hit["_source"]))
         best.sort(key=lambda pair: -pair[0])
         return [_neighbour(src, sim) for sim, src in best[:k]]
+
+
+def check_sizes(k: int, num_candidates: int | None) -> int:
+    """Validate ``k`` and ``num_candidates`` (before any model or index is touched); returns the candidates to use."""
+    if not 1 <= k <= MAX_K:
+        raise SearchError(f"k must be between 1 and {MAX_K}; got {k}")
+    candidates = num_candidates or min(MAX_CANDIDATES, max(100, 10 * k))
+    if not k <= candidates <= MAX_CANDIDATES:
+        raise SearchError(f"num_candidates must be between k ({k}) and {MAX_CANDIDATES}; got {candidates}")
+    return candidates
 
 
 def _neighbour(src: dict[str, Any], similarity: float) -> Neighbour:

@@ -112,6 +112,11 @@ class Settings(BaseSettings):
             raise ValueError(f"expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {value!r}")
         return value.upper()
 
+    @property
+    def weights(self) -> str | None:
+        """``model_weights`` as the model layer takes it: ``None`` (random weights) for ``none``."""
+        return None if (self.model_weights or "").lower() == "none" else self.model_weights
+
     # --- Derived names ---------------------------------------------------------
     def topic(self, name: str) -> str:
         """Full topic name of one of :data:`TOPIC_NAMES`, e.g. ``streamdl.images``."""

@@ -19,13 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from connectors.search import MAX_K, Filters, SearchError, SimilaritySearch
+from connectors.search import Filters, SearchError, SimilaritySearch
 from streamdl.errors import StreamdlError
 from streamdl.settings import Settings
 
@@ -41,7 +40,6 @@ CONTROL_PARAMS = ("k", "num_candidates", "exact")
 SEARCH_KEY = web.AppKey("search", SimilaritySearch)
 EXECUTOR_KEY = web.AppKey("executor", ThreadPoolExecutor)
 SETTINGS_KEY = web.AppKey("settings", Settings)
-IMAGE_LOCK_KEY = web.AppKey("image_lock", type(threading.Lock()))
 
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
@@ -59,7 +57,6 @@ def create_app(settings: Settings, search: SimilaritySearch | None = None) -> we
     app[SETTINGS_KEY] = settings
     app[SEARCH_KEY] = search or SimilaritySearch(settings)
     app[EXECUTOR_KEY] = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="streamdl-search")
-    app[IMAGE_LOCK_KEY] = threading.Lock()  # the query model is loaded on first use: one image query at a time
     app.router.add_get("/", page)
     app.router.add_get("/api/similar", similar_by_id)
     app.router.add_post("/api/similar", similar_by_image)
@@ -147,10 +144,7 @@ def _bool(params: Mapping[str, str], name: str) -> bool:
 
 def _search_args(params: Mapping[str, str]) -> dict[str, Any]:
     """k, num_candidates, exact and the filters; an unknown parameter is an error (400)."""
-    k = _int(params, "k", 10)
-    if not 1 <= k <= MAX_K:  # checked before any model or index is touched
-        raise SearchError(f"k must be between 1 and {MAX_K}; got {k}")
-    return {"k": k, "num_candidates": _int(params, "num_candidates", None), "exact": _bool(params, "exact"),
+    return {"k": _int(params, "k", 10), "num_candidates": _int(params, "num_candidates", None), "exact": _bool(params, "exact"),
             "filters": Filters.from_mapping({name: value for name, value in params.items() if name not in CONTROL_PARAMS})}
 
 
@@ -186,31 +180,19 @@ async def similar_by_image(request: web.Request) -> web.Response:
     if request.content_type != "multipart/form-data":
         raise SearchError(f"POST the image as multipart/form-data (field 'image'); got {request.content_type or 'no content type'}")
     form = await request.post()  # enforces client_max_size: 413
-    image = None
-    params: dict[str, str] = {}
-    for key, value in list(request.query.items()) + list(form.items()):
-        if key == "image":
-            if image is not None:
-                raise SearchError("give one image (field 'image' is given more than once)")
-            if not isinstance(value, web.FileField):
-                raise SearchError("the field 'image' must be a file upload")
-            image = value.file.read()
-        elif key in params:
-            raise SearchError(f"parameter {key!r} is given more than once")
-        elif not isinstance(value, str):
-            raise SearchError(f"parameter {key!r} must be a plain form field, not a file")
-        else:
-            params[key] = value
-    if image is None:
+    pairs = list(request.query.items()) + list(form.items())
+    images = [value for key, value in pairs if key == "image"]
+    if not images:
         raise SearchError("no image: POST it as multipart/form-data in the field 'image'")
-    args = _search_args(params)
-    search, lock = request.app[SEARCH_KEY], request.app[IMAGE_LOCK_KEY]
-
-    def run():
-        with lock:
-            return search.by_image(image, **args)
-
-    result = await _run(request, run)
+    if len(images) > 1:
+        raise SearchError("give one image (field 'image' is given more than once)")
+    if not isinstance(images[0], web.FileField):
+        raise SearchError("the field 'image' must be a file upload")
+    files = [key for key, value in pairs if key != "image" and not isinstance(value, str)]
+    if files:
+        raise SearchError(f"parameter {files[0]!r} must be a plain form field, not a file")
+    args = _search_args(_single((key, value) for key, value in pairs if key != "image"))
+    result = await _run(request, request.app[SEARCH_KEY].by_image, images[0].file.read(), **args)
     return web.json_response(result.as_json())
 
 

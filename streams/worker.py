@@ -21,7 +21,7 @@ def make_handler(settings: Settings) -> ModelHandler:
     """The configured model's handler, not loaded yet; a bad name, file or argument fails here, before any service is contacted."""
     try:
         handler = load_handler(settings.model_name, state_dir=settings.state_dir, batch_size=settings.max_batch_size,
-                               weights=None if (settings.model_weights or "").lower() == "none" else settings.model_weights,
+                               weights=settings.weights,
                                mode=settings.model_mode, head=settings.model_head, mixed_precision=settings.mixed_precision)
     except ValueError as exc:  # an argument the model layer refuses: a settings problem for the user
         raise SettingsError(f"model settings (STREAMDL_MODEL_*): {exc}") from None
