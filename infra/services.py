@@ -151,6 +151,14 @@ class Service(ABC):
         return process.tail(self.log, lines)
 
 
+def kafka_cluster_id() -> str:
+    """A random KRaft cluster id. Like Kafka's Uuid.randomUuid, never one starting with '-' (the storage tool would read it as a flag)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class Kafka(Service):
     """A single-node Kafka broker in KRaft mode (broker and controller in one process)."""
 
@@ -212,7 +220,7 @@ class Kafka(Service):
             "",
         ]))
         if not (data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            cluster_id = kafka_cluster_id()
             proc = subprocess.run([str(self.java), "-cp", f"{self.libs}/*", f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
                                    "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
                                   capture_output=True, text=True)

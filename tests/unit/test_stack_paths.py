@@ -41,3 +41,12 @@ def test_the_local_stack_refuses_a_remote_address():
     settings = load_settings({"kafka_bootstrap_servers": "kafka.example.com:9092"}, env_file=None)
     with pytest.raises(StackError, match="listens on 127.0.0.1"):
         Kafka(settings)
+
+
+def test_kafka_cluster_ids_never_look_like_a_flag():
+    """About 1 in 64 urlsafe-base64 ids starts with '-'; the storage tool then fails with 'expected one argument'."""
+    from infra.services import kafka_cluster_id
+
+    ids = [kafka_cluster_id() for _ in range(5000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)
