@@ -64,7 +64,7 @@ class BenchStack:
         port = free_port()
         self.settings = base.model_copy(update={
             "topic_prefix": f"{tag}.", "index_prefix": f"{tag}-", "consumer_group": f"{tag}-workers", "metrics_port": port,
-            "model_name": model, "model_weights": weights or "none", "log_level": "WARNING",
+            "model_name": model, "model_weights": weights or "none", "log_level": "WARNING", "worker_agents": "images",
         })
         self.tag = tag
         init_all(self.settings)

@@ -45,10 +45,18 @@ def images_index(dims: int, model: dict[str, str] | None = None) -> dict[str, An
 
 
 def events_index() -> dict[str, Any]:
-    """The events index: the event, its score and the model that scored it."""
+    """The events index: the event, its scores and the model that scored it.
+
+    Numeric features are mapped as ``double`` and categorical ones as ``keyword`` whatever the
+    first value looks like (dynamic templates), so one event cannot fix a feature's type.
+    """
     return {
         "settings": _SETTINGS,
         "mappings": {
+            "dynamic_templates": [
+                {"numeric_features": {"path_match": "numeric.*", "mapping": {"type": "double"}}},
+                {"categorical_features": {"path_match": "categorical.*", "mapping": {"type": "keyword"}}},
+            ],
             "properties": {
                 "id": {"type": "keyword"},
                 "ts": {"type": "date"},
@@ -60,6 +68,8 @@ def events_index() -> dict[str, Any]:
                 "categorical": {"type": "object", "dynamic": True},
                 "prediction": {"type": "keyword"},
                 "score": {"type": "float"},
+                "anomaly_score": {"type": "float"},
+                "top_k": {"type": "object", "enabled": False},
                 **_MODEL,
                 "kafka": _KAFKA,
                 "processed_time": {"type": "date"},
@@ -83,6 +93,8 @@ def alerts_index() -> dict[str, Any]:
                 "suppressed": {"type": "integer"},
                 **_MODEL,
                 "ts": {"type": "date"},
+                "window_start": {"type": "date"},
+                "raised_at": {"type": "date"},
             },
         },
     }

@@ -9,14 +9,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from tqdm import tqdm
-
-from connectors.kafka_producer import Deliveries, Headers, make_producer
+from connectors.kafka_producer import Headers, ProduceReport, Skipped, publish_items
 from models.decode import sniff_content_type
 from streamdl.settings import Settings
 
@@ -42,30 +39,6 @@ class ImageItem:
         if self.label is not None:
             headers.append(("label", self.label.encode()))
         return self.image_id or image_id_of(self.data), self.data, headers
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A file that was not published, and why."""
-
-    source: str
-    reason: str
-
-
-@dataclass
-class ProduceReport:
-    sent: int = 0
-    skipped: list[Skipped] = field(default_factory=list)
-    seconds: float = 0.0
-    topic: str = ""
-
-    def summary(self) -> str:
-        rate = self.sent / self.seconds if self.seconds else 0.0
-        lines = [f"sent {self.sent} images to {self.topic} in {self.seconds:.1f}s ({rate:.0f}/s); skipped {len(self.skipped)}"]
-        lines += [f"  skipped {s.source}: {s.reason}" for s in self.skipped[:20]]
-        if len(self.skipped) > 20:
-            lines.append(f"  ... and {len(self.skipped) - 20} more")
-        return "\n".join(lines)
 
 
 def image_id_of(data: bytes) -> str:
@@ -115,28 +88,6 @@ def iter_digits(limit: int | None = None) -> Iterator[ImageItem]:
 
 def publish(settings: Settings, items: Iterable[ImageItem | Skipped], *, rate: float | None = None,
             total: int | None = None, progress: bool = True, topic: str | None = None) -> ProduceReport:
-    """Publish ``items`` to the images topic, paced at ``rate`` per second when given; waits for every ack."""
-    report = ProduceReport(topic=topic or settings.topic("images"))
-    deliveries = Deliveries(make_producer(settings))
-    start = time.monotonic()
-    bar = tqdm(total=total, unit="img", desc="produce", disable=not progress, leave=False)
-    for item in items:
-        if isinstance(item, Skipped):
-            report.skipped.append(item)
-            continue
-        if rate:
-            ahead = start + report.sent / rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-        key, value, headers = item.message()
-        deliveries.produce(report.topic, value, key, headers)
-        deliveries.producer.poll(0)
-        report.sent += 1
-        bar.update(1)
-    deliveries.wait(timeout=120, what="images")
-    bar.close()
-    report.skipped += [Skipped(key.decode() if key else "?", f"delivery failed: {err}") for key, err in deliveries.failed]
-    report.sent -= len(deliveries.failed)
-    report.seconds = time.monotonic() - start
-    logger.info("produced sent=%d skipped=%d seconds=%.1f", report.sent, len(report.skipped), report.seconds)
-    return report
+    """Publish ``items`` to the images topic (see :func:`~connectors.kafka_producer.publish_items`)."""
+    return publish_items(settings, items, topic=topic or settings.topic("images"), unit="images", rate=rate, total=total,
+                         progress=progress)

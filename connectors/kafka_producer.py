@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from confluent_kafka import KafkaError, Producer
 
@@ -92,3 +92,65 @@ def produce_all(settings: Settings, topic: str, messages: Iterable[tuple[bytes |
     if deliveries.failed:
         raise ServiceUnavailable(f"{len(deliveries.failed)} messages to {topic} failed: {deliveries.failed[0][1]}")
     return deliveries.delivered
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An item that was not published, and why."""
+
+    source: str
+    reason: str
+
+
+@dataclass
+class ProduceReport:
+    sent: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+    topic: str = ""
+    unit: str = "messages"
+
+    def summary(self) -> str:
+        rate = self.sent / self.seconds if self.seconds else 0.0
+        lines = [f"sent {self.sent} {self.unit} to {self.topic} in {self.seconds:.1f}s ({rate:.0f}/s); skipped {len(self.skipped)}"]
+        lines += [f"  skipped {s.source}: {s.reason}" for s in self.skipped[:20]]
+        if len(self.skipped) > 20:
+            lines.append(f"  ... and {len(self.skipped) - 20} more")
+        return "\n".join(lines)
+
+
+class Publishable(Protocol):
+    def message(self) -> tuple[str, bytes, Headers]:
+        """Key, value and headers of the Kafka message."""
+
+
+def publish_items(settings: Settings, items: Iterable[Publishable | Skipped], *, topic: str, unit: str = "messages",
+                  rate: float | None = None, total: int | None = None, progress: bool = True) -> ProduceReport:
+    """Publish ``items`` to ``topic``, paced at ``rate`` per second when given, with a progress bar;
+    waits for every ack. ``Skipped`` items are reported, not sent."""
+    from tqdm import tqdm
+
+    report = ProduceReport(topic=topic, unit=unit)
+    deliveries = Deliveries(make_producer(settings))
+    start = time.monotonic()
+    bar = tqdm(total=total, unit=unit[:3], desc="produce", disable=not progress, leave=False)
+    for item in items:
+        if isinstance(item, Skipped):
+            report.skipped.append(item)
+            continue
+        if rate:
+            ahead = start + report.sent / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        key, value, headers = item.message()
+        deliveries.produce(topic, value, key, headers)
+        deliveries.producer.poll(0)
+        report.sent += 1
+        bar.update(1)
+    deliveries.wait(timeout=120, what=unit)
+    bar.close()
+    report.skipped += [Skipped(key.decode() if key else "?", f"delivery failed: {err}") for key, err in deliveries.failed]
+    report.sent -= len(deliveries.failed)
+    report.seconds = time.monotonic() - start
+    logger.info("produced %s sent=%d skipped=%d seconds=%.1f", unit, report.sent, len(report.skipped), report.seconds)
+    return report

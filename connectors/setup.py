@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from elasticsearch import Elasticsearch
+
 from connectors.es_client import check_elasticsearch, ensure_index, es_client
 from connectors.es_mappings import alerts_index, events_index
 from connectors.kafka_admin import ensure_topics
 from streamdl.settings import Settings
 
 INDEX_VERSION = "v1"
-"""Version suffix of the events and alerts indices (bumped when their mappings change)."""
+"""Version suffix of the events and alerts indices (bumped when a mapping changes incompatibly;
+added fields are put on the existing index instead)."""
+
+
+def ensure_fixed_index(client: Elasticsearch, alias: str, body: dict[str, Any]) -> str:
+    """The events or alerts index behind ``alias``: created when missing, else given the fields
+    and dynamic templates added since it was made (additive, so no reindex). Idempotent."""
+    index = ensure_index(client, alias, INDEX_VERSION, body)
+    client.indices.put_mapping(index=index, **body["mappings"])
+    return index
 
 
 def init_all(settings: Settings) -> list[tuple[str, str, str]]:
@@ -20,6 +33,6 @@ def init_all(settings: Settings) -> list[tuple[str, str, str]]:
     client = es_client(settings)
     check_elasticsearch(client, settings)
     for alias, body in ((settings.alias("events"), events_index()), (settings.alias("alerts"), alerts_index())):
-        index = ensure_index(client, alias, INDEX_VERSION, body)
+        index = ensure_fixed_index(client, alias, body)
         rows.append(("index", alias, f"-> {index}"))
     return rows

@@ -23,6 +23,7 @@ ENV_PREFIX = "STREAMDL_"
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 TOPIC_NAMES = ("images", "events", "predictions", "alerts", "dlq", "model-updates")
 ALIAS_NAMES = ("images", "events", "alerts")
+AGENT_NAMES = ("images", "events")
 
 
 class Settings(BaseSettings):
@@ -65,6 +66,21 @@ class Settings(BaseSettings):
     novelty_min_images: int = Field(1000, ge=0, description="Images the index must hold before novelty is judged (an almost empty index makes everything look novel). Env STREAMDL_NOVELTY_MIN_IMAGES.")
     novelty_threshold: float = Field(0.85, ge=-1, le=1, description="Mean cosine similarity of the neighbours below which an image is novel. Env STREAMDL_NOVELTY_THRESHOLD.")
 
+    # --- Events ---------------------------------------------------------------
+    worker_agents: str = Field("images,events", description="Agents a worker runs: images, events, or both (comma-separated). Env STREAMDL_WORKER_AGENTS.")
+    event_model: str = Field("sensors-ae", description="Event model the workers score with: a trained model's name (latest version) or name:version. 'sensors-ae' trains itself on the sensor sample on first use. Env STREAMDL_EVENT_MODEL.")
+    max_event_bytes: int = Field(1_048_576, ge=64, description="Largest event accepted, in bytes. Env STREAMDL_MAX_EVENT_BYTES.")
+    max_event_future_secs: float = Field(300.0, ge=0, description="Events timestamped further than this in the future are refused (clock or unit errors). Env STREAMDL_MAX_EVENT_FUTURE_SECS.")
+
+    # --- Alerts ----------------------------------------------------------------
+    alert_rules_file: Path | None = Field(None, description="YAML file of alert rules; unset = the rules shipped with the product (streams/default_alert_rules.yaml). Env STREAMDL_ALERT_RULES_FILE.")
+    alert_throttle_secs: float = Field(300.0, gt=0, description="Default throttle window: the same rule on the same subject raises one alert per window and counts the rest. Env STREAMDL_ALERT_THROTTLE_SECS.")
+    webhook_url: str | None = Field(None, description="Where `streamdl webhook` POSTs each alert. Env STREAMDL_WEBHOOK_URL.")
+    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key signing webhook bodies (X-Streamdl-Signature). Env STREAMDL_WEBHOOK_SECRET.")
+    webhook_attempts: int = Field(4, ge=1, le=20, description="Tries per alert before it goes to the dead-letter topic. Env STREAMDL_WEBHOOK_ATTEMPTS.")
+    webhook_backoff_secs: float = Field(0.5, ge=0, description="First retry delay; doubles each try. Env STREAMDL_WEBHOOK_BACKOFF_SECS.")
+    webhook_timeout_secs: float = Field(5.0, gt=0, description="Timeout of one webhook request. Env STREAMDL_WEBHOOK_TIMEOUT_SECS.")
+
     # --- Local state and operations ------------------------------------------
     state_dir: Path = Field(Path(".streamdl"), description="Folder for the local stack's data, logs, pid files and model cache. Env STREAMDL_STATE_DIR.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Port of the worker's Prometheus endpoint (0 = off). Env STREAMDL_METRICS_PORT.")
@@ -97,6 +113,20 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
             raise ValueError(f"expected an http(s)://host[:port] URL, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("worker_agents")
+    @classmethod
+    def _check_agents(cls, value: str) -> str:
+        agents = [a.strip() for a in value.split(",") if a.strip()]
+        unknown = [a for a in agents if a not in AGENT_NAMES]
+        if not agents or unknown:
+            raise ValueError(f"expected a comma-separated list of {', '.join(AGENT_NAMES)}, got {value!r}")
+        return ",".join(dict.fromkeys(agents))
+
+    @property
+    def agents(self) -> tuple[str, ...]:
+        """The agents a worker runs, e.g. ``("images", "events")``."""
+        return tuple(self.worker_agents.split(","))
 
     @field_validator("kafka_heap", "es_heap")
     @classmethod

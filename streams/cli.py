@@ -15,6 +15,7 @@ from typing import Callable
 from streamdl import __version__
 from streamdl.errors import StreamdlError
 from streamdl.settings import Settings, load_settings
+from streams.cli_alerts import add_alert_parsers, cmd_alerts, cmd_webhook
 
 # flag -> settings field; values given on the command line override everything else
 SETTING_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -63,9 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-n", "--lines", type=int, default=40, help="how many lines (default 40)")
 
     sub.add_parser("init", parents=[common], help="create the topics and Elasticsearch indices (idempotent)")
-    sub.add_parser("worker", parents=[common], help="run a stream worker (images agent) until SIGINT/SIGTERM",
-                   description="Consume the images topic in micro-batches, featurize and classify, index into "
-                               "Elasticsearch, publish predictions; bad input goes to the dead-letter topic.")
+    sub.add_parser("worker", parents=[common], help="run a stream worker (images and events agents) until SIGINT/SIGTERM",
+                   description="Consume the images and events topics in micro-batches (STREAMDL_WORKER_AGENTS), "
+                               "featurize, classify and score, index into Elasticsearch, apply the alert rules, publish "
+                               "predictions and alerts; bad input goes to the dead-letter topic.")
 
     similar = sub.add_parser("similar", parents=[common], help="find indexed images similar to an image or an indexed id",
                              description="kNN over the embeddings in Elasticsearch, with the model that built the index.")
@@ -98,10 +100,32 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--limit", type=int, help="publish at most N images")
     images.add_argument("--rate", type=float, help="images per second (default: as fast as possible)")
     images.add_argument("--label", help="label header for every image published from PATHS")
+    events = produce_sub.add_parser("events", parents=[common], help="publish events from a JSON Lines file, or a sample",
+                                    description="Publish each event (one JSON object per line, see docs/events.md) with "
+                                                "key = its id; lines that are not valid events are skipped with the reason.")
+    events.add_argument("file", nargs="?", type=Path, help="a JSON Lines file of events")
+    events.add_argument("--sample", choices=("sensors",), help="publish a sample the project makes: a sensor feed of several "
+                                                                "machines with injected anomalies")
+    events.add_argument("--limit", type=int, help="publish at most N events")
+    events.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+
+    train = sub.add_parser("train", help="train a model")
+    train_sub = train.add_subparsers(dest="kind", metavar="KIND", required=True)
+    train_events = train_sub.add_parser("events", parents=[common], help="train an event model (autoencoder or classifier)",
+                                        description="Train a Keras autoencoder (anomaly score) or MLP classifier on events "
+                                                    "and register it as the next version of NAME under the state folder. "
+                                                    "The feature preprocessing is fitted on the training events and saved with it.")
+    train_events.add_argument("file", nargs="?", type=Path, help="a JSON Lines file of events")
+    train_events.add_argument("--sample", choices=("sensors",), help="train on the sensor sample (its first two days)")
+    train_events.add_argument("--kind", dest="model_kind", choices=("autoencoder", "classifier"), default="autoencoder",
+                              help="autoencoder (default; unlabelled events) or classifier (events with a 'label')")
+    train_events.add_argument("--name", help="registered name (default: sensors-ae for the sample, else the file's stem)")
+    train_events.add_argument("--epochs", type=int, help="training epochs (default: the model's own)")
     serve = sub.add_parser("serve", parents=[common], help="serve the similar-images web page and JSON API",
                            description="A web page and JSON API (/api/similar, /api/index) over the images index.")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8088, help="port to listen on (default 8088)")
+    add_alert_parsers(sub, common)
     sub.add_parser("settings", parents=[common], help="print the effective settings (secrets masked)")
     sub.add_parser("demo", parents=[common], help="the end-to-end demo: stack up, init, run the pipeline, report")
     return parser
@@ -154,6 +178,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    if args.kind == "events":
+        return _produce_events(args, settings)
     from dataclasses import replace
     from itertools import islice
 
@@ -171,6 +197,33 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     report = publish(settings, items, rate=args.rate, total=total, progress=sys.stderr.isatty())
     print(report.summary())
     return 0 if report.sent or not report.skipped else 1
+
+
+def _produce_events(args: argparse.Namespace, settings: Settings) -> int:
+    from itertools import islice
+
+    from connectors.event_producer import iter_jsonl, iter_sensors, publish_events
+
+    if bool(args.file) == bool(args.sample):
+        raise StreamdlError("give a JSON Lines FILE or --sample sensors (one of the two)")
+    if args.sample:
+        items = iter_sensors(args.limit)
+    else:
+        items = iter_jsonl(args.file, max_bytes=settings.max_event_bytes, max_future_secs=settings.max_event_future_secs)
+        items = islice(items, args.limit) if args.limit else items
+    report = publish_events(settings, items, rate=args.rate, total=args.limit, progress=sys.stderr.isatty())
+    print(report.summary())
+    return 0 if report.sent or not report.skipped else 1
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.event_training import train_events
+
+    info = train_events(settings, file=args.file, sample=args.sample, kind=args.model_kind, name=args.name,
+                        epochs=args.epochs, say=_say)
+    print(f"registered {info['name']} version {info['version']} ({info['kind']}) in {info['path']}")
+    print(f"use it: STREAMDL_EVENT_MODEL={info['name']}:{info['version']} streamdl worker")
+    return 0
 
 
 def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
@@ -242,7 +295,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "stack": cmd_stack, "init": cmd_init, "worker": cmd_worker, "produce": cmd_produce,
     "similar": cmd_similar, "index": cmd_index,
-    "settings": cmd_settings, "demo": cmd_demo, "serve": cmd_serve,
+    "settings": cmd_settings, "demo": cmd_demo, "serve": cmd_serve, "train": cmd_train,
+    "alerts": cmd_alerts, "webhook": cmd_webhook,
 }
 
 

@@ -1,57 +1,31 @@
 """Near-duplicates and novelty in the stream: one multi-search per micro-batch.
 
 For each new image, its nearest neighbours among the images indexed before this batch (itself
-excluded) are looked up. The nearest at or above ``near_duplicate_threshold`` raises a
-``near_duplicate`` alert naming it; a mean similarity of a full set of ``neighbour_k``
-neighbours below ``novelty_threshold`` raises a ``novel`` alert, once the index holds
+excluded) are looked up. The nearest at or above ``near_duplicate_threshold`` is a
+``near_duplicate`` finding naming it; a mean similarity of a full set of ``neighbour_k``
+neighbours below ``novelty_threshold`` is a ``novel`` finding, once the index holds
 ``novelty_min_images``. Images of the same batch do not see each other (not searchable yet).
+Findings become alerts through the alert rules (:mod:`streams.alerts`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from elasticsearch import ApiError, Elasticsearch, TransportError
 
 from streamdl.settings import Settings
-from streams.records import iso
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Alert:
-    """One alert: which rule fired on which subject, with its evidence."""
-
-    rule: str
-    severity: str
-    subject_id: str
-    model_name: str
-    model_version: str
-    evidence: dict[str, Any]
-    ts: float
-
-    @property
-    def alert_id(self) -> str:
-        """Deterministic, so a replayed batch rewrites its alert instead of adding one."""
-        return f"{self.rule}:{self.subject_id}"
-
-    def as_json(self) -> dict[str, Any]:
-        return {"alert_id": self.alert_id, "rule": self.rule, "kind": self.rule, "severity": self.severity,
-                "subject_id": self.subject_id, "model_name": self.model_name, "model_version": self.model_version,
-                "evidence": self.evidence, "suppressed": 0, "ts": iso(self.ts)}
-
-
 class NeighbourCheck:
-    """Looks up the neighbours of a batch's embeddings and turns them into alerts."""
+    """Looks up the neighbours of a batch's embeddings and turns them into findings."""
 
-    def __init__(self, settings: Settings, es: Elasticsearch, index: str, model_name: str, model_version: str) -> None:
+    def __init__(self, settings: Settings, es: Elasticsearch, index: str) -> None:
         self.settings, self.es, self.index = settings, es, index
-        self.model_name, self.model_version = model_name, model_version
         self._enough_for_novelty = settings.novelty_min_images == 0
 
     def _judge_novelty(self) -> bool:
@@ -60,10 +34,11 @@ class NeighbourCheck:
             self._enough_for_novelty = self.es.count(index=self.index)["count"] >= self.settings.novelty_min_images
         return self._enough_for_novelty
 
-    def alerts(self, docs: list[tuple[str, dict[str, Any]]]) -> list[Alert]:
-        """Alerts for ``(image id, document)`` pairs; an Elasticsearch failure is logged and yields none."""
+    def findings(self, docs: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+        """``{image id: {finding: evidence}}`` for ``(image id, document)`` pairs; an Elasticsearch
+        failure is logged and yields none."""
         if not docs:
-            return []
+            return {}
         k = self.settings.neighbour_k
         searches: list[dict[str, Any]] = []
         for image_id, doc in docs:
@@ -76,9 +51,8 @@ class NeighbourCheck:
             responses = self.es.msearch(searches=searches)["responses"]
         except (ApiError, TransportError) as exc:
             logger.warning("neighbour lookup failed for a batch of %d, no similarity alerts for it: %s", len(docs), exc)
-            return []
-        now = time.time()
-        out: list[Alert] = []
+            return {}
+        out: dict[str, dict[str, dict[str, Any]]] = {}
         for (image_id, _), resp in zip(docs, responses):
             hits = resp.get("hits", {}).get("hits", [])
             sims = [(h["_source"]["image_id"], round(2 * h["_score"] - 1, 6)) for h in hits]  # cosine score = (1 + cos) / 2
@@ -86,14 +60,13 @@ class NeighbourCheck:
                 continue
             evidence = {"neighbours": [{"image_id": i, "similarity": s} for i, s in sims]}
             top_id, top_sim = sims[0]
+            found: dict[str, dict[str, Any]] = {}
             if top_sim >= self.settings.near_duplicate_threshold:
-                out.append(self._alert("near_duplicate", "warning", image_id, now, {
-                    **evidence, "original": top_id, "similarity": top_sim, "threshold": self.settings.near_duplicate_threshold}))
+                found["near_duplicate"] = {**evidence, "original": top_id, "similarity": top_sim,
+                                           "threshold": self.settings.near_duplicate_threshold}
             mean = float(np.mean([s for _, s in sims]))
             if judge_novelty and len(sims) == k and mean < self.settings.novelty_threshold:
-                out.append(self._alert("novel", "info", image_id, now, {
-                    **evidence, "mean_similarity": round(mean, 6), "threshold": self.settings.novelty_threshold}))
+                found["novel"] = {**evidence, "mean_similarity": round(mean, 6), "threshold": self.settings.novelty_threshold}
+            if found:
+                out[image_id] = found
         return out
-
-    def _alert(self, rule: str, severity: str, subject: str, ts: float, evidence: dict[str, Any]) -> Alert:
-        return Alert(rule, severity, subject, self.model_name, self.model_version, evidence, ts)

@@ -1,4 +1,4 @@
-"""``streamdl worker``: set up the pipeline (fail fast), serve metrics, run the Faust worker."""
+"""``streamdl worker``: set up the pipelines (fail fast), serve metrics, run the Faust worker."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from models.handler import ModelHandler
 from streamdl.errors import SettingsError
 from streamdl.metrics import serve_metrics
 from streamdl.settings import Settings
-from streams.agents.images import register_images_agent
+from streams.agents.micro_batch import register_batch_agent
+from streams.alert_rules import Rule, load_rules
 from streams.app import create_app
-from streams.image_pipeline import ImagePipeline
 
 logger = logging.getLogger(__name__)
 
@@ -28,22 +28,42 @@ def make_handler(settings: Settings) -> ModelHandler:
     return handler
 
 
+def make_pipelines(settings: Settings, rules: tuple[Rule, ...]) -> dict[str, object]:
+    """The pipelines of the configured agents, not set up yet (bad model names fail here)."""
+    pipelines: dict[str, object] = {}
+    if "images" in settings.agents:
+        from streams.image_pipeline import ImagePipeline
+
+        pipelines["images"] = ImagePipeline(settings, make_handler(settings), rules)
+    if "events" in settings.agents:
+        from models.event_handler import load_event_handler
+        from streams.event_pipeline import EventPipeline
+
+        pipelines["events"] = EventPipeline(settings, load_event_handler(settings.event_model, settings.state_dir), rules)
+    return pipelines
+
+
 def run_worker(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM."""
     import faust
 
-    handler = make_handler(settings)
+    rules = load_rules(settings.alert_rules_file, settings.alert_throttle_secs)  # a bad file fails before anything starts
+    pipelines = make_pipelines(settings, rules)
     ensure_topics(settings)
-    pipeline = ImagePipeline(settings, handler)
-    pipeline.setup()
+    for pipeline in pipelines.values():
+        pipeline.setup()  # loads the models, makes the indices, checks the services
     serve_metrics(settings.metrics_port)
     app = create_app(settings)
-    register_images_agent(app, pipeline)
+    for name, pipeline in pipelines.items():
+        register_batch_agent(app, name, settings.topic(name), pipeline, max_batch_size=settings.max_batch_size,
+                             max_batch_duration_secs=settings.max_batch_duration_secs)
+    logger.info("worker runs %s", ", ".join(pipelines))
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
-        pipeline.close()
+        for pipeline in pipelines.values():
+            pipeline.close()
     return 0

@@ -51,13 +51,18 @@ class WorkerProcess:
         """The worker's Prometheus text, or ``None`` when it does not answer."""
         return self._get(f"http://127.0.0.1:{self.settings.metrics_port}/metrics")
 
-    def metric(self, sample: str, label: str) -> dict[str, float]:
-        """The values of one sample of the worker's metrics by one label, e.g.
-        ``metric("streamdl_dead_letters_total", "reason") -> {"empty": 1.0}``."""
+    def metric(self, sample: str, label: str, **where: str) -> dict[str, float]:
+        """The values of one sample of the worker's metrics by one label, summed over the other
+        labels (those in ``where`` must match), e.g.
+        ``metric("streamdl_dead_letters_total", "reason", stream="images") -> {"empty": 1.0}``."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        return {s.labels[label]: s.value for family in text_string_to_metric_families(self.metrics() or "")
-                for s in family.samples if s.name == sample and label in s.labels}
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(self.metrics() or ""):
+            for s in family.samples:
+                if s.name == sample and label in s.labels and all(s.labels.get(k) == v for k, v in where.items()):
+                    out[s.labels[label]] = out.get(s.labels[label], 0.0) + s.value
+        return out
 
     @staticmethod
     def _get(url: str) -> str | None:

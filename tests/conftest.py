@@ -4,6 +4,7 @@ topics and indices with unique names, removed afterwards."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,3 +116,36 @@ def running_stream(base: Settings, log: Path, **overrides) -> Iterator[tuple[Set
 def stream_factory(stack: Settings) -> Callable[..., "contextmanager"]:
     """``with stream_factory(log_path, **setting_overrides) as (settings, worker):`` a real worker on the stack."""
     return lambda log, **overrides: running_stream(stack, log, **overrides)
+
+
+def _read_topic(settings: Settings, topic: str, until: Callable[[list], bool], timeout: float = 120.0,
+                settle: float = 0.0) -> list:
+    """Messages of ``topic`` from the start until ``until(messages)`` holds or ``timeout`` passes;
+    then ``settle`` seconds more, to see any message beyond those expected."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"reader-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    got: list = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not until(got) and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and not msg.error():
+                got.append(msg)
+        end = time.monotonic() + settle
+        while time.monotonic() < end:
+            msg = consumer.poll(0.2)
+            if msg is not None and not msg.error():
+                got.append(msg)
+    finally:
+        consumer.close()
+    return got
+
+
+@pytest.fixture(scope="session")
+def read_topic() -> Callable[..., list]:
+    """``read_topic(settings, topic, until, timeout=120, settle=0)``: a topic's messages from the start."""
+    return _read_topic

@@ -149,7 +149,7 @@ def test_a_republished_copy_raises_exactly_one_near_duplicate_alert(indexed):
     es.indices.refresh(index=settings.alias("alerts"))
     stored = es.get(index=settings.alias("alerts"), id=alert["alert_id"])["_source"]
     assert stored["subject_id"] == copy_id and stored["kind"] == "near_duplicate"
-    assert 'streamdl_alerts_total{rule="near_duplicate"} 1.0' in (worker.metrics() or "")
+    assert worker.metric("streamdl_alerts_total", "rule", stream="images").get("near_duplicate") == 1.0
 
 
 def test_an_image_unlike_any_digit_raises_a_novel_alert_and_digits_mostly_do_not(indexed):

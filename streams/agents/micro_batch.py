@@ -1,4 +1,4 @@
-"""The images agent: micro-batches from the images topic through :class:`ImagePipeline`.
+"""The micro-batch agents: batches from a topic through a pipeline (images or events).
 
 Two stages overlap: while batch N is written (Elasticsearch bulk, then predictions and dead
 letters delivered) on the I/O thread, batch N+1 is decoded and run through the model on the
@@ -16,12 +16,12 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Awaitable, Callable, Sequence, TypeVar
+from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import faust
 
 from streams.app import raw_topic
-from streams.image_pipeline import ImagePipeline
+from streams.batch_writer import BatchReport, Computed
 from streams.records import InMessage
 
 logger = logging.getLogger(__name__)
@@ -61,15 +61,24 @@ async def with_retries(what: str, batch: Sequence[InMessage], call: Callable[[],
     os._exit(EXIT_BATCH_FAILED)
 
 
-def register_images_agent(app: faust.App, pipeline: ImagePipeline) -> None:
-    """Attach the images agent to ``app``; the pipeline must be set up already."""
-    settings = pipeline.settings
-    compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-    write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
-    topic = raw_topic(app, settings.topic("images"))
+class Pipeline(Protocol):
+    """What an agent drives: stage 1 (CPU) and stage 2 (I/O) of a micro-batch."""
 
-    @app.agent(topic, name="images")
-    async def images(stream: faust.StreamT) -> None:
+    def compute(self, batch: Sequence[InMessage]) -> Computed: ...
+
+    def write(self, computed: Computed) -> BatchReport: ...
+
+    def stop(self) -> None: ...
+
+
+def register_batch_agent(app: faust.App, name: str, topic_name: str, pipeline: Pipeline, *, max_batch_size: int,
+                         max_batch_duration_secs: float) -> None:
+    """Attach an agent called ``name`` that feeds ``topic_name`` to ``pipeline`` (set up already)."""
+    compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-compute")
+    write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-write")
+
+    @app.agent(raw_topic(app, topic_name), name=name)
+    async def agent(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
         writing: asyncio.Task | None = None
 
@@ -79,7 +88,7 @@ def register_images_agent(app: faust.App, pipeline: ImagePipeline) -> None:
                 await stream.ack(event)
 
         try:
-            async for events in stream.noack_take(settings.max_batch_size, within=settings.max_batch_duration_secs):
+            async for events in stream.noack_take(max_batch_size, within=max_batch_duration_secs):
                 batch = [to_message(e) for e in events]
                 computed = await with_retries("computing", batch, lambda: loop.run_in_executor(compute_thread, pipeline.compute, batch))
                 if writing is not None:
