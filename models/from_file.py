@@ -13,7 +13,9 @@ inside the model. A SavedModel has no layers, so it gives its output named ``emb
 ``probabilities`` (or its only output), and a whole SavedModel gives probabilities only.
 Name, version and labels come from an ``info.json`` beside the ``.keras`` file (inside a SavedModel
 directory) when there is one: ``{"name": ..., "version": ..., "labels": [...]}``; else the file
-name, a content fingerprint and ``"0"``, ``"1"``, ...
+name, a content fingerprint and ``"0"``, ``"1"``, ... A head whose ``info.json`` has ``model_name``
+and ``model_version`` (a registered retrained version, :mod:`models.registry`) serves under them;
+either way ``extra["featurizer"]`` names the featurizer, whose embedding space the head keeps.
 """
 
 from __future__ import annotations
@@ -133,12 +135,15 @@ def add_head(parts: Parts, path: Path) -> Parts:
             f"{path}: the head takes embeddings of size {width} but {parts.info.name} gives {parts.info.embedding_size}"
         )
     meta = _meta(path)
+    if meta.get("model_name") and meta.get("model_version"):  # a registered version of the model it extends
+        name, version = str(meta["model_name"]), str(meta["model_version"])
+    else:
+        name = f"{parts.info.name}+{meta.get('name') or path.stem}"
+        version = f"{parts.info.version}+{meta.get('version') or _fingerprint(path)}"
     info = dataclasses.replace(
-        parts.info,
-        name=f"{parts.info.name}+{meta.get('name') or path.stem}",
-        version=f"{parts.info.version}+{meta.get('version') or _fingerprint(path)}",
-        labels=_labels(path, int(head.output.shape[-1])),
-        extra={**parts.info.extra, "mode": "classify", "head": str(path)},
+        parts.info, name=name, version=version, labels=_labels(path, int(head.output.shape[-1])),
+        extra={**parts.info.extra, "mode": "classify", "head": str(path),
+               "featurizer": parts.info.extra.get("featurizer") or f"{parts.info.name}-{parts.info.version}"},
     )
     return dataclasses.replace(parts, head=head, info=info)
 

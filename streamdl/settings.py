@@ -81,6 +81,18 @@ class Settings(BaseSettings):
     webhook_backoff_secs: float = Field(0.5, ge=0, description="First retry delay; doubles each try. Env STREAMDL_WEBHOOK_BACKOFF_SECS.")
     webhook_timeout_secs: float = Field(5.0, gt=0, description="Timeout of one webhook request. Env STREAMDL_WEBHOOK_TIMEOUT_SECS.")
 
+    # --- Archive ----------------------------------------------------------------
+    archive_url: str | None = Field(None, description="Where the archiver writes Parquet files: a folder or any fsspec URL (s3://, gs://; needs s3fs/gcsfs). Unset = <state_dir>/archive. Env STREAMDL_ARCHIVE_URL.")
+    archive_topics: str = Field("images,events", description="Topics the archiver keeps (names without the prefix). Env STREAMDL_ARCHIVE_TOPICS.")
+    archive_max_file_messages: int = Field(20_000, ge=1, description="The archiver closes a file after this many messages. Env STREAMDL_ARCHIVE_MAX_FILE_MESSAGES.")
+    archive_max_file_secs: float = Field(60.0, gt=0, description="... or after this many seconds open. Env STREAMDL_ARCHIVE_MAX_FILE_SECS.")
+
+    # --- Retraining and the model registry -----------------------------------------
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking and registry URI (a team's server: http://...). Unset = a SQLite store under <state_dir>/mlflow. Env STREAMDL_MLFLOW_TRACKING_URI.")
+    retrain_min_labels: int = Field(50, ge=3, description="A retraining run stops early with fewer labelled archived images. Env STREAMDL_RETRAIN_MIN_LABELS.")
+    retrain_tolerance: float = Field(0.01, ge=0, le=1, description="Promotion gate: the new version's test accuracy must be at least the current one's minus this. Env STREAMDL_RETRAIN_TOLERANCE.")
+    hot_swap: bool = Field(True, description="Workers follow the model-updates topic and swap in promoted versions between micro-batches. Env STREAMDL_HOT_SWAP.")
+
     # --- Local state and operations ------------------------------------------
     state_dir: Path = Field(Path(".streamdl"), description="Folder for the local stack's data, logs, pid files and model cache. Env STREAMDL_STATE_DIR.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Port of the worker's Prometheus endpoint (0 = off). Env STREAMDL_METRICS_PORT.")

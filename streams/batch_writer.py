@@ -25,7 +25,7 @@ from connectors.setup import ensure_fixed_index
 from streamdl.settings import Settings
 from streams import metrics
 from streams.alert_rules import Rule
-from streams.alerts import AlertBatch, AlertEngine, Scored
+from streams.alerts import Alert, AlertBatch, AlertEngine, Scored
 from streams.records import InMessage, dead_letter, to_json
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,14 @@ class BatchWriter:
         report.seconds = {**computed.seconds, "index": t1 - t0, "publish": t2 - t1}
         self._record(report, alerts)
         return report
+
+    def raise_alert(self, alert: Alert) -> None:
+        """An alert from outside the rules (e.g. a refused model version): indexed and published now."""
+        for rejected in bulk_index(self.es, self.alerts_alias, [(alert.alert_id, alert.as_json())], should_stop=self.should_stop):
+            logger.error("alert %s refused by Elasticsearch: %s", rejected.doc_id, rejected.reason)
+        self.deliveries.produce(self.topics["alerts"], to_json(alert.as_json()), alert.subject_id)
+        self.deliveries.wait(timeout=60, what="alerts")
+        metrics.ALERTS.labels(self.stream, alert.rule).inc()
 
     def _publish(self, computed: Computed, alerts: AlertBatch) -> None:
         """Alerts, dead letters and predictions to Kafka; returns once all are acknowledged."""

@@ -16,6 +16,8 @@ from streamdl import __version__
 from streamdl.errors import StreamdlError
 from streamdl.settings import Settings, load_settings
 from streams.cli_alerts import add_alert_parsers, cmd_alerts, cmd_webhook
+from streams.cli_archive import add_archive_parsers, cmd_archive
+from streams.cli_models import add_model_parsers, cmd_models, cmd_retrain
 
 # flag -> settings field; values given on the command line override everything else
 SETTING_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -126,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8088, help="port to listen on (default 8088)")
     add_alert_parsers(sub, common)
+    add_archive_parsers(sub, common)
+    add_model_parsers(sub, common)
     sub.add_parser("settings", parents=[common], help="print the effective settings (secrets masked)")
     sub.add_parser("demo", parents=[common], help="the end-to-end demo: stack up, init, run the pipeline, report")
     return parser
@@ -296,7 +300,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "stack": cmd_stack, "init": cmd_init, "worker": cmd_worker, "produce": cmd_produce,
     "similar": cmd_similar, "index": cmd_index,
     "settings": cmd_settings, "demo": cmd_demo, "serve": cmd_serve, "train": cmd_train,
-    "alerts": cmd_alerts, "webhook": cmd_webhook,
+    "alerts": cmd_alerts, "webhook": cmd_webhook, "archive": cmd_archive, "retrain": cmd_retrain, "models": cmd_models,
 }
 
 

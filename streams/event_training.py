@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -65,8 +66,8 @@ def train_events(settings: Settings, *, file: Path | None, sample: str | None, k
         records, train_labels = [records[i] for i in keep], [labels[i] for i in keep]
     else:
         train_labels = None
-    say(f"training a {kind} '{name}' on {len(records)} events")
-    bar = tqdm(unit="epoch", desc="train", leave=False)
+    say(f"training {'an' if kind == 'autoencoder' else 'a'} {kind} '{name}' on {len(records)} events")
+    bar = tqdm(unit="epoch", desc="train", leave=False, disable=not sys.stderr.isatty())
 
     def progress(done: int, total: int) -> None:
         bar.total = total

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +26,19 @@ from models.handler import BatchResult, ModelHandler, ModelInfo
 from streamdl.settings import Settings
 from streams import metrics
 from streams.alert_rules import Rule
-from streams.alerts import Scored
+from streams.alerts import Alert, Scored
 from streams.batch_writer import BatchReport, Computed, MicroBatchPipeline
 from streams.isolate import call_isolating
 from streams.records import InMessage, iso, message_id, to_json
 from streams.similarity import NeighbourCheck
 
 logger = logging.getLogger(__name__)
+
+
+def embedding_space(info: ModelInfo) -> str:
+    """The featurizer behind the model (``name-version``): one images index per embedding space, so a
+    new classifier head on the same featurizer keeps writing to the same index."""
+    return info.extra.get("featurizer") or f"{info.name}-{info.version}"
 
 
 def model_ref(name: str) -> str:
@@ -57,6 +64,9 @@ class ImagePipeline(MicroBatchPipeline):
         self.rules = rules
         self.publish = publish
         self.limits = DecodeLimits(max_bytes=settings.max_message_bytes, max_pixels=settings.max_pixels)
+        self._pending: ModelHandler | None = None
+        self._swap_lock = threading.Lock()
+        self._recent: np.ndarray | None = None
 
     # --- lifecycle -------------------------------------------------------------------
     def setup(self) -> None:
@@ -66,7 +76,7 @@ class ImagePipeline(MicroBatchPipeline):
         self.info: ModelInfo = self.handler.info()
         body = images_index(self.info.embedding_size, {"model_name": self.info.name, "model_version": self.info.version,
                                                        "model_ref": model_ref(self.settings.model_name)})
-        self.index = ensure_index(self.es, self.settings.alias("images"), f"{self.info.name}-{self.info.version}", body)
+        self.index = ensure_index(self.es, self.settings.alias("images"), embedding_space(self.info), body)
         self.es.indices.put_mapping(index=self.index, meta=body["mappings"]["_meta"])  # also an index made before _meta existed
         self.neighbours = NeighbourCheck(self.settings, self.es, self.index) \
             if self.settings.similarity_alerts and self.publish else None
@@ -75,12 +85,59 @@ class ImagePipeline(MicroBatchPipeline):
         logger.info("image pipeline ready model=%s version=%s index=%s embedding=%d", self.info.name, self.info.version,
                     self.index, self.info.embedding_size)
 
+    # --- hot-swap (streams.hot_swap) ---------------------------------------------------
+    def current_version(self) -> str:
+        return self.info.version
+
+    def warmup_batch(self) -> np.ndarray:
+        """The last images this worker decoded (zeros before the first batch)."""
+        recent = self._recent
+        if recent is not None:
+            return recent
+        return np.zeros((1, *self.info.input_size, self.info.channels), np.uint8)
+
+    def offer(self, candidate: ModelHandler) -> None:
+        """Check a loaded candidate on the warm-up batch; it serves from the next micro-batch on, or is refused."""
+        from streams.hot_swap import check_candidate
+
+        version = candidate.info().version
+        reason = check_candidate(candidate, self.handler, self.warmup_batch())
+        if reason is not None:
+            self.refuse(version, reason)
+            return
+        with self._swap_lock:
+            self._pending = candidate
+        logger.info("model version %s passed its warm-up check; it serves from the next micro-batch", version)
+
+    def refuse(self, version: str, reason: str) -> None:
+        """Keep the current model and raise a ``model_refused`` alert."""
+        logger.error("refusing model version %s of %s, keeping version %s: %s", version, self.info.name, self.info.version, reason)
+        now = time.time()
+        alert = Alert("model_refused", "model_refused", "critical", f"{self.info.name}:{version}", self.info.name,
+                      self.info.version, {"refused_version": version, "reason": reason}, now, now, now)
+        self.writer.raise_alert(alert)
+
+    def _swap_if_pending(self) -> None:
+        with self._swap_lock:
+            candidate, self._pending = self._pending, None
+        if candidate is None:
+            return
+        old = self.info
+        self.handler, self.info = candidate, candidate.info()
+        metrics.MODEL_VERSION.labels("images", old.name, old.version).set(0)
+        metrics.MODEL_VERSION.labels("images", self.info.name, self.info.version).set(1)
+        logger.info("swapped model %s version %s -> %s between micro-batches", old.name, old.version, self.info.version)
+
     # --- one micro-batch -------------------------------------------------------------
     def compute(self, batch: Sequence[InMessage]) -> Computed:
-        """Stage 1, CPU only: decode, one model call, build documents, predictions and dead letters."""
+        """Stage 1, CPU only: decode, one model call, build documents, predictions and dead letters.
+        A model version that passed its warm-up check is swapped in here, before the batch."""
+        self._swap_if_pending()
         computed = Computed(size=len(batch))
         t0 = time.perf_counter()
         decoded = self._decode(batch, computed)
+        if decoded:
+            self._recent = np.stack([d.pixels for d in decoded[:16]])
         t1 = time.perf_counter()
         results = self._predict(decoded, computed)
         t2 = time.perf_counter()

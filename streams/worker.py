@@ -13,13 +13,20 @@ from streamdl.settings import Settings
 from streams.agents.micro_batch import register_batch_agent
 from streams.alert_rules import Rule, load_rules
 from streams.app import create_app
+from streams.hot_swap import ModelFollower
 
 logger = logging.getLogger(__name__)
 
 
 def make_handler(settings: Settings) -> ModelHandler:
-    """The configured model's handler, not loaded yet; a bad name, file or argument fails here, before any service is contacted."""
+    """The configured model's handler, not loaded yet: the registry's champion version when one was
+    retrained, else the model itself. A bad name, file or argument fails here, before any service is contacted."""
+    from streams.hot_swap import registered_handler
+
     try:
+        champion = registered_handler(settings)
+        if champion is not None:
+            return champion
         handler = load_handler(settings.model_name, state_dir=settings.state_dir, batch_size=settings.max_batch_size,
                                weights=settings.weights,
                                mode=settings.model_mode, head=settings.model_head, mixed_precision=settings.mixed_precision)
@@ -57,13 +64,16 @@ def run_worker(settings: Settings) -> int:
     for name, pipeline in pipelines.items():
         register_batch_agent(app, name, settings.topic(name), pipeline, max_batch_size=settings.max_batch_size,
                              max_batch_duration_secs=settings.max_batch_duration_secs)
-    logger.info("worker runs %s", ", ".join(pipelines))
+    followers = [ModelFollower(settings, pipelines["images"]).start()] if settings.hot_swap and "images" in pipelines else []
+    logger.info("worker runs %s%s", ", ".join(pipelines), " and follows model updates" if followers else "")
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
+        for follower in followers:
+            follower.stop()
         for pipeline in pipelines.values():
             pipeline.close()
     return 0

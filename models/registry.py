@@ -1,0 +1,192 @@
+"""The model registry: MLflow (a SQLite store under the state folder by default, or a team's server).
+
+A registered model has the name the workers serve (``digits-cnn``). Its version 1 is the base
+model itself (registered on first use, tag ``kind=base``); retrained versions (``kind=head``) are
+classifier heads over the base's featurizer, stored as run artifacts (``head/head.keras`` and
+``head/info.json``). The version the workers serve carries the alias ``champion``; the registered
+model's tag ``champion_history`` keeps the promotions in order, so a rollback returns to the
+previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.errors import ModelNotFound
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+HISTORY_TAG = "champion_history"
+EXPERIMENT = "streamdl-retraining"
+
+
+@dataclass(frozen=True)
+class Version:
+    """One registered version."""
+
+    name: str
+    version: str
+    kind: str
+    """``base`` (the model as trained by the project) or ``head`` (a retrained classifier head)."""
+    champion: bool
+    created_ms: int
+    run_id: str | None
+    source: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return self.tags.get("promoted") == "true"
+
+
+def default_tracking_uri(state_dir: Path) -> str:
+    folder = Path(state_dir).resolve() / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+class Registry:
+    """A thin client over MLflow for the few things the product does with models."""
+
+    def __init__(self, tracking_uri: str, artifact_root: Path) -> None:
+        os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.artifact_root = Path(artifact_root).resolve()
+        self.mlflow = mlflow
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Registry:
+        """The registry of the settings: artifacts beside a SQLite store, else under the state folder."""
+        uri = settings.mlflow_tracking_uri or default_tracking_uri(settings.state_dir)
+        local = uri.startswith("sqlite:///")
+        artifacts = Path(uri[len("sqlite:///"):]).parent / "artifacts" if local else Path(settings.state_dir) / "mlflow" / "artifacts"
+        return cls(uri, artifacts)
+
+    @staticmethod
+    def exists(settings: Any) -> bool:
+        """Whether there is a registry to ask (a configured server, or the default SQLite file)."""
+        return settings.mlflow_tracking_uri is not None or (Path(settings.state_dir) / "mlflow" / "mlflow.db").exists()
+
+    # --- reading --------------------------------------------------------------------------
+    def versions(self, name: str) -> list[Version]:
+        """Every version of ``name``, oldest first (empty when it was never registered)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(name)
+        except MlflowException:
+            return []
+        champion = (model.aliases or {}).get(CHAMPION)
+        found = self.client.search_model_versions(f"name='{name}'")
+        return sorted((self._version(mv, champion) for mv in found), key=lambda v: int(v.version))
+
+    def show(self, name: str, version: str) -> Version:
+        for v in self.versions(name):
+            if v.version == str(version):
+                return v
+        known = ", ".join(v.version for v in self.versions(name)) or "none"
+        raise ModelNotFound(f"{name} has no version {version!r} in the registry ({self.tracking_uri}); versions: {known}")
+
+    def champion(self, name: str) -> Version | None:
+        """The version the workers serve, or ``None`` when nothing was promoted."""
+        return next((v for v in self.versions(name) if v.champion), None)
+
+    def head_folder(self, version: Version) -> Path:
+        """A local folder with the version's ``head.keras`` and ``info.json``."""
+        if version.kind != "head":
+            raise ValueError(f"{version.name} version {version.version} is the base model, not a head")
+        local = self.mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=self.tracking_uri)
+        return Path(local)
+
+    # --- writing --------------------------------------------------------------------------
+    def ensure_base(self, name: str, metrics: dict[str, float], source: str) -> Version:
+        """Register the base model as version 1 (promoted) if ``name`` has no versions yet."""
+        existing = self.versions(name)
+        if existing:
+            return existing[0]
+        self._ensure_model(name)
+        mv = self.client.create_model_version(name, source=source, tags={"kind": "base", "promoted": "true",
+                                                                         **{f"metric.{k}": str(v) for k, v in metrics.items()}})
+        self._set_champion(name, str(mv.version), history=[str(mv.version)])
+        logger.info("registered the base model %s as version %s", name, mv.version)
+        return self.show(name, str(mv.version))
+
+    def register_head(self, name: str, run_id: str, artifact_path: str, metrics: dict[str, float], tags: dict[str, str]) -> Version:
+        """Register the head logged by ``run_id`` under ``artifact_path`` as the next version of ``name``."""
+        self._ensure_model(name)
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        mv = self.client.create_model_version(name, source=source, run_id=run_id, tags={
+            "kind": "head", "promoted": "false", **tags, **{f"metric.{k}": str(v) for k, v in metrics.items()}})
+        return self.show(name, str(mv.version))
+
+    def promote(self, name: str, version: str, reason: str = "") -> Version:
+        """Make ``version`` the champion (served by the workers)."""
+        target = self.show(name, version)
+        history = self._history(name)
+        if history and history[-1] == target.version:
+            return target
+        self.client.set_model_version_tag(name, target.version, "promoted", "true")
+        if reason:
+            self.client.set_model_version_tag(name, target.version, "promotion_reason", reason[:500])
+        self._set_champion(name, target.version, history=[*history, target.version])
+        return self.show(name, version)
+
+    def rollback(self, name: str) -> Version:
+        """Make the previously promoted version the champion again."""
+        history = self._history(name)
+        if len(history) < 2:
+            raise ModelNotFound(f"{name}: nothing to roll back to (promotions so far: {', '.join(history) or 'none'})")
+        self._set_champion(name, history[-2], history=history[:-1])
+        return self.show(name, history[-2])
+
+    def note(self, name: str, version: str, key: str, value: str) -> None:
+        self.client.set_model_version_tag(name, str(version), key, value[:5000])
+
+    # --- internals ------------------------------------------------------------------------
+    def experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(EXPERIMENT)
+        if found is not None:
+            return found.experiment_id
+        self.artifact_root.mkdir(parents=True, exist_ok=True)
+        return self.client.create_experiment(EXPERIMENT, artifact_location=self.artifact_root.as_uri())
+
+    def _ensure_model(self, name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name, description=f"streamdl model {name}: version 1 is the base model, "
+                                                                   "later versions retrained classifier heads")
+
+    def _history(self, name: str) -> list[str]:
+        tags = self.client.get_registered_model(name).tags or {}
+        return [v for v in tags.get(HISTORY_TAG, "").split(",") if v]
+
+    def _set_champion(self, name: str, version: str, history: list[str]) -> None:
+        self.client.set_registered_model_alias(name, CHAMPION, str(version))
+        self.client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
+
+    @staticmethod
+    def _version(mv: Any, champion: str | None) -> Version:
+        tags = dict(mv.tags or {})
+        metrics = {k[7:]: float(v) for k, v in tags.items() if k.startswith("metric.")}
+        return Version(mv.name, str(mv.version), tags.get("kind", "head"), str(mv.version) == str(champion),
+                       int(mv.creation_timestamp or 0), mv.run_id or None, mv.source, metrics,
+                       {k: v for k, v in tags.items() if not k.startswith("metric.")})
+
+
+def head_info(folder: Path) -> dict[str, Any]:
+    """The ``info.json`` of a downloaded head folder."""
+    return json.loads((Path(folder) / "info.json").read_text(encoding="utf-8"))

@@ -1,0 +1,1 @@
+"""Retraining the served classifier from the archive: the Beam pipeline and the heads."""
