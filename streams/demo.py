@@ -21,17 +21,17 @@ def run_demo(settings: Settings, say: Callable[[str], None] = print, timeout: fl
     """Stack up, topics and indices, a worker, the digits sample through it, and a report."""
     t0 = time.monotonic()
     stack = LocalStack(settings, say=say)
-    say("== 1/4 local stack")
+    say("== 1/5 local stack")
     for name, what in stack.up().items():
         say(f"   {name}: {what}")
-    say("== 2/4 topics and indices")
+    say("== 2/5 topics and indices")
     for kind, name, what in init_all(settings):
         say(f"   {kind:<6} {name:<40} {what}")
-    say("== 3/4 worker (the default model is trained on first use, about 15 s on 2 cores, then cached)")
+    say("== 3/5 worker (the default image and event models are trained on first use, about 30 s on 2 cores, then cached)")
     worker = WorkerProcess(settings, settings.state_dir.resolve() / "logs" / "demo-worker.log").start(timeout=timeout)
     say(f"   worker pid {worker.proc.pid}, metrics http://127.0.0.1:{settings.metrics_port}/metrics, log {worker.log}")
     try:
-        say("== 4/4 the digits sample through the pipeline")
+        say("== 4/5 the digits sample through the pipeline")
         started = time.time()
         report = publish(settings, iter_digits(), total=1797, progress=True)
         say(f"   {report.summary()}")
@@ -40,9 +40,12 @@ def run_demo(settings: Settings, say: Callable[[str], None] = print, timeout: fl
         docs = wait_for_documents(settings, since=started, expected=report.sent, timeout=timeout, worker=worker)
         elapsed = time.time() - started
         dead = wait_for_dead_letters(worker, len(BAD_INPUT), timeout=60)
+        say("== 5/5 a day of the sensor sample (with injected anomalies) through the events agent")
+        events = events_report(settings, worker, timeout)
     finally:
         worker.stop()
     print(demo_report(docs, elapsed, dead, settings.topic("dlq")))
+    print(events)
     print(similar_report(settings))
     print(format_status(stack.status()))
     print(f"demo finished in {time.monotonic() - t0:.0f}s. Try: .venv/bin/streamdl stack status; stop with .venv/bin/streamdl stack down")
@@ -86,6 +89,53 @@ def wait_for_documents(settings: Settings, since: float, expected: int, timeout:
             time.sleep(0.5)
     hits = es.search(index=alias, query=query, size=10_000, source=["image_id", "label", "true_label", "model_version"])
     return [h["_source"] for h in hits["hits"]["hits"]]
+
+
+def events_report(settings: Settings, worker: WorkerProcess, timeout: float) -> str:
+    """Day 3 of the sensor sample (one the default event model never saw) through the worker; the
+    anomaly alerts it raised, scored against the injected episodes."""
+    from connectors.event_producer import EventItem, publish_events
+    from connectors.sensor_sample import score_detections, sensor_anomalies, sensor_events
+    from models.event_models import SENSOR_TRAIN_DAYS
+    from streams.records import to_json
+
+    day = SENSOR_TRAIN_DAYS
+    sample = list(sensor_events(days=day + 1))
+    first = _ts(sample[0]["ts"])
+    events = [e for e in sample if _ts(e["ts"]) >= first + day * 86_400]
+    started = time.time()
+    report = publish_events(settings, (EventItem(e["id"], to_json(e), "sample:sensors") for e in events), total=len(events))
+    es = es_client(settings)
+    alias = settings.alias("events")
+    query = {"range": {"processed_time": {"gte": int(started * 1000), "format": "epoch_millis"}}}
+    deadline = time.monotonic() + timeout
+    while True:
+        es.indices.refresh(index=alias)
+        count = es.count(index=alias, query=query)["count"]
+        if count >= report.sent or time.monotonic() > deadline or not worker.alive:
+            break
+        time.sleep(0.5)
+    elapsed = time.time() - started
+    es.indices.refresh(index=settings.alias("alerts"))
+    alerts = [h["_source"] for h in es.search(index=settings.alias("alerts"), size=10_000, query={"bool": {"filter": [
+        {"term": {"kind": "anomaly_score_at_least"}},
+        {"range": {"ts": {"gte": int((first + day * 86_400) * 1000), "lt": int((first + (day + 1) * 86_400) * 1000),
+                          "format": "epoch_millis"}}}]}})["hits"]["hits"]]
+    episodes = [a for a in sensor_anomalies(days=day + 1) if a.start >= first + day * 86_400]
+    score = score_detections([(a["subject_id"], _ts(a["ts"])) for a in alerts], episodes)
+    return "\n".join([
+        f"  events indexed        {count} of {report.sent} in {elapsed:.1f}s ({count / max(elapsed, 1e-9):.0f} events/s, produce to searchable)",
+        f"  anomaly alerts        {len(alerts)} (+{sum(a['suppressed'] for a in alerts)} throttled firings) for "
+        f"{len(episodes)} injected episodes: precision {score.precision:.2f}, recall {score.recall:.2f}",
+        "  try                   .venv/bin/streamdl alerts --since 7d --rule anomaly",
+        "",
+    ])
+
+
+def _ts(value: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def similar_report(settings: Settings) -> str:

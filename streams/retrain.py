@@ -1,6 +1,6 @@
 """``streamdl retrain``: retrain the served model's classifier head from the archive, register, gate, announce.
 
-Stages (each timed and shown): *read* (list the archive, count labelled images; too few stops
+Stages (each timed and shown): *setup* (the registry and the current version's model), *read* (list the archive, count labelled images; too few stops
 here), *embed* (the Beam pipeline, :mod:`models.retraining.pipeline`), *train* (heads searched on
 the validation split, :mod:`models.retraining.heads`), *evaluate* (test split, against the current
 version on the same images), *register* (MLflow run and model version), then the gate: promoted
@@ -93,6 +93,8 @@ def _run(settings: Settings, since, until, beam_args, search, trials, skip_uncha
     registry = Registry.from_settings(settings)
     name = settings.model_name
     champion, served, current_labels = _served(settings, registry)
+    seconds["setup"] = time.perf_counter() - t
+    t = time.perf_counter()
     root = archive_root(settings)
     image_files = [(root, f) for f in list_files(root, settings.topic("images"), since=since, until=until)]
     event_files = [(root, f) for f in list_files(root, settings.topic("events"))]  # a label may come after its image
