@@ -12,11 +12,14 @@ def test_help_lists_the_commands(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for command in ("stack", "init", "worker", "produce", "settings", "demo"):
+    for command in ("stack", "init", "worker", "produce", "train", "alerts", "webhook", "archive", "retrain", "models",
+                    "similar", "serve", "index", "settings", "demo"):
         assert command in out
 
 
-@pytest.mark.parametrize("argv", [["stack", "up", "--help"], ["produce", "images", "--help"], ["worker", "--help"]])
+@pytest.mark.parametrize("argv", [["stack", "up", "--help"], ["produce", "images", "--help"], ["worker", "--help"],
+                                  ["produce", "events", "--help"], ["train", "events", "--help"], ["retrain", "--help"],
+                                  ["models", "list", "--help"], ["alerts", "--help"]])
 def test_subcommand_help_names_the_settings_variables(argv, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(argv)
@@ -42,3 +45,24 @@ def test_worker_with_an_unknown_model_lists_the_known_ones(tmp_path, capsys):
 def test_produce_needs_paths_or_a_sample(capsys):
     assert main(["produce", "images"]) == 2
     assert "PATHS or --sample" in capsys.readouterr().err
+
+
+def test_worker_with_a_bad_rules_file_names_the_line(tmp_path, monkeypatch, capsys):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: hot\n    severity: loud\n    anomaly_score_at_least: 3\n")
+    monkeypatch.setenv("STREAMDL_ALERT_RULES_FILE", str(rules))
+    code = main(["worker", "--bootstrap-servers", "127.0.0.1:1", "--state-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{rules} line 3:" in err and "severity" in err
+
+
+def test_worker_with_an_unknown_event_model_lists_the_trained_ones(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STREAMDL_WORKER_AGENTS", "events")
+    monkeypatch.setenv("STREAMDL_EVENT_MODEL", "no-such-events-model")
+    assert main(["worker", "--bootstrap-servers", "127.0.0.1:1", "--state-dir", str(tmp_path)]) == 2
+    assert "no-such-events-model" in capsys.readouterr().err
+
+
+def test_produce_events_needs_a_file_or_a_sample(capsys):
+    assert main(["produce", "events"]) == 2
+    assert "FILE or --sample sensors" in capsys.readouterr().err
