@@ -50,7 +50,7 @@ def test_worker_environment_is_valid_settings_pointing_at_compose_services(monke
 
 def test_worker_is_built_from_infra_dockerfile_and_runs_real_commands():
     parser = build_parser()
-    for name in ("worker", "init"):
+    for name in ("worker", "init", "archiver"):
         build = SERVICES[name]["build"]
         assert (ROOT / build["context"] / build["dockerfile"]).is_file()
         parser.parse_args(SERVICES[name]["command"])  # a real subcommand (exits on an unknown one)
