@@ -117,8 +117,9 @@ def parse_event(raw: bytes | str | None, *, now: float, max_bytes: int = 1_048_5
     """
     if raw is None or len(raw) == 0:
         raise InvalidEvent("invalid_json", "the message is empty (an event is one JSON object)")
-    if len(raw) > max_bytes:
-        raise InvalidEvent("too_large", f"the event is {len(raw)} bytes, over the {max_bytes}-byte limit")
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise InvalidEvent("too_large", f"the event is {size} bytes, over the {max_bytes}-byte limit")
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         value = json.loads(text, parse_constant=_refuse_constant)
@@ -130,6 +131,8 @@ def parse_event(raw: bytes | str | None, *, now: float, max_bytes: int = 1_048_5
         raise InvalidEvent("invalid_json", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise InvalidEvent("invalid_json", "the JSON is nested too deeply") from None
+    except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise InvalidEvent("invalid_json", f"invalid JSON: {str(exc).split(';')[0]}") from None
     return validate_event(value, now=now, max_future_secs=max_future_secs)
 
 
@@ -151,7 +154,7 @@ def validate_event(value: Any, *, now: float, max_future_secs: float = 300.0) ->
     if not event_id.strip() or len(event_id.encode()) > MAX_ID_BYTES:
         raise InvalidEvent("wrong_type", f"'id' must be non-empty text of at most {MAX_ID_BYTES} bytes")
     event_type = _text(value, "type")
-    if not _TYPE.match(event_type):
+    if not _TYPE.fullmatch(event_type):  # not match: its $ also matches before a final newline
         raise InvalidEvent("wrong_type", f"'type' must match [A-Za-z0-9_.-]{{1,64}}, got {event_type[:80]!r}")
     ts = _timestamp(value["ts"])
     if ts > now + max_future_secs:
@@ -176,7 +179,17 @@ def _text(value: dict[str, Any], name: str) -> str:
     got = value[name]
     if not isinstance(got, str):
         raise InvalidEvent("wrong_type", f"{name!r} must be text, got {_json_type(got)}")
-    return got
+    return _unicode(repr(name), got)
+
+
+def _unicode(where: str, text: str) -> str:
+    """``text``, unless it holds a lone surrogate (``"\\ud800"`` in the JSON): no UTF-8 can carry it on."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidEvent("wrong_type", f"{where} is not valid Unicode text: an unpaired surrogate "
+                                         f"U+{ord(text[exc.start]):04X} at character {exc.start}") from None
+    return text
 
 
 def _optional_text(value: dict[str, Any], name: str) -> str | None:
@@ -193,8 +206,10 @@ def _timestamp(got: Any) -> float:
             raise InvalidEvent("bad_timestamp", f"'ts' {got[:64]!r} is not an ISO-8601 time") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=timezone.utc)
+        if not 0 <= parsed.timestamp() < 1e11:  # as for numbers; outside, iso_utc() cannot write it back
+            raise InvalidEvent("bad_timestamp", f"'ts' {got[:64]!r} is before 1970 or after the year 5138")
         return parsed.timestamp()
-    if not math.isfinite(got):
+    if isinstance(got, float) and not math.isfinite(got):  # an int is finite, if maybe too large for a float
         raise InvalidEvent("non_finite", "'ts' is not finite")
     if not 0 <= got < 1e11:  # year 5138: milliseconds given as seconds land far beyond
         raise InvalidEvent("bad_timestamp", f"'ts' {got!r} is not epoch seconds (milliseconds? negative?)")
@@ -213,6 +228,7 @@ def _features(value: dict[str, Any], name: str, check) -> dict[str, Any]:
     for key, item in got.items():
         if not key or len(key) > MAX_NAME_CHARS:
             raise InvalidEvent("wrong_type", f"{name} feature names must have 1 to {MAX_NAME_CHARS} characters")
+        _unicode(f"a {name} feature name", key)
         out[key] = None if item is None else check(f"{name}.{key}", item)
     return out
 
@@ -232,4 +248,4 @@ def _number(where: str, item: Any) -> float:
 def _category(where: str, item: Any) -> str:
     if isinstance(item, bool) or not isinstance(item, (str, int)):
         raise InvalidEvent("wrong_type", f"{where} must be text (or an integer code) or null, got {_json_type(item)}")
-    return str(item)
+    return _unicode(where, item) if isinstance(item, str) else str(item)
