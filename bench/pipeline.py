@@ -12,6 +12,7 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
 from connectors.es_client import es_client
+from connectors.kafka_config import kafka_config
 from connectors.kafka_producer import Deliveries, make_producer
 from connectors.setup import init_all
 from infra.process import free_port, rss_bytes
@@ -119,8 +120,7 @@ class BenchStack:
     def latency(self, images: list[bytes], rate: float, count: int) -> tuple[float, float]:
         """Produce ``count`` images at ``rate``/s; p50 and p99 of produce-to-prediction time, in ms."""
         predictions = self.settings.topic("predictions")
-        consumer = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap_servers, "group.id": f"{self.tag}-lat",
-                             "enable.auto.commit": False})
+        consumer = Consumer(kafka_config(self.settings, {"group.id": f"{self.tag}-lat", "enable.auto.commit": False}))
         parts = consumer.list_topics(predictions, timeout=10).topics[predictions].partitions
         consumer.assign([TopicPartition(predictions, p, consumer.get_watermark_offsets(TopicPartition(predictions, p))[1])
                          for p in parts])
@@ -160,9 +160,9 @@ class BenchStack:
     def close(self) -> None:
         self.worker.stop()
         self.es.options(ignore_status=404).indices.delete(index=f"{self.tag}-*")
-        from confluent_kafka.admin import AdminClient
+        from connectors.kafka_admin import admin_client
 
-        admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap_servers})
+        admin = admin_client(self.settings)
         topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(self.tag)]
         if topics:
             admin.delete_topics(topics, operation_timeout=30)

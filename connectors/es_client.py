@@ -5,24 +5,31 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from elasticsearch import ApiError, Elasticsearch, TransportError
+from elasticsearch import ApiError, AuthenticationException, AuthorizationException, Elasticsearch, TransportError
+from elastic_transport import TlsError
 
-from streamdl.errors import ServiceUnavailable
+from streamdl.errors import ServiceUnavailable, SettingsError
 from streamdl.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
 def es_client(settings: Settings, **kwargs: Any) -> Elasticsearch:
-    """A client for ``settings.es_url`` with the configured credentials and TLS verification."""
+    """A client for ``settings.es_url`` with the configured credentials (an API key, or basic auth),
+    CA file and TLS verification. ``es_verify_certs=False`` logs a warning each time."""
     auth: dict[str, Any] = {}
     if settings.es_api_key:
         auth["api_key"] = settings.es_api_key.get_secret_value()
     elif settings.es_username:
         password = settings.es_password.get_secret_value() if settings.es_password else ""
         auth["basic_auth"] = (settings.es_username, password)
-    if not settings.es_verify_certs and settings.es_url.startswith("https"):
-        logger.warning("TLS certificate verification for Elasticsearch is OFF (STREAMDL_ES_VERIFY_CERTS=false)")
+    if settings.es_url.startswith("https"):
+        if settings.es_ca_file:
+            auth["ca_certs"] = str(settings.es_ca_file)
+        if not settings.es_verify_certs:
+            logger.warning("TLS certificate verification for Elasticsearch is OFF (STREAMDL_ES_VERIFY_CERTS=false): anyone "
+                           "between this process and %s can read and change the traffic. Use it for tests only.", settings.es_url)
+            auth["ssl_show_warn"] = False  # warned once here, not on every request
     return Elasticsearch(settings.es_url, verify_certs=settings.es_verify_certs, request_timeout=30,
                          retry_on_timeout=True, max_retries=3, **auth, **kwargs)
 
@@ -31,10 +38,30 @@ def check_elasticsearch(client: Elasticsearch, settings: Settings, timeout: floa
     """Fail fast with a clear message when the cluster does not answer; returns its health status."""
     try:
         health = client.options(request_timeout=timeout).cluster.health(timeout=f"{max(1, int(timeout) - 1)}s")
+    except AuthenticationException:
+        how = "the API key (STREAMDL_ES_API_KEY)" if settings.es_api_key else (
+            f"user {settings.es_username!r} and its password (STREAMDL_ES_USERNAME, STREAMDL_ES_PASSWORD)" if settings.es_username
+            else "no credentials: set STREAMDL_ES_API_KEY, or STREAMDL_ES_USERNAME and STREAMDL_ES_PASSWORD")
+        raise SettingsError(f"Elasticsearch at {settings.es_url} refused the credentials (401): check {how}; "
+                            "each may also come from a file named by <variable>_FILE.") from None
+    except AuthorizationException as exc:
+        raise SettingsError(f"Elasticsearch at {settings.es_url} accepted the credentials but refused access (403: {exc.message}): "
+                            "the user or API key needs the cluster 'monitor' privilege and all privileges on the product's "
+                            f"indices ({settings.index_prefix}*).") from None
+    except TlsError as exc:
+        ca = settings.es_ca_file or "the system's CAs"
+        raise SettingsError(f"Elasticsearch at {settings.es_url}: TLS failed ({_short(exc)}). If its certificate is not trusted, "
+                            f"set STREAMDL_ES_CA_FILE to the PEM file of the CA that signed it (now: {ca}) and check that it "
+                            "names the host in STREAMDL_ES_URL; if the server does not speak TLS, use an http:// URL.") from None
     except (TransportError, ApiError) as exc:
         raise ServiceUnavailable(f"Elasticsearch at {settings.es_url} did not answer ({exc}). "
                                  "Is it running? Try 'streamdl stack up' or check STREAMDL_ES_URL.") from None
     return str(health["status"])
+
+
+def _short(exc: Exception, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def ensure_index(client: Elasticsearch, alias: str, version: str, body: dict[str, Any], *, take_alias: bool = False) -> str:

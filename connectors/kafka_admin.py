@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamdl.errors import ServiceUnavailable
+from connectors.kafka_config import KafkaErrors, kafka_config
+from streamdl.errors import ServiceUnavailable, SettingsError
 from streamdl.settings import TOPIC_NAMES, Settings
 
 logger = logging.getLogger(__name__)
@@ -17,17 +19,33 @@ COMPACTED = ("model-updates",)
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    """An AdminClient for the configured cluster."""
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    """An AdminClient for the configured cluster; its errors are kept in ``streamdl_errors`` (for :func:`check_kafka`)."""
+    config = kafka_config(settings)
+    admin = AdminClient(config)
+    admin.streamdl_errors = config["error_cb"]
+    return admin
 
 
 def check_kafka(admin: AdminClient, settings: Settings, timeout: float = 10.0) -> None:
-    """Fail fast with a clear message when no broker answers."""
-    try:
-        meta = admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise ServiceUnavailable(f"Kafka at {settings.kafka_bootstrap_servers} did not answer within {timeout:.0f}s ({exc}). "
-                                 "Is it running? Try 'streamdl stack up' or check STREAMDL_KAFKA_BOOTSTRAP_SERVERS.") from None
+    """Fail fast with a clear message when no broker answers, or (:class:`SettingsError`) when it
+    refuses the credentials, its certificate is not trusted, or it speaks another security protocol."""
+    errors: KafkaErrors | None = getattr(admin, "streamdl_errors", None)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            meta = admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            break
+        except KafkaException as exc:
+            admin.poll(0)  # serves the error events (authentication, TLS) to errors
+            problem = errors.explain() if errors is not None else None
+            if problem:
+                raise SettingsError(problem) from None
+            if time.monotonic() >= deadline:
+                protocol = settings.kafka_security_protocol
+                raise ServiceUnavailable(
+                    f"Kafka at {settings.kafka_bootstrap_servers} did not answer within {timeout:.0f}s ({exc}). "
+                    "Is it running? Try 'streamdl stack up' or check STREAMDL_KAFKA_BOOTSTRAP_SERVERS, and that "
+                    f"STREAMDL_KAFKA_SECURITY_PROTOCOL ({protocol}) is what the broker's listener expects.") from None
     if not meta.brokers:
         raise ServiceUnavailable(f"Kafka at {settings.kafka_bootstrap_servers} reported no brokers.")
 

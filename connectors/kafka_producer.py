@@ -11,7 +11,8 @@ from typing import Any, Iterable, Protocol
 
 from confluent_kafka import KafkaError, Producer
 
-from streamdl.errors import ServiceUnavailable
+from connectors.kafka_config import KafkaErrors, kafka_config
+from streamdl.errors import ServiceUnavailable, SettingsError
 from streamdl.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -20,9 +21,8 @@ Headers = list[tuple[str, bytes]]
 
 
 def make_producer(settings: Settings, **overrides: Any) -> Producer:
-    """An idempotent producer (``acks=all``) for the configured cluster."""
+    """An idempotent producer (``acks=all``) for the configured cluster (security from :func:`kafka_config`)."""
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -31,7 +31,7 @@ def make_producer(settings: Settings, **overrides: Any) -> Producer:
         "delivery.timeout.ms": 300_000,
     }
     config.update(overrides)
-    return Producer(config)
+    return Producer(kafka_config(settings, config))
 
 
 @dataclass
@@ -43,6 +43,9 @@ class Deliveries:
     delivered: int = 0
     failed: list[tuple[bytes | None, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    errors: KafkaErrors | None = None
+    """The producer's ``error_cb``, when given: :meth:`wait` then fails fast (:class:`SettingsError`) on an
+    authentication, TLS or protocol error before the first delivery."""
 
     def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None, headers: Headers | None = None) -> None:
         """Queue one message; a full local queue is drained (polled) instead of failing."""
@@ -74,6 +77,12 @@ class Deliveries:
         last_log = start
         while self.pending > 0:
             self.producer.flush(1.0)
+            # before anything was delivered (after that, the credentials and certificates are known good)
+            problem = self.errors.explain() if self.errors is not None and not self.delivered else None
+            if problem:
+                self.producer.purge()  # fails the queued messages now: their callbacks let go of this producer
+                self.producer.poll(0)
+                raise SettingsError(problem)
             now = time.monotonic()
             if timeout is not None and now - start > timeout:
                 raise ServiceUnavailable(f"{self.pending} {what} not acknowledged by Kafka after {timeout:.0f}s")
@@ -82,10 +91,16 @@ class Deliveries:
                 last_log = now
 
 
+def _deliveries(settings: Settings) -> Deliveries:
+    """A producer that fails fast (see :attr:`Deliveries.errors`): for one-off publishing."""
+    errors = KafkaErrors(settings)
+    return Deliveries(make_producer(settings, error_cb=errors), errors=errors)
+
+
 def produce_all(settings: Settings, topic: str, messages: Iterable[tuple[bytes | str | None, bytes, Headers]],
                 timeout: float = 60.0) -> int:
     """Produce ``(key, value, headers)`` messages and wait for all of them; returns how many were delivered."""
-    deliveries = Deliveries(make_producer(settings))
+    deliveries = _deliveries(settings)
     for key, value, headers in messages:
         deliveries.produce(topic, value, key, headers)
     deliveries.wait(timeout)
@@ -131,7 +146,7 @@ def publish_items(settings: Settings, items: Iterable[Publishable | Skipped], *,
     from tqdm import tqdm
 
     report = ProduceReport(topic=topic, unit=unit)
-    deliveries = Deliveries(make_producer(settings))
+    deliveries = _deliveries(settings)
     start = time.monotonic()
     bar = tqdm(total=total, unit=unit[:3], desc="produce", disable=not progress, leave=False)
     for item in items:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamdl.errors import SettingsError
@@ -38,13 +38,20 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("streamdl.", description="Prefix of every topic name. Env STREAMDL_TOPIC_PREFIX.")
     topic_partitions: int = Field(4, ge=1, le=1024, description="Partitions of topics the product creates. Env STREAMDL_TOPIC_PARTITIONS.")
     consumer_group: str = Field("streamdl-workers", description="Consumer group (Faust app id) of the workers. Env STREAMDL_CONSUMER_GROUP.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="How clients talk to Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. Env STREAMDL_KAFKA_SECURITY_PROTOCOL.")
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = Field("SCRAM-SHA-512", description="SASL mechanism (with SASL_*). Env STREAMDL_KAFKA_SASL_MECHANISM.")
+    kafka_username: str | None = Field(None, description="SASL user name (with SASL_*). Env STREAMDL_KAFKA_USERNAME.")
+    kafka_password: SecretStr | None = Field(None, description="SASL password (with SASL_*). Env STREAMDL_KAFKA_PASSWORD, or STREAMDL_KAFKA_PASSWORD_FILE naming a file that holds it.")
+    kafka_ssl_ca_file: Path | None = Field(None, description="PEM file of the CA(s) that signed the brokers' certificates (with SSL/SASL_SSL); unset = the system's CAs. Env STREAMDL_KAFKA_SSL_CA_FILE.")
+    kafka_ssl_verify: bool = Field(True, description="Verify the brokers' TLS certificates and host names; false is for tests only and logs a warning. Env STREAMDL_KAFKA_SSL_VERIFY.")
 
     # --- Elasticsearch -------------------------------------------------------
     es_url: str = Field("http://127.0.0.1:9200", description="Elasticsearch URL. Env STREAMDL_ES_URL.")
     es_username: str | None = Field(None, description="Elasticsearch basic-auth user. Env STREAMDL_ES_USERNAME.")
-    es_password: SecretStr | None = Field(None, description="Elasticsearch basic-auth password. Env STREAMDL_ES_PASSWORD.")
-    es_api_key: SecretStr | None = Field(None, description="Elasticsearch API key. Env STREAMDL_ES_API_KEY.")
-    es_verify_certs: bool = Field(True, description="Verify Elasticsearch TLS certificates. Env STREAMDL_ES_VERIFY_CERTS.")
+    es_password: SecretStr | None = Field(None, description="Elasticsearch basic-auth password. Env STREAMDL_ES_PASSWORD, or STREAMDL_ES_PASSWORD_FILE naming a file that holds it.")
+    es_api_key: SecretStr | None = Field(None, description="Elasticsearch API key (the base64 \"id:key\" form). Env STREAMDL_ES_API_KEY, or STREAMDL_ES_API_KEY_FILE naming a file that holds it.")
+    es_verify_certs: bool = Field(True, description="Verify Elasticsearch TLS certificates; false is for tests only and logs a warning. Env STREAMDL_ES_VERIFY_CERTS.")
+    es_ca_file: Path | None = Field(None, description="PEM file of the CA(s) that signed Elasticsearch's certificate (https:// URLs); unset = the system's CAs. Env STREAMDL_ES_CA_FILE.")
     index_prefix: str = Field("streamdl-", description="Prefix of every Elasticsearch alias and index. Env STREAMDL_INDEX_PREFIX.")
 
     # --- Micro-batching and models -------------------------------------------
@@ -76,7 +83,7 @@ class Settings(BaseSettings):
     alert_rules_file: Path | None = Field(None, description="YAML file of alert rules; unset = the rules shipped with the product (streams/default_alert_rules.yaml). Env STREAMDL_ALERT_RULES_FILE.")
     alert_throttle_secs: float = Field(300.0, gt=0, description="Default throttle window: the same rule on the same subject raises one alert per window and counts the rest. Env STREAMDL_ALERT_THROTTLE_SECS.")
     webhook_url: str | None = Field(None, description="Where `streamdl webhook` POSTs each alert. Env STREAMDL_WEBHOOK_URL.")
-    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key signing webhook bodies (X-Streamdl-Signature). Env STREAMDL_WEBHOOK_SECRET.")
+    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key signing webhook bodies (X-Streamdl-Signature). Env STREAMDL_WEBHOOK_SECRET, or STREAMDL_WEBHOOK_SECRET_FILE naming a file that holds it.")
     webhook_attempts: int = Field(4, ge=1, le=20, description="Tries per alert before it goes to the dead-letter topic. Env STREAMDL_WEBHOOK_ATTEMPTS.")
     webhook_backoff_secs: float = Field(0.5, ge=0, description="First retry delay; doubles each try. Env STREAMDL_WEBHOOK_BACKOFF_SECS.")
     webhook_timeout_secs: float = Field(5.0, gt=0, description="Timeout of one webhook request. Env STREAMDL_WEBHOOK_TIMEOUT_SECS.")
@@ -125,6 +132,47 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
             raise ValueError(f"expected an http(s)://host[:port] URL, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("kafka_ssl_ca_file", "es_ca_file")
+    @classmethod
+    def _check_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            if not value.is_file():
+                raise ValueError(f"no such file: {value} (a PEM file of CA certificates)")
+            import ssl
+
+            try:
+                ssl.create_default_context(cafile=str(value))
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise ValueError(f"{value} is not a readable PEM file of CA certificates ({exc})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_security(self) -> "Settings":
+        """Combinations of the security settings that cannot work (never echoes a secret)."""
+        protocol = self.kafka_security_protocol
+        sasl, tls = protocol.startswith("SASL_"), protocol.endswith("SSL")
+        if sasl and (not self.kafka_username or not self.kafka_password or not self.kafka_password.get_secret_value()):
+            raise ValueError(f"STREAMDL_KAFKA_SECURITY_PROTOCOL={protocol} needs STREAMDL_KAFKA_USERNAME and STREAMDL_KAFKA_PASSWORD "
+                             "(or STREAMDL_KAFKA_PASSWORD_FILE)")
+        if not sasl and (self.kafka_username or self.kafka_password):
+            raise ValueError(f"STREAMDL_KAFKA_USERNAME/STREAMDL_KAFKA_PASSWORD are only sent with SASL; set "
+                             f"STREAMDL_KAFKA_SECURITY_PROTOCOL to SASL_SSL (or SASL_PLAINTEXT), not {protocol}")
+        if self.kafka_ssl_ca_file and not tls:
+            raise ValueError(f"STREAMDL_KAFKA_SSL_CA_FILE is only used with TLS; set STREAMDL_KAFKA_SECURITY_PROTOCOL to SSL or SASL_SSL, not {protocol}")
+        if self.es_api_key and (self.es_username or self.es_password):
+            raise ValueError("give Elasticsearch either an API key (STREAMDL_ES_API_KEY) or a user and password "
+                             "(STREAMDL_ES_USERNAME, STREAMDL_ES_PASSWORD), not both")
+        if bool(self.es_username) != bool(self.es_password):
+            raise ValueError("Elasticsearch basic auth needs both STREAMDL_ES_USERNAME and STREAMDL_ES_PASSWORD (or STREAMDL_ES_PASSWORD_FILE)")
+        if self.es_ca_file and not self.es_url.startswith("https://"):
+            raise ValueError(f"STREAMDL_ES_CA_FILE is only used with an https:// STREAMDL_ES_URL, not {self.es_url}")
+        return self
 
     @field_validator("worker_agents")
     @classmethod
@@ -216,11 +264,57 @@ def load_settings(overrides: Mapping[str, Any] | None = None, env_file: str | os
     Raises :class:`SettingsError` naming the setting and its environment variable.
     """
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    given.update(_secrets_from_files(env_file, given))
     try:
         return Settings(_env_file=env_file, **given)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "?"
-            lines.append(f"setting {field} ({env_var(field)}): {err['msg']}; got {err.get('input')!r}")
+            field = ".".join(str(p) for p in err["loc"])
+            if not field:  # a check of several settings together: its message names them
+                lines.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
+            got = "**********" if field in SECRET_FIELDS else repr(err.get("input"))
+            lines.append(f"setting {field} ({env_var(field)}): {err['msg']}; got {got}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+SECRET_FIELDS = ("kafka_password", "es_password", "es_api_key", "webhook_secret")
+"""The secrets: masked everywhere, and each settable from a file with ``STREAMDL_<NAME>_FILE``."""
+
+
+def _secrets_from_files(env_file: str | os.PathLike | None, given: Mapping[str, Any]) -> dict[str, str]:
+    """The secrets named by ``STREAMDL_<SECRET>_FILE`` variables (environment, then ``env_file``):
+    each file's content, stripped of surrounding white space (a trailing newline).
+
+    Precedence is the usual one: an explicit override beats the environment beats ``env_file``.
+    A secret set both directly and by a file at the same level is an error unless the two agree.
+    """
+    dotenv: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        from dotenv import dotenv_values
+
+        dotenv = {k.upper(): v for k, v in dotenv_values(env_file).items() if v is not None}
+    found: dict[str, str] = {}
+    for field in SECRET_FIELDS:
+        var, file_var = env_var(field), f"{env_var(field)}_FILE"
+        if field in given:
+            continue
+        in_env = file_var in os.environ
+        path = os.environ.get(file_var) if in_env else dotenv.get(file_var)
+        if not path:
+            continue
+        if not in_env and var in os.environ:  # the environment's value beats a file named in env_file
+            continue
+        try:
+            value = Path(path).expanduser().read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise SettingsError(f"setting {field} ({file_var}): cannot read {path}: {reason}") from None
+        if not value:
+            raise SettingsError(f"setting {field} ({file_var}): {path} is empty")
+        direct = os.environ.get(var) if in_env else dotenv.get(var)
+        if direct is not None and direct.strip() != value:
+            raise SettingsError(f"setting {field}: both {var} and {file_var} are set, to different values; unset one of them")
+        found[field] = value
+    return found

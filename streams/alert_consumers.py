@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from connectors.kafka_config import kafka_config
 from connectors.kafka_producer import Deliveries, make_producer
 from connectors.webhook import Delivery, WebhookSink
 from streamdl.durations import parse_duration
@@ -158,10 +159,9 @@ def format_alert(alert: dict[str, Any], *, colour: bool = False, timestamp_ms: i
 # --- the follower ---------------------------------------------------------------------------------
 
 def _consumer(settings: Settings, group: str, **extra: Any) -> Consumer:
-    config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": group,
-                              "enable.auto.commit": False, "enable.auto.offset.store": False}
+    config: dict[str, Any] = {"group.id": group, "enable.auto.commit": False, "enable.auto.offset.store": False}
     config.update(extra)
-    return Consumer(config)
+    return Consumer(kafka_config(settings, config))
 
 
 def _partitions(consumer: Consumer, settings: Settings, topic: str, timeout: float = 10.0) -> list[int]:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import faust
 
+from connectors.kafka_config import faust_credentials
 from streamdl.settings import Settings
 
 
 def create_app(settings: Settings) -> faust.App:
-    """A Faust app for ``settings``: raw bytes in and out, no web server (metrics are served separately)."""
+    """A Faust app for ``settings``: raw bytes in and out, no web server (metrics are served separately).
+    Its aiokafka clients use the same security settings as every other client (:func:`faust_credentials`)."""
     return faust.App(
         settings.consumer_group,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(settings),
         datadir=str(settings.state_dir.resolve() / "faust"),
         key_serializer="raw",
         value_serializer="raw",
@@ -22,6 +25,11 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        # A worker that dies without leaving the group (SIGKILL, OOM) holds its partitions until its session
+        # expires: Faust's default 60 s stalled them for a minute in the fault suite. Heartbeats come from the
+        # event loop, which inference never blocks (it runs in an executor), so 10 s is safe.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         consumer_max_fetch_size=16 * 1024 * 1024,
         producer_max_request_size=16 * 1024 * 1024,
         stream_buffer_maxsize=max(4 * settings.max_batch_size, 256),

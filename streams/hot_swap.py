@@ -93,8 +93,10 @@ class ModelFollower:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         topic = self.settings.topic("model-updates")
-        consumer = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap_servers, "enable.auto.commit": False,
-                             "group.id": f"{self.settings.consumer_group}-updates-{uuid.uuid4().hex[:8]}"})
+        from connectors.kafka_config import kafka_config
+
+        consumer = Consumer(kafka_config(self.settings, {"enable.auto.commit": False,
+                                                         "group.id": f"{self.settings.consumer_group}-updates-{uuid.uuid4().hex[:8]}"}))
         try:
             partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])

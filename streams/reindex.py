@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 from tqdm import tqdm
 
 from connectors.es_client import switch_alias
+from connectors.kafka_config import kafka_config
 from streamdl.settings import Settings
 from streams.image_pipeline import ImagePipeline
 from streams.records import InMessage
@@ -58,8 +59,8 @@ def reindex(settings: Settings, model: str, *, switch: bool = True, progress: bo
     report = ReindexReport(pipeline.index, pipeline.info.name, pipeline.info.version)
     t0 = time.monotonic()
     topic = settings.topic("images")
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"streamdl-reindex-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer = Consumer(kafka_config(settings, {"group.id": f"streamdl-reindex-{uuid.uuid4().hex[:8]}",
+                                                "enable.auto.commit": False, "auto.offset.reset": "earliest"}))
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in parts}

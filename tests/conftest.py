@@ -46,9 +46,11 @@ def unique() -> Callable[[str], str]:
 @pytest.fixture
 def topic_factory(stack: Settings, unique) -> Iterator[Callable[..., str]]:
     """Create uniquely named topics; they are deleted after the test."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
 
-    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap_servers})
+    from connectors.kafka_admin import admin_client
+
+    admin = admin_client(stack)
     made: list[str] = []
 
     def make(prefix: str = "topic", partitions: int = 1, config: dict[str, str] | None = None) -> str:
@@ -90,9 +92,8 @@ def index_factory(es, unique) -> Iterator[Callable[..., str]]:
 @contextmanager
 def running_stream(base: Settings, log: Path, **overrides) -> Iterator[tuple[Settings, "WorkerProcess"]]:
     """A real worker on its own topics, indices and consumer group; everything removed afterwards."""
-    from confluent_kafka.admin import AdminClient
-
     from connectors.es_client import es_client
+    from connectors.kafka_admin import admin_client
     from connectors.setup import init_all
     from streams.worker_process import WorkerProcess
 
@@ -106,7 +107,7 @@ def running_stream(base: Settings, log: Path, **overrides) -> Iterator[tuple[Set
     finally:
         worker.stop()
         es_client(settings).options(ignore_status=404).indices.delete(index=f"{tag}-*")
-        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+        admin = admin_client(settings)
         topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(tag)]
         if topics:
             admin.delete_topics(topics, operation_timeout=30)
@@ -124,8 +125,9 @@ def _read_topic(settings: Settings, topic: str, until: Callable[[list], bool], t
     then ``settle`` seconds more, to see any message beyond those expected."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"reader-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
+    from connectors.kafka_config import kafka_config
+
+    consumer = Consumer(kafka_config(settings, {"group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False}))
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
     got: list = []

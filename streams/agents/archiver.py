@@ -84,7 +84,6 @@ class Archiver:
         self.writer = ArchiveWriter(self.root, max_file_messages=settings.archive_max_file_messages,
                                     max_file_secs=settings.archive_max_file_secs)
         self.config = {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
             "group.id": archiver_group(settings),
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
@@ -103,7 +102,9 @@ class Archiver:
     def run(self) -> None:
         from confluent_kafka import Consumer
 
-        consumer = self._consumer = Consumer(self.config)
+        from connectors.kafka_config import kafka_config
+
+        consumer = self._consumer = Consumer(kafka_config(self.settings, self.config))
         consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         logger.info("archiver: %s -> %s (group %s)", ", ".join(self.topics), self.root, self.config["group.id"])
         try:

@@ -80,6 +80,7 @@ def test_bad_flag_value_names_the_setting():
 def test_secrets_are_masked(monkeypatch, capsys):
     from streams.cli import main
 
+    monkeypatch.setenv("STREAMDL_ES_USERNAME", "elastic")
     monkeypatch.setenv("STREAMDL_ES_PASSWORD", "hunter2")
     s = load_settings(env_file=None)
     assert s.es_password.get_secret_value() == "hunter2"
