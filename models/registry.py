@@ -150,6 +150,18 @@ class Registry:
         self._set_champion(name, history[-2], history=history[:-1])
         return self.show(name, history[-2])
 
+    def model_tag(self, name: str, key: str) -> str | None:
+        """A tag of the registered model (``None`` when it or the tag does not exist)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return (self.client.get_registered_model(name).tags or {}).get(key)
+        except MlflowException:
+            return None
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        self.client.set_registered_model_tag(name, key, value)
+
     def note(self, name: str, version: str, key: str, value: str) -> None:
         self.client.set_model_version_tag(name, str(version), key, value[:5000])
 

@@ -24,7 +24,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -32,6 +32,8 @@ from streamdl.errors import StreamdlError
 from streamdl.settings import Settings
 
 Say = Callable[[str], None]
+LABELS_SEEN = "labels_seen"
+"""Registered-model tag: how many label events the last run saw, and the latest one's time."""
 
 
 class RetrainBusy(StreamdlError):
@@ -102,8 +104,7 @@ def _run(settings: Settings, since, until, beam_args, search, trials, skip_uncha
     seconds["read"] = time.perf_counter() - t
     say(f"read: {len(image_files)} image files, {len(event_files)} event files; {found} labelled images "
         f"({seconds['read']:.1f}s)")
-    state = _state(settings)
-    if skip_unchanged and state.get("labels_seen") == labels_seen:
+    if skip_unchanged and registry.model_tag(name, LABELS_SEEN) == labels_seen:
         return RetrainResult("skipped", "no new labels since the last run", seconds=seconds)
     if found < settings.retrain_min_labels:
         raise TooFewLabels(f"found {found} labelled images in the archive ({root}); a run needs at least "
@@ -155,7 +156,7 @@ def _run(settings: Settings, since, until, beam_args, search, trials, skip_uncha
         version = _register(settings, registry, name, champion, trained, new, current_acc, labels, labels_seen, since, until,
                             counters, {**seconds}, Path(tmp), changes, reason)
         seconds["register"] = time.perf_counter() - t
-    _save_state(settings, {"labels_seen": labels_seen, "last_version": version.version})
+    registry.set_model_tag(name, LABELS_SEEN, labels_seen)
     metrics = {"test_accuracy": new.accuracy, "current_accuracy": current_acc, "val_accuracy": trained.val_accuracy}
     if not gate_ok:
         registry.note(name, version.version, "not_promoted", reason)
@@ -292,21 +293,6 @@ def announce(settings: Settings, version) -> None:
     message = {"name": version.name, "version": version.version, "kind": version.kind, "source": version.source,
                "metrics": version.metrics, "promoted_at": time.time()}
     produce_all(settings, settings.topic("model-updates"), [(version.name, to_json(message), [])])
-
-
-def _state(settings: Settings) -> dict[str, Any]:
-    path = Path(settings.state_dir) / "retrain.state.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_state(settings: Settings, state: dict[str, Any]) -> None:
-    path = Path(settings.state_dir) / "retrain.state.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _git_commit() -> str:

@@ -164,6 +164,12 @@ def test_a_worse_model_is_registered_but_not_promoted(loop):
     assert not refused.promoted and "below" in refused.tags["not_promoted"]
 
 
+def test_a_periodic_run_is_skipped_when_no_label_arrived(loop):
+    settings, _, _ = loop
+    result = retrain(settings, skip_unchanged=True, say=print)
+    assert result.status == "skipped" and "no new labels" in result.reason and result.version is None
+
+
 def test_too_few_labels_stop_early_saying_how_many(loop):
     settings, _, _ = loop
     with pytest.raises(TooFewLabels, match=r"found \d+ labelled images .* at least 100000"):
