@@ -165,4 +165,5 @@ class BenchStack:
         admin = admin_client(self.settings)
         topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(self.tag)]
         if topics:
-            admin.delete_topics(topics, operation_timeout=30)
+            for future in admin.delete_topics(topics, operation_timeout=30).values():
+                future.result()  # wait: the request is asynchronous, and a process that exits at once never sends it
