@@ -69,7 +69,11 @@ def bulk_index(client: Elasticsearch, index: str, docs: list[tuple[str, dict[str
         if should_stop() or (give_up_after is not None and time.monotonic() - start > give_up_after):
             raise TransportError(f"Elasticsearch bulk gave up after {attempt} attempts: {why}")
         logger.warning("bulk retry attempt=%d docs=%d reason=%s backoff=%.1fs", attempt, len(retry), why, delay)
-        time.sleep(delay)
+        resume = time.monotonic() + delay
+        while time.monotonic() < resume and not should_stop():  # a shutdown does not wait out the backoff
+            time.sleep(min(0.2, max(0.0, resume - time.monotonic())))
+        if should_stop():
+            raise TransportError(f"Elasticsearch bulk stopped by shutdown after {attempt} attempts: {why}")
         delay = min(delay * 2, max_backoff)
         pending = retry
     return rejected

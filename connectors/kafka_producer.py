@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from confluent_kafka import KafkaError, Producer
 
@@ -66,12 +66,12 @@ class Deliveries:
             else:
                 self.failed.append((msg.key(), err.str()))
 
-    def wait(self, timeout: float | None = None, what: str = "messages") -> None:
+    def wait(self, timeout: float | None = None, what: str = "messages", should_stop: Callable[[], bool] = lambda: False) -> None:
         """Block until every queued message is acknowledged (or failed).
 
         With ``timeout=None`` it waits as long as the broker needs (librdkafka keeps retrying
-        within ``delivery.timeout.ms``), logging every 10 s; with a timeout it raises
-        :class:`ServiceUnavailable` when messages are still in flight.
+        within ``delivery.timeout.ms``), logging every 10 s; with a timeout, or once ``should_stop()``
+        turns true (a shutdown), it raises :class:`ServiceUnavailable` when messages are still in flight.
         """
         start = time.monotonic()
         last_log = start
@@ -86,6 +86,8 @@ class Deliveries:
             now = time.monotonic()
             if timeout is not None and now - start > timeout:
                 raise ServiceUnavailable(f"{self.pending} {what} not acknowledged by Kafka after {timeout:.0f}s")
+            if self.pending > 0 and should_stop():
+                raise ServiceUnavailable(f"{self.pending} {what} not acknowledged by Kafka when the shutdown began")
             if now - last_log > 10:
                 logger.warning("waiting for Kafka to acknowledge %d %s (%.0fs so far)", self.pending, what, now - start)
                 last_log = now

@@ -30,6 +30,10 @@ def create_app(settings: Settings) -> faust.App:
         # event loop, which inference never blocks (it runs in an executor), so 10 s is safe.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
+        # On shutdown and rebalance do not wait for every buffered message to be acked: with a service down
+        # that wait never ends (SIGTERM hung until Elasticsearch came back). The agent finishes or abandons
+        # the batch in hand itself (streams/agents/micro_batch.py); what was not acked is redelivered.
+        stream_wait_empty=False,
         consumer_max_fetch_size=16 * 1024 * 1024,
         producer_max_request_size=16 * 1024 * 1024,
         stream_buffer_maxsize=max(4 * settings.max_batch_size, 256),

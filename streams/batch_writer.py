@@ -22,6 +22,7 @@ from connectors.es_mappings import alerts_index
 from connectors.kafka_admin import admin_client, check_kafka
 from connectors.kafka_producer import Deliveries, make_producer
 from connectors.setup import ensure_fixed_index
+from streamdl.errors import ServiceUnavailable
 from streamdl.settings import Settings
 from streams import metrics
 from streams.alert_rules import Rule
@@ -110,7 +111,10 @@ class BatchWriter:
         metrics.ALERTS.labels(self.stream, alert.rule).inc()
 
     def _publish(self, computed: Computed, alerts: AlertBatch) -> None:
-        """Alerts, dead letters and predictions to Kafka; returns once all are acknowledged."""
+        """Alerts, dead letters and predictions to Kafka; returns once all are acknowledged, raises when
+        any was not delivered (e.g. a broker outage longer than ``delivery.timeout.ms``), so the batch is
+        not acked but retried."""
+        failed_before = len(self.deliveries.failed)
         for alert in alerts.new:
             self.deliveries.produce(self.topics["alerts"], to_json(alert.as_json()), alert.subject_id)
         for msg, code, reason, stage in computed.dead:
@@ -118,7 +122,11 @@ class BatchWriter:
             self.deliveries.produce(self.topics["dlq"], value, key, headers)
         for doc_id, value in computed.predictions.items():
             self.deliveries.produce(self.topics["predictions"], value, doc_id)
-        self.deliveries.wait(what="predictions, alerts and dead letters")
+        self.deliveries.wait(what="predictions, alerts and dead letters", should_stop=self.should_stop)
+        failed = self.deliveries.failed[failed_before:]
+        if failed:
+            raise ServiceUnavailable(f"{len(failed)} predictions, alerts or dead letters of the batch were not delivered "
+                                     f"({failed[0][1]}); the batch is not committed")
 
     def _record(self, report: BatchReport, alerts: AlertBatch) -> None:
         self.processed.inc(report.indexed)

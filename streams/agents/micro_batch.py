@@ -13,8 +13,11 @@ document ids make the rewrite idempotent.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
 
@@ -27,6 +30,9 @@ from streams.records import InMessage
 logger = logging.getLogger(__name__)
 
 ATTEMPTS = 3
+DRAIN_SECS = 10.0
+"""How long a rebalance or a shutdown waits for the messages already taken to be written and acked.
+(Faust's own wait, ``stream_wait_empty``, has no bound: with a service down, SIGTERM hung until it was back.)"""
 EXIT_BATCH_FAILED = 70  # EX_SOFTWARE
 T = TypeVar("T")
 
@@ -42,23 +48,56 @@ def to_message(event: faust.EventT) -> InMessage:
                      timestamp_ms=int(ts * 1000) if ts else None, headers=headers)
 
 
-async def with_retries(what: str, batch: Sequence[InMessage], call: Callable[[], Awaitable[T]]) -> T:
+class BatchAbandoned(Exception):
+    """A batch given up because the worker is shutting down; it is not acked, so it is redelivered."""
+
+
+async def with_retries(what: str, batch: Sequence[InMessage], call: Callable[[], Awaitable[T]],
+                       stopping: Callable[[], bool] = lambda: False) -> T:
     """Run ``call``; retry unexpected failures, then exit the process without acking the batch.
 
     Bad input never raises (it becomes dead letters) and outages are waited out inside the
     pipeline, so what reaches here is a bug or something lasting. Exiting without acking keeps
-    the batch for redelivery after a restart, instead of skipping it.
+    the batch for redelivery after a restart, instead of skipping it. During shutdown
+    (``stopping()``) a failure -- typically an outage the pipeline stopped waiting out -- is not
+    retried: :class:`BatchAbandoned` leaves the batch unacked, and shutdown takes bounded time.
     """
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return await call()
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001
+            if stopping():
+                logger.warning("%s of a batch of %d at %s stopped by the shutdown (%s: %s); not committed, it will be "
+                               "redelivered", what, len(batch), batch[0].coordinates, type(exc).__name__, exc)
+                raise BatchAbandoned(what) from None
             logger.exception("%s of a batch of %d failed (attempt %d of %d)", what, len(batch), attempt, ATTEMPTS)
             await asyncio.sleep(2.0 * attempt)
     logger.critical("giving up on the batch at %s; exiting without committing its offsets", batch[0].coordinates)
     os._exit(EXIT_BATCH_FAILED)
+
+
+async def drain(app: faust.App, why: str) -> bool:
+    """Wait (at most :data:`DRAIN_SECS`) until every message handed to the agents was written and acked,
+    then commit; ``False`` when time ran out (the rest stays uncommitted: redelivered).
+
+    What Faust's ``Consumer.wait_empty`` does, with a bound: that one cannot be cancelled (it swallows
+    the cancellation), so this loop reads the same set of unacked messages itself.
+    """
+    consumer = app.consumer
+    deadline = time.monotonic() + DRAIN_SECS
+    gc.collect()  # messages cleared from the stream buffers (flow control) leave the weak set
+    while True:
+        pending = [m for m in list(getattr(consumer, "_unacked_messages", ())) if not m.acked]
+        await consumer.commit()
+        if not pending:
+            return True
+        if time.monotonic() > deadline:
+            logger.warning("%s: %d messages in hand were not written within %.0fs; their offsets stay uncommitted and "
+                           "they will be redelivered", why, len(pending), DRAIN_SECS)
+            return False
+        await asyncio.sleep(0.1)
 
 
 class Pipeline(Protocol):
@@ -76,6 +115,7 @@ def register_batch_agent(app: faust.App, name: str, topic_name: str, pipeline: P
     """Attach an agent called ``name`` that feeds ``topic_name`` to ``pipeline`` (set up already)."""
     compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-compute")
     write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-write")
+    stopping = threading.Event()
 
     @app.agent(raw_topic(app, topic_name), name=name)
     async def agent(stream: faust.StreamT) -> None:
@@ -83,14 +123,25 @@ def register_batch_agent(app: faust.App, name: str, topic_name: str, pipeline: P
         writing: asyncio.Task | None = None
 
         async def write_then_ack(events: list[faust.EventT], batch: list[InMessage], computed) -> None:
-            await with_retries("writing", batch, lambda: loop.run_in_executor(write_thread, pipeline.write, computed))
+            try:
+                await with_retries("writing", batch, lambda: loop.run_in_executor(write_thread, pipeline.write, computed),
+                                   stopping.is_set)
+            except BatchAbandoned:
+                return  # not acked: redelivered
             for event in events:
                 await stream.ack(event)
 
         try:
             async for events in stream.noack_take(max_batch_size, within=max_batch_duration_secs):
+                if stopping.is_set():
+                    break  # shutting down: no new batch (its events stay unacked and are redelivered)
                 batch = [to_message(e) for e in events]
-                computed = await with_retries("computing", batch, lambda: loop.run_in_executor(compute_thread, pipeline.compute, batch))
+                try:
+                    computed = await with_retries("computing", batch,
+                                                  lambda: loop.run_in_executor(compute_thread, pipeline.compute, batch),
+                                                  stopping.is_set)
+                except BatchAbandoned:
+                    break
                 if writing is not None:
                     await writing  # one batch in writing at a time: bounded memory, in-order acks
                 writing = asyncio.create_task(write_then_ack(list(events), batch, computed))
@@ -98,8 +149,14 @@ def register_batch_agent(app: faust.App, name: str, topic_name: str, pipeline: P
             if writing is not None and not writing.done():
                 await asyncio.shield(writing)
 
+    @app.on_partitions_revoked.connect
+    async def _revoked(app: faust.App, revoked, **kwargs) -> None:  # noqa: ARG001
+        await drain(app, "rebalance")  # the next owner of the partitions starts after what was written
+
     @app.on_before_shutdown.connect
-    async def _stop(app: faust.App, **kwargs) -> None:  # noqa: ARG001 - after the consumer stopped
+    async def _stop(app: faust.App, **kwargs) -> None:  # noqa: ARG001 - after the consumer stopped fetching
+        await drain(app, "shutdown")  # finish the batches in hand (bounded), then give up what is left
+        stopping.set()
         pipeline.stop()
         compute_thread.shutdown(wait=True)
         write_thread.shutdown(wait=True)
