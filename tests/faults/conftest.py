@@ -75,15 +75,17 @@ def fault_stack(settings: Settings) -> Iterator[FaultStack]:
     The unpacked distributions are the project's (``<state>/dist``, fetched from ~/.m2 once) and the
     digits model is the project's cached one (trained there once if missing), both linked in.
     """
+    from infra.services import reachable_by_nobody
     from infra.stack import LocalStack
     from models.digits import ensure_digits_model
 
     project = settings.state_dir.resolve()
     model = ensure_digits_model(project)
-    (project / "dist").mkdir(parents=True, exist_ok=True)
     state = Path(tempfile.mkdtemp(prefix="streamdl-faults-"))
     state.chmod(0o755)  # Elasticsearch runs as 'nobody' when root starts it: it must reach its folder
-    (state / "dist").symlink_to(project / "dist")
+    if os.geteuid() != 0 or reachable_by_nobody(project / "dist"):  # else unpack a copy 'nobody' can run
+        (project / "dist").mkdir(parents=True, exist_ok=True)
+        (state / "dist").symlink_to(project / "dist")
     (state / "models").mkdir()
     (state / "models" / model.parent.name).symlink_to(model.parent)
     own = load_settings({"state_dir": state, "kafka_bootstrap_servers": f"127.0.0.1:{_port_with(1)}",
