@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -26,6 +27,7 @@ from streamdl.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from streams.worker_process import WorkerProcess
+    from tests.faults.harness import Monitor, PacedProducer, StreamPlan
 
 HERE = Path(__file__).resolve().parent
 if str(HERE.parent.parent) not in sys.path:  # ``tests.faults.harness`` imports from the checkout
@@ -120,6 +122,22 @@ class FaultRun:
         worker = WorkerProcess(own, self.folder / f"{name}.log").start()
         self.workers.append(worker)
         return worker
+
+    @contextmanager
+    def streaming(self, tag: str, count: int, rate: float) -> Iterator[tuple["StreamPlan", "Monitor", "PacedProducer"]]:
+        """``count`` digit images (ids tagged ``tag``) produced at ``rate`` per second to the images topic
+        while a :class:`Monitor` watches; the monitor stops when the block ends."""
+        from tests.faults.harness import Monitor, PacedProducer, digit_stream
+
+        plan = digit_stream(tag, count)
+        monitor = Monitor(self.settings)
+        monitor.start()
+        producer = PacedProducer(self.settings, self.settings.topic("images"), plan.messages, rate)
+        producer.start()
+        try:
+            yield plan, monitor, producer
+        finally:
+            monitor.stop()
 
     def restart(self, worker) -> None:
         """Start a stopped or killed worker again with the same settings and log."""

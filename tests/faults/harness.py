@@ -494,6 +494,12 @@ def row(test: str, fault: str, acc: Accounting, recover: str, notes: str = "") -
             "time to recover": recover, "notes": notes}
 
 
+def report(results: list[dict[str, str]], r: dict[str, str]) -> None:
+    """Add a test's row to the session's results table and print it."""
+    results.append(r)
+    print("\n" + table([r]))
+
+
 def table(rows: Iterable[dict[str, str]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join("---" if c in ("test", "fault", "notes") else "---:"
                                                                    for c in COLUMNS) + " |"]

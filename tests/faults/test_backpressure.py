@@ -10,8 +10,8 @@ import time
 import pytest
 
 from infra.process import rss_bytes
-from tests.faults.harness import (Monitor, PacedProducer, SlowProxy, account, assert_accounted, noise_stream, row, seconds,
-                                  table)
+from tests.faults.harness import (Monitor, PacedProducer, SlowProxy, account, assert_accounted, noise_stream, report, row,
+                                  seconds)
 
 pytestmark = pytest.mark.faults
 
@@ -68,8 +68,7 @@ def test_a_slow_sink_does_not_grow_the_workers_memory(fault_run, fault_results):
             f"worker RSS {baseline / MiB:.0f} MiB before, peak {peak_a / MiB:.0f} MiB after {mb_a:.0f} MB in, "
             f"{peak_b / MiB:.0f} MiB after {mb_a + mb_b:.0f} MB in; consumer lag {lag_a:,} then {lag_b:,} "
             f"(~{backlog_mb:.0f} MB waiting in Kafka)")
-    fault_results.append(r)
-    print("\n" + table([r]))
+    report(fault_results, r)
     print("t (s), worker RSS (MiB), consumer lag:", "; ".join(f"{s.t:.0f} {s.rss / MiB:.0f} {s.lag}" for s in monitor.samples[::4]))
     # The backlog grew by most of phase B: the worker did not take it in...
     assert lag_b > lag_a + PHASE // 2, (lag_a, lag_b)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.faults.harness import Monitor, PacedProducer, account, assert_accounted, digit_stream, read_all, row, table
+from tests.faults.harness import account, assert_accounted, read_all, report, row
 
 pytestmark = pytest.mark.faults
 
@@ -59,13 +59,8 @@ def test_a_model_update_arrives_mid_stream(fault_run, fault_results):
     run = fault_run
     run.settings = run.settings.model_copy(update={"mlflow_tracking_uri": f"sqlite:///{run.folder / 'mlflow.db'}"})
     registry = register_head(run.settings, run.folder)
-    plan = digit_stream("update", COUNT)
     worker = run.worker()
-    monitor = Monitor(run.settings)
-    monitor.start()
-    producer = PacedProducer(run.settings, run.settings.topic("images"), plan.messages, RATE)
-    producer.start()
-    try:
+    with run.streaming("update", COUNT, RATE) as (plan, monitor, producer):
         monitor.wait_outputs(2_000, timeout=180, alive=run.alive)
         registry.promote(run.settings.model_name, "2", "fault suite: a model update mid-stream")
         announced = time.time()
@@ -73,8 +68,6 @@ def test_a_model_update_arrives_mid_stream(fault_run, fault_results):
         announce(run.settings, registry.show(run.settings.model_name, "2"))
         producer.finish()
         acc = account(run.settings, plan, monitor, alive=run.alive)
-    finally:
-        monitor.stop()
     predictions = [json.loads(m.value()) for m in read_all(run.settings, run.settings.topic("predictions"))]
     first_v2 = min((datetime.fromisoformat(p["processed_time"]).timestamp() for p in predictions if p["model_version"] == "2"),
                    default=None)
@@ -83,8 +76,7 @@ def test_a_model_update_arrives_mid_stream(fault_run, fault_results):
     r = row("model-update", "model v2 promoted + announced mid-stream", acc, f"{swap} to v2",
             f"predictions by version {dict(sorted(acc.versions.items()))}; longest stall of the outputs in the 20 s "
             f"after the announcement {pause:.1f} s")
-    fault_results.append(r)
-    print("\n" + table([r]))
+    report(fault_results, r)
     assert set(acc.versions) == {"1", "2"}, acc.versions
     by_partition: dict[int, list[str]] = {}
     for p in sorted(predictions, key=lambda p: (p["kafka"]["partition"], p["kafka"]["offset"])):

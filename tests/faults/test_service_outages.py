@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from tests.faults.harness import (Monitor, PacedProducer, account, assert_accounted, digit_stream, recovery, row, seconds,
-                                  table)
+from tests.faults.harness import account, assert_accounted, recovery, report, row, seconds
 
 pytestmark = pytest.mark.faults
 
@@ -21,13 +20,8 @@ RATE = 100.0
 
 def test_kafka_broker_stopped_for_20_seconds(fault_run, fault_results):
     run = fault_run
-    plan = digit_stream("kafka", COUNT)
     worker = run.worker()
-    monitor = Monitor(run.settings)
-    monitor.start()
-    producer = PacedProducer(run.settings, run.settings.topic("images"), plan.messages, RATE)
-    producer.start()
-    try:
+    with run.streaming("kafka", COUNT, RATE) as (plan, monitor, producer):
         monitor.wait_outputs(1_500, timeout=180, alive=run.alive)
         t_stop = monitor.now()
         stopping = run.stack.stop("kafka")
@@ -37,13 +31,10 @@ def test_kafka_broker_stopped_for_20_seconds(fault_run, fault_results):
         t_back = monitor.now()
         producer.finish()
         acc = account(run.settings, plan, monitor, alive=run.alive)
-    finally:
-        monitor.stop()
     r = row("kafka-outage", "Kafka broker stopped 20 s mid-stream", acc, recovery(monitor, t_back, 2 * run.settings.max_batch_size),
             f"broker down {t_back - t_stop:.0f} s (stop {stopping:.1f} s, start {starting:.1f} s); worker stayed up; "
             f"max consumer lag {monitor.max_lag(since=t_stop):,}")
-    fault_results.append(r)
-    print("\n" + table([r]))
+    report(fault_results, r)
     print(f"monitor: {len(monitor.errors)} failed samples, the last: {monitor.errors[-1:]}")
     assert worker.alive
     assert_accounted(acc, plan)
@@ -51,13 +42,8 @@ def test_kafka_broker_stopped_for_20_seconds(fault_run, fault_results):
 
 def test_elasticsearch_stopped_for_30_seconds(fault_run, fault_results):
     run = fault_run
-    plan = digit_stream("es", COUNT)
     worker = run.worker()
-    monitor = Monitor(run.settings)
-    monitor.start()
-    producer = PacedProducer(run.settings, run.settings.topic("images"), plan.messages, RATE)
-    producer.start()
-    try:
+    with run.streaming("es", COUNT, RATE) as (plan, monitor, producer):
         monitor.wait_outputs(1_500, timeout=180, alive=run.alive)
         lag_before = monitor.max_lag()
         t_stop = monitor.now()
@@ -69,16 +55,13 @@ def test_elasticsearch_stopped_for_30_seconds(fault_run, fault_results):
         t_back = monitor.now()
         producer.finish()
         acc = account(run.settings, plan, monitor, alive=run.alive)
-    finally:
-        monitor.stop()
     peak = monitor.max_lag(since=t_stop)
     drained = monitor.drained_after(t_back, below=2 * run.settings.max_batch_size)
     r = row("es-outage", "Elasticsearch stopped 30 s mid-stream", acc, recovery(monitor, t_back, 2 * run.settings.max_batch_size),
             f"ES down {t_back - t_stop:.0f} s (start {starting:.1f} s); worker paused: nothing committed while down; "
             f"consumer lag {lag_before:,} before, max {peak:,}, back to <= {2 * run.settings.max_batch_size} {seconds([drained])} "
             "after ES was back")
-    fault_results.append(r)
-    print("\n" + table([r]))
+    report(fault_results, r)
     assert worker.alive
     # While Elasticsearch was down nothing was committed (the worker paused) and the lag grew.
     assert during and during[0].committed == during[-1].committed, [(s.t, s.committed) for s in during]
@@ -91,13 +74,8 @@ def test_sigterm_while_elasticsearch_is_down_exits_in_bounded_time(fault_run, fa
     """Graceful shutdown must not wait for an outage to end: the batch that cannot be written is
     given up without being committed (it is redelivered), and the worker exits."""
     run = fault_run
-    plan = digit_stream("termdown", COUNT)
     worker = run.worker()
-    monitor = Monitor(run.settings)
-    monitor.start()
-    producer = PacedProducer(run.settings, run.settings.topic("images"), plan.messages, RATE)
-    producer.start()
-    try:
+    with run.streaming("termdown", COUNT, RATE) as (plan, monitor, producer):
         monitor.wait_outputs(1_500, timeout=180, alive=run.alive)
         run.stack.stop("elasticsearch")
         time.sleep(5)
@@ -114,13 +92,10 @@ def test_sigterm_while_elasticsearch_is_down_exits_in_bounded_time(fault_run, fa
         run.restart(worker)
         producer.finish()
         acc = account(run.settings, plan, monitor, alive=run.alive)
-    finally:
-        monitor.stop()
     r = row("sigterm-es-down", "worker SIGTERMed while Elasticsearch is down, restarted after", acc,
             recovery(monitor, t_back, 2 * run.settings.max_batch_size),
             f"exit {code} in {took:.1f} s; at exit {stopped.outputs:,} outputs, {stopped.committed:,} committed")
-    fault_results.append(r)
-    print("\n" + table([r]))
+    report(fault_results, r)
     assert code == 0 and took < 30, (code, took, worker.tail(60))
     assert stopped.committed <= stopped.outputs, "offsets were committed for messages without output"
     assert_accounted(acc, plan)

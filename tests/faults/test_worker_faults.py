@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from tests.faults.harness import (Monitor, PacedProducer, account, assert_accounted, digit_stream, row, seconds,
-                                  table)
+from tests.faults.harness import account, assert_accounted, report, row, seconds
 
 pytestmark = pytest.mark.faults
 
@@ -34,16 +33,11 @@ def processed(worker) -> float:
 def test_sigkill_three_times_at_random_moments(fault_run, fault_results):
     run = fault_run
     rng = random.Random(20261121)
-    plan = digit_stream("kill", COUNT)
     worker = run.worker()
-    monitor = Monitor(run.settings)
-    monitor.start()
-    producer = PacedProducer(run.settings, run.settings.topic("images"), plan.messages, RATE)
-    producer.start()
     kills: list[float] = []
     bases: list[int | None] = []
     starts: list[float] = []
-    try:
+    with run.streaming("kill", COUNT, RATE) as (plan, monitor, producer):
         # random moments: when the committed offsets pass three random points of the stream (and the
         # restarted worker has committed something new), plus up to a second
         for point in sorted(int(rng.uniform(0.1, 0.85) * COUNT) for _ in range(3)):
@@ -60,27 +54,19 @@ def test_sigkill_three_times_at_random_moments(fault_run, fault_results):
             starts.append(time.monotonic() - t)
         producer.finish()
         acc = account(run.settings, plan, monitor, alive=run.alive)
-    finally:
-        monitor.stop()
     recover = [monitor.resumed_after(t, base) for t, base in zip(kills, bases)]
     at = bases
     r = row("sigkill", "worker SIGKILLed 3x at random moments, restarted", acc, seconds(recover),
             f"killed at {', '.join(f'{o:,}' for o in at)} outputs; restart (process up) {seconds(starts)}")
-    fault_results.append(r)
-    print("\n" + table([r]))
+    report(fault_results, r)
     assert all(o < COUNT for o in at), f"a kill came after the stream was done (outputs at each kill: {at})"
     assert_accounted(acc, plan)
 
 
 def test_sigterm_finishes_the_batch_commits_and_exits(fault_run, fault_results):
     run = fault_run
-    plan = digit_stream("term", COUNT)
     worker = run.worker()
-    monitor = Monitor(run.settings)
-    monitor.start()
-    producer = PacedProducer(run.settings, run.settings.topic("images"), plan.messages, RATE)
-    producer.start()
-    try:
+    with run.streaming("term", COUNT, RATE) as (plan, monitor, producer):
         monitor.wait_outputs(2_000, timeout=180, alive=run.alive)
         t = time.monotonic()
         worker.proc.send_signal(signal.SIGTERM)
@@ -91,12 +77,9 @@ def test_sigterm_finishes_the_batch_commits_and_exits(fault_run, fault_results):
         run.restart(worker)
         producer.finish()
         acc = account(run.settings, plan, monitor, alive=run.alive)
-    finally:
-        monitor.stop()
     r = row("sigterm", "worker SIGTERMed mid-stream, restarted", acc, seconds([monitor.resumed_after(t_exit, stopped.outputs)]),
             f"exit {code} in {took:.1f} s; at exit {stopped.outputs:,} outputs, {stopped.committed:,} committed")
-    fault_results.append(r)
-    print("\n" + table([r]))
+    report(fault_results, r)
     assert code == 0, worker.tail(60)
     assert took < 30, f"SIGTERM took {took:.1f}s"
     # Every message with an output was committed, and nothing was committed without an output:
@@ -107,13 +90,8 @@ def test_sigterm_finishes_the_batch_commits_and_exits(fault_run, fault_results):
 
 def test_a_second_worker_joins_and_leaves(fault_run, fault_results):
     run = fault_run
-    plan = digit_stream("rebalance", COUNT)
     first = run.worker("worker-1")
-    monitor = Monitor(run.settings)
-    monitor.start()
-    producer = PacedProducer(run.settings, run.settings.topic("images"), plan.messages, RATE)
-    producer.start()
-    try:
+    with run.streaming("rebalance", COUNT, RATE) as (plan, monitor, producer):
         monitor.wait_outputs(1_200, timeout=180, alive=run.alive)
         second = run.worker("worker-2")
         t_join = monitor.now()
@@ -124,13 +102,10 @@ def test_a_second_worker_joins_and_leaves(fault_run, fault_results):
         t_left = monitor.now()
         producer.finish()
         acc = account(run.settings, plan, monitor, alive=lambda: run.alive(first))
-    finally:
-        monitor.stop()
     r = row("rebalance", "2nd worker joins, then leaves (SIGTERM)", acc,
             "longest stall " + seconds([monitor.longest_stall(t_join - 2, t_join + 15), monitor.longest_stall(t_leave, t_left + 15)]),
             f"worker-2 processed {by_second:,.0f} while in the group; left with exit {code} in {t_left - t_leave:.1f} s")
-    fault_results.append(r)
-    print("\n" + table([r]))
+    report(fault_results, r)
     assert by_second > 0, "the second worker got no partition"
     assert code == 0
     assert_accounted(acc, plan)
