@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         bare = model_rate(model, weights, settings.state_dir, args.batch_size, sample)
         single = model_rate(model, weights, settings.state_dir, 1, sample[: 300 if model == "digits-cnn" else 32], repeats=1)
         say(f"{model}: pipeline with {total} images")
-        bench = BenchStack(settings, model, weights, log_dir)
+        bench = BenchStack(settings, log_dir, model_name=model, model_weights=weights or "none")
         try:
             run = bench.run(images, total, checkpoints)
             stages = bench.stage_seconds()

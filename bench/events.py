@@ -32,16 +32,12 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.pipeline import BenchStack, PipelineRun
-from connectors.es_client import es_client
 from connectors.kafka_config import kafka_config
-from connectors.kafka_producer import Deliveries, make_producer
 from connectors.sensor_sample import QUIET_DAYS, sensor_events
-from connectors.setup import init_all
-from infra.process import children, free_port
+from infra.process import children
 from infra.stack import LocalStack
 from streamdl.settings import Settings, load_settings
 from streams.records import to_json
-from streams.worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 MACHINES = 6
@@ -180,24 +176,8 @@ class EventStack(BenchStack):
     """A worker running only the events agent, with its own topics, indices, consumer group and rules file."""
 
     def __init__(self, base: Settings, log_dir: Path, batch_size: int, linger: float, rules_file: Path) -> None:
-        import uuid
-
-        tag = f"benchev{uuid.uuid4().hex[:6]}"
-        self.settings = base.model_copy(update={
-            "topic_prefix": f"{tag}.", "index_prefix": f"{tag}-", "consumer_group": f"{tag}-workers",
-            "metrics_port": free_port(), "log_level": "WARNING", "worker_agents": "events",
-            "max_batch_size": batch_size, "max_batch_duration_secs": linger, "alert_rules_file": rules_file,
-        })
-        self.tag = tag
-        init_all(self.settings)
-        self.worker = WorkerProcess(self.settings, log_dir / f"{tag}.log").start(timeout=600)
-        self.es = es_client(self.settings)
-        self.deliveries = Deliveries(make_producer(self.settings))
-
-    def count(self) -> int:
-        alias = self.settings.alias("events")
-        self.es.indices.refresh(index=alias)
-        return self.es.count(index=alias)["count"]
+        super().__init__(base, log_dir, stream="events", max_batch_size=batch_size, max_batch_duration_secs=linger,
+                         alert_rules_file=rules_file)
 
     def stage_seconds(self) -> dict[str, float]:
         return self.worker.metric("streamdl_stage_seconds_sum", "stage", stream="events")

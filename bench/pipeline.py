@@ -58,14 +58,15 @@ class PipelineRun:
 
 
 class BenchStack:
-    """A worker with its own topics, indices and consumer group on the running local stack."""
+    """A worker running one agent (``stream``: images or events) with its own topics, indices and consumer
+    group on the running local stack; ``overrides`` are further settings (model, batch size, rules file)."""
 
-    def __init__(self, base: Settings, model: str, weights: str | None, log_dir: Path) -> None:
+    def __init__(self, base: Settings, log_dir: Path, *, stream: str = "images", **overrides) -> None:
         tag = f"bench{uuid.uuid4().hex[:6]}"
-        port = free_port()
+        self.stream = stream
         self.settings = base.model_copy(update={
-            "topic_prefix": f"{tag}.", "index_prefix": f"{tag}-", "consumer_group": f"{tag}-workers", "metrics_port": port,
-            "model_name": model, "model_weights": weights or "none", "log_level": "WARNING", "worker_agents": "images",
+            "topic_prefix": f"{tag}.", "index_prefix": f"{tag}-", "consumer_group": f"{tag}-workers",
+            "metrics_port": free_port(), "log_level": "WARNING", "worker_agents": stream, **overrides,
         })
         self.tag = tag
         init_all(self.settings)
@@ -74,7 +75,8 @@ class BenchStack:
         self.deliveries = Deliveries(make_producer(self.settings))
 
     def count(self) -> int:
-        alias = self.settings.alias("images")
+        """Documents in this stream's index (refreshed first)."""
+        alias = self.settings.alias(self.stream)
         self.es.indices.refresh(index=alias)
         return self.es.count(index=alias)["count"]
 
