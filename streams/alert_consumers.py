@@ -48,9 +48,9 @@ _BOLD, _DIM, _RESET = "\033[1m", "\033[2m", "\033[0m"
 
 # --- parsing -------------------------------------------------------------------------------------
 
-def parse_since(value: str, now: float | None = None) -> float:
-    """``--since`` as seconds since the epoch: an ISO time (naive = UTC, like Elasticsearch) or a
-    duration meaning that long ago: ``90s``, ``30m``, ``2h``, ``7d``, ``1w`` (``now-2h`` works too)."""
+def parse_since(value: str, now: float | None = None, flag: str = "--since") -> float:
+    """``--since`` (or another time flag) as seconds since the epoch: an ISO time (naive = UTC, like
+    Elasticsearch) or a duration meaning that long ago: ``90s``, ``30m``, ``2h``, ``7d``, ``1w`` (``now-2h`` works too)."""
     text = value.strip()
     try:
         ago = parse_duration(text[4:] if text.startswith("now-") else text)
@@ -61,7 +61,7 @@ def parse_since(value: str, now: float | None = None) -> float:
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise StreamdlError(f"--since {value!r}: expected an ISO time (2024-05-01T12:00:00Z) "
+        raise StreamdlError(f"{flag} {value!r}: expected an ISO time (2024-05-01T12:00:00Z) "
                             "or a duration such as 30m, 2h, 7d") from None
     return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
 

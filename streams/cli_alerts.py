@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 
 from streamdl.settings import Settings
+from streams.signals import graceful_stop
 
 DEFAULT_SINCE = "1h"
 
@@ -53,20 +52,7 @@ def cmd_webhook(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.url:
         settings = settings.model_copy(update={"webhook_url": args.url})
-    stop = threading.Event()
-    restore = {}
-    if threading.current_thread() is threading.main_thread():
-        def graceful(signum, frame):  # first signal: finish the alert in hand; a second one interrupts
-            stop.set()
-            for sig, handler in restore.items():
-                signal.signal(sig, handler)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            restore[sig] = signal.signal(sig, graceful)
-    try:
+    with graceful_stop() as stop:  # first signal: finish the alert in hand; a second one interrupts
         report = run_webhook(settings, stop=stop)
-    finally:
-        for sig, handler in restore.items():
-            signal.signal(sig, handler)
     print(report.summary())
     return 0

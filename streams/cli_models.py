@@ -8,7 +8,6 @@ import time
 from datetime import datetime, timezone
 
 from streamdl.durations import parse_duration
-from streamdl.errors import StreamdlError
 from streamdl.settings import Settings
 
 EXIT_BUSY = 3
@@ -41,11 +40,13 @@ def add_model_parsers(sub, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.alert_consumers import parse_since
     from streams.retrain import RetrainBusy, TooFewLabels, retrain
 
     beam_args = [a for a in args.beam_args if a != "--"]
     every = parse_duration(args.every) if args.every else None
-    since, until = _when(args.since), _when(args.until)
+    since = parse_since(args.since) if args.since else None
+    until = parse_since(args.until, flag="--until") if args.until else None
     while True:
         started = time.monotonic()
         try:
@@ -100,21 +101,6 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     announce(settings, version)
     print(f"{name}: version {version.version} now serves; announced on {settings.topic('model-updates')}")
     return 0
-
-
-def _when(value: str | None) -> float | None:
-    """Epoch seconds of an ISO time or of a duration ago."""
-    if not value:
-        return None
-    try:
-        return time.time() - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise StreamdlError(f"expected an ISO time or a duration such as 7d, got {value!r}") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _say(message: str) -> None:

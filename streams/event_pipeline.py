@@ -17,7 +17,6 @@ import numpy as np
 
 from connectors.es_mappings import events_index
 from connectors.setup import ensure_fixed_index
-from models.event_features import EventRecord
 from models.event_handler import EventModelHandler, EventScores
 from streamdl.settings import Settings
 from streams import metrics
@@ -96,7 +95,7 @@ class EventPipeline(MicroBatchPipeline):
         def refuse(item: _Valid, error: Exception) -> None:
             computed.dead.append((item.msg, "model_error", f"the model failed on this event: {type(error).__name__}: {error}", "model"))
 
-        return call_isolating(items, lambda part: self.handler.score_batch([_record(v.event) for v in part]),
+        return call_isolating(items, lambda part: self.handler.score_batch([v.event for v in part]),
                               _concat, refuse, "events")
 
     def _output(self, item: _Valid, computed: Computed, processed: float, scores: EventScores | None, i: int) -> None:
@@ -127,10 +126,6 @@ class EventPipeline(MicroBatchPipeline):
             "label": doc["prediction"], "top_k": [{"label": lab, "probability": round(p, 6)} for lab, p in top],
             "kafka": msg.coordinates, "processed_time": doc["processed_time"],
         })
-
-
-def _record(event: Event) -> EventRecord:
-    return EventRecord(event.ts, event.numeric, event.categorical)
 
 
 def _concat(parts: list[EventScores]) -> EventScores:

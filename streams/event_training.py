@@ -32,7 +32,7 @@ def read_training_events(path: Path, settings: Settings, say: Callable[[str], No
             refused.append(f"line {number}: {exc.reason}: {exc.message}")
             continue
         if not event.is_label:
-            records.append(EventRecord(event.ts, event.numeric, event.categorical))
+            records.append(EventRecord.of(event))
             labels.append(event.label)
     if refused:
         say(f"skipped {len(refused)} invalid line(s) of {path}; first: {refused[0]}")

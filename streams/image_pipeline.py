@@ -66,7 +66,7 @@ class ImagePipeline(MicroBatchPipeline):
         self.limits = DecodeLimits(max_bytes=settings.max_message_bytes, max_pixels=settings.max_pixels)
         self._pending: ModelHandler | None = None
         self._swap_lock = threading.Lock()
-        self._recent: np.ndarray | None = None
+        self._recent: list[np.ndarray] = []
 
     # --- lifecycle -------------------------------------------------------------------
     def setup(self) -> None:
@@ -92,8 +92,8 @@ class ImagePipeline(MicroBatchPipeline):
     def warmup_batch(self) -> np.ndarray:
         """The last images this worker decoded (zeros before the first batch)."""
         recent = self._recent
-        if recent is not None:
-            return recent
+        if recent:
+            return np.stack(recent)
         return np.zeros((1, *self.info.input_size, self.info.channels), np.uint8)
 
     def offer(self, candidate: ModelHandler) -> None:
@@ -137,7 +137,7 @@ class ImagePipeline(MicroBatchPipeline):
         t0 = time.perf_counter()
         decoded = self._decode(batch, computed)
         if decoded:
-            self._recent = np.stack([d.pixels for d in decoded[:16]])
+            self._recent = [d.pixels for d in decoded[:16]]  # stacked only when a model update needs a warm-up batch
         t1 = time.perf_counter()
         results = self._predict(decoded, computed)
         t2 = time.perf_counter()

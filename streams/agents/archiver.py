@@ -38,7 +38,6 @@ Guarantees:
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from typing import Any
@@ -49,6 +48,7 @@ from connectors.archive import archive_root, archive_topics, archived_high_water
 from connectors.archive_writer import ArchiveWriter, WrittenFile
 from streamdl.metrics import REGISTRY
 from streamdl.settings import Settings
+from streams.signals import graceful_stop
 
 logger = logging.getLogger(__name__)
 
@@ -222,28 +222,19 @@ def run_archiver(settings: Settings) -> int:
     if is_local(fs):
         fs.makedirs(base, exist_ok=True)
     ensure_topics(settings, short)
-    stop = threading.Event()
-    restore = {}
-    if threading.current_thread() is threading.main_thread():
-        def graceful(signum, frame):  # first signal: close the files and commit; a second one interrupts
-            logger.info("archiver: signal %d, closing the open files", signum)
-            stop.set()
-            for sig, handler in restore.items():
-                signal.signal(sig, handler)
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            restore[sig] = signal.signal(sig, graceful)
-    archiver = Archiver(settings, stop)
-    serve_metrics(settings.metrics_port)
-    started = time.monotonic()
-    try:
-        archiver.run()
-    except Exception:  # noqa: BLE001 - storage or Kafka failing for good: stop, resume from the archive on restart
-        logger.critical("archiver failed; exiting without committing the open files (a restart resumes from the "
-                        "archive at %s)", archiver.root, exc_info=True)
-        return EXIT_WRITE_FAILED
-    finally:
-        for sig, handler in restore.items():
-            signal.signal(sig, handler)
+    def say(signum: int) -> None:  # first signal: close the files and commit; a second one interrupts
+        logger.info("archiver: signal %d, closing the open files", signum)
+
+    with graceful_stop(say) as stop:
+        archiver = Archiver(settings, stop)
+        serve_metrics(settings.metrics_port)
+        started = time.monotonic()
+        try:
+            archiver.run()
+        except Exception:  # noqa: BLE001 - storage or Kafka failing for good: stop, resume from the archive on restart
+            logger.critical("archiver failed; exiting without committing the open files (a restart resumes from the "
+                            "archive at %s)", archiver.root, exc_info=True)
+            return EXIT_WRITE_FAILED
     logger.info("archiver ran %.0fs", time.monotonic() - started)
     return 0
