@@ -12,7 +12,6 @@ nasty cases. Seeded (``derandomize``) so that CI runs are reproducible.
 from __future__ import annotations
 
 import io
-import os
 import resource
 import struct
 import time
@@ -21,11 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hypothesis import currently_in_test_context, event, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+
 from PIL import Image
 
 from models.decode import DECODE_REASONS, DecodeError, DecodeLimits, decode_image
+from tests.unit.fuzzing import DEADLINE_MS, fuzz, note
 
 # Pillow warns (and does not raise) about corrupt EXIF and about images between its own two
 # bomb thresholds; both are expected for mutated inputs.
@@ -37,24 +38,12 @@ pytestmark = [
 FUZZ_LIMITS = DecodeLimits(max_bytes=1 << 20, max_pixels=1_000_000)
 """Mutated headers may claim up to a million pixels: real decoding work, bounded memory."""
 DEFAULT_LIMITS = DecodeLimits()
-DEADLINE_MS = 2000
 
 
-SCALE = float(os.environ.get("STREAMDL_FUZZ_SCALE", "1"))
-"""Multiplies every example count (e.g. 20 for a long local run); 1 in CI."""
 
-
-def fuzz(max_examples: int, deadline: int = DEADLINE_MS):
-    """Seeded (same inputs every run, no example database) with a per-input time bound."""
-    return settings(max_examples=max(1, int(max_examples * SCALE)), deadline=deadline, derandomize=True, database=None)
 
 
 # --- the property ----------------------------------------------------------------
-
-
-def note(what: str) -> None:
-    if currently_in_test_context():  # statistics (--hypothesis-show-statistics) when under @given
-        event(what)
 
 
 def check(data: bytes, size: tuple[int, int] = (12, 10), channels: int = 3, limits: DecodeLimits = FUZZ_LIMITS) -> str:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from hypothesis import currently_in_test_context, event, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.event_schema import (
@@ -34,28 +33,17 @@ from streams.event_schema import (
     parse_event,
 )
 from streams.records import to_json
+from tests.unit.fuzzing import fuzz, note
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 MAX_FUTURE = 300.0
 MAX_BYTES = 1_048_576
 TYPE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 FIELDS = ("schema", "id", "ts", "type", "numeric", "categorical", "text", "image_id", "label")
-DEADLINE_MS = 2000
-SCALE = float(os.environ.get("STREAMDL_FUZZ_SCALE", "1"))
-"""Multiplies every example count (e.g. 20 for a long local run); 1 in CI."""
 
-
-def fuzz(max_examples: int, deadline: int = DEADLINE_MS):
-    """Seeded (same inputs every run, no example database) with a per-input time bound."""
-    return settings(max_examples=max(1, int(max_examples * SCALE)), deadline=deadline, derandomize=True, database=None)
 
 
 # --- the property ----------------------------------------------------------------
-
-
-def note(what: str) -> None:
-    if currently_in_test_context():  # statistics (--hypothesis-show-statistics) when under @given
-        event(what)
 
 
 def check(raw: bytes | str, *, max_bytes: int = MAX_BYTES, now: float = NOW) -> Event | str:
