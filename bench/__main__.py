@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.inputs import digit_pngs, photo_jpegs
 from bench.pipeline import BenchStack, model_rate
-from infra.stack import LocalStack
+from streamdl.infra.stack import LocalStack
 from streamdl.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--digits-images", type=int, default=100_000, help="pipeline images for digits-cnn (memory checkpoints at 10k and at this)")
+    parser.add_argument(
+        "--digits-images",
+        type=int,
+        default=100_000,
+        help="pipeline images for digits-cnn (memory checkpoints at 10k and at this)",
+    )
     parser.add_argument("--mobilenet-images", type=int, default=1024, help="pipeline images for MobileNetV2")
     parser.add_argument("--models", default="digits-cnn,MobileNetV2", help="comma-separated: digits-cnn, MobileNetV2")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.md")
@@ -34,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    settings = load_settings({"state_dir": ROOT / ".streamdl", "max_batch_size": args.batch_size, "max_batch_duration_secs": 0.2},
-                             env_file=None)
+    settings = load_settings(
+        {"state_dir": ROOT / ".streamdl", "max_batch_size": args.batch_size, "max_batch_duration_secs": 0.2},
+        env_file=None,
+    )
     LocalStack(settings, say=lambda m: print(f"[stack] {m}", file=sys.stderr)).up()
     log_dir = settings.state_dir.resolve() / "logs"
 
@@ -50,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{model}: bare model, batch {args.batch_size} and 1 per call")
         sample = images[: min(len(images), 2048 if model == "digits-cnn" else 256)]
         bare = model_rate(model, weights, settings.state_dir, args.batch_size, sample)
-        single = model_rate(model, weights, settings.state_dir, 1, sample[: 300 if model == "digits-cnn" else 32], repeats=1)
+        single = model_rate(
+            model, weights, settings.state_dir, 1, sample[: 300 if model == "digits-cnn" else 32], repeats=1
+        )
         say(f"{model}: pipeline with {total} images")
         bench = BenchStack(settings, log_dir, model_name=model, model_weights=weights or "none")
         try:
@@ -62,13 +71,21 @@ def main(argv: list[str] | None = None) -> int:
             p50, p99 = bench.latency(images, rate, count)
         finally:
             bench.close()
-        rows.append({
-            "model": model + (" (random weights)" if model != "digits-cnn" else ""),
-            "bare": bare, "single": single, "pipeline": run.rate, "images": total,
-            "p50": p50, "p99": p99, "rate": rate,
-            "rss": {n: b / 2**20 for n, b in run.rss_at.items()},
-            "stages": {k: 1000 * v / total for k, v in stages.items()}, "wall": 1000 * run.seconds / total,
-        })
+        rows.append(
+            {
+                "model": model + (" (random weights)" if model != "digits-cnn" else ""),
+                "bare": bare,
+                "single": single,
+                "pipeline": run.rate,
+                "images": total,
+                "p50": p50,
+                "p99": p99,
+                "rate": rate,
+                "rss": {n: b / 2**20 for n, b in run.rss_at.items()},
+                "stages": {k: 1000 * v / total for k, v in stages.items()},
+                "wall": 1000 * run.seconds / total,
+            }
+        )
     table = render(rows, args.batch_size)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +108,9 @@ def render(rows: list[dict], batch_size: int) -> str:
         "| --- | " + " | ".join("---:" for _ in stages) + " | ---: |",
     ]
     for r in rows:
-        where.append(f"| {r['model']} | " + " | ".join(f"{r['stages'].get(s, 0):.2f}" for s in stages) + f" | {r['wall']:.2f} |")
+        where.append(
+            f"| {r['model']} | " + " | ".join(f"{r['stages'].get(s, 0):.2f}" for s in stages) + f" | {r['wall']:.2f} |"
+        )
     lines = [
         f"| model | bare predict_batch (img/s, batch {batch_size}) | one image per call (img/s) | micro-batch / one-per-call "
         "| pipeline produce→searchable (img/s) | pipeline / bare | latency p50 / p99 (ms) at half max rate | worker peak RSS |",
@@ -102,7 +121,8 @@ def render(rows: list[dict], batch_size: int) -> str:
         lines.append(
             f"| {r['model']} | {r['bare']:.0f} | {r['single']:.1f} | {r['bare'] / r['single']:.1f}x | "
             f"{r['pipeline']:.0f} ({r['images']} images) | {r['pipeline'] / r['bare']:.2f} | "
-            f"{r['p50']:.0f} / {r['p99']:.0f} at {r['rate']:.0f}/s | {rss} |")
+            f"{r['p50']:.0f} / {r['p99']:.0f} at {r['rate']:.0f}/s | {rss} |"
+        )
     return "\n".join(lines + where)
 
 

@@ -32,12 +32,12 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.pipeline import BenchStack, PipelineRun
-from connectors.kafka_config import kafka_config
-from connectors.sensor_sample import QUIET_DAYS, sensor_events
-from infra.process import children
-from infra.stack import LocalStack
+from streamdl.connectors.kafka_config import kafka_config
+from streamdl.infra.process import children
+from streamdl.infra.stack import LocalStack
+from streamdl.models.sensor_sample import QUIET_DAYS, sensor_events
+from streamdl.records import to_json
 from streamdl.settings import Settings, load_settings
-from streams.records import to_json
 
 ROOT = Path(__file__).resolve().parent.parent
 MACHINES = 6
@@ -87,7 +87,7 @@ def with_id(event: dict, event_id: str) -> bytes:
 # --- bare model ----------------------------------------------------------------------------------
 def bare_rates(handler, records: list[dict], batch_size: int, singles: int, repeats: int = 3) -> tuple[float, float]:
     """Events per second of ``score_batch``: whole batches of ``batch_size``, and one record per call (best of ``repeats``)."""
-    from models.event_features import EventRecord
+    from streamdl.models.event_features import EventRecord
 
     recs = [EventRecord.of(r) for r in records]  # the worker gives the handler EventRecords too
     handler.score_batch(recs[:batch_size])  # warm-up
@@ -96,7 +96,7 @@ def bare_rates(handler, records: list[dict], batch_size: int, singles: int, repe
     for _ in range(repeats):
         t0 = time.perf_counter()
         for start in range(0, len(recs) - batch_size + 1, batch_size):
-            handler.score_batch(recs[start:start + batch_size])
+            handler.score_batch(recs[start : start + batch_size])
         batched = max(batched, (len(recs) // batch_size * batch_size) / (time.perf_counter() - t0))
         t0 = time.perf_counter()
         for r in recs[:singles]:
@@ -109,7 +109,7 @@ def bare_rates(handler, records: list[dict], batch_size: int, singles: int, repe
 def _cpu_of(pid: int | None) -> float:
     """CPU seconds (user + system) of ``pid`` and its children so far."""
     total = 0.0
-    for p in ([pid, *children(pid)] if pid else []):
+    for p in [pid, *children(pid)] if pid else []:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -176,8 +176,14 @@ class EventStack(BenchStack):
     """A worker running only the events agent, with its own topics, indices, consumer group and rules file."""
 
     def __init__(self, base: Settings, log_dir: Path, batch_size: int, linger: float, rules_file: Path) -> None:
-        super().__init__(base, log_dir, stream="events", max_batch_size=batch_size, max_batch_duration_secs=linger,
-                         alert_rules_file=rules_file)
+        super().__init__(
+            base,
+            log_dir,
+            stream="events",
+            max_batch_size=batch_size,
+            max_batch_duration_secs=linger,
+            alert_rules_file=rules_file,
+        )
 
     def stage_seconds(self) -> dict[str, float]:
         return self.worker.metric("streamdl_stage_seconds_sum", "stage", stream="events")
@@ -210,20 +216,32 @@ class EventStack(BenchStack):
             if indexed != last:
                 last, last_t = indexed, time.perf_counter()
             elif time.perf_counter() - last_t > 120:
-                raise RuntimeError(f"stuck at {indexed} of {len(messages)} indexed; log {self.worker.log}:\n{self.worker.tail()}")
+                raise RuntimeError(
+                    f"stuck at {indexed} of {len(messages)} indexed; log {self.worker.log}:\n{self.worker.tail()}"
+                )
             time.sleep(0.25)
         run = PipelineRun(len(messages), time.perf_counter() - t0)
         if meter is not None:
             self.cpu = CpuMeter.diff(cpu0, meter.snapshot())
         return run
 
-    def alert_latency(self, base: list[dict], anomalous: set[int], expected: set[int], rate: float, seconds: float,
-                      meter: CpuMeter | None = None) -> Latency:
+    def alert_latency(
+        self,
+        base: list[dict],
+        anomalous: set[int],
+        expected: set[int],
+        rate: float,
+        seconds: float,
+        meter: CpuMeter | None = None,
+    ) -> Latency:
         """Produce ``rate``/s for ``seconds`` (cycling ``base``; positions in ``anomalous`` made anomalous);
         produce-to-alert times of the events whose base position is in ``expected``, produce-to-prediction of all."""
         topics = [self.settings.topic("alerts"), self.settings.topic("predictions")]
-        consumer = Consumer(kafka_config(self.settings, {"group.id": f"{self.tag}-lat", "enable.auto.commit": False,
-                                                         "fetch.wait.max.ms": 10}))
+        consumer = Consumer(
+            kafka_config(
+                self.settings, {"group.id": f"{self.tag}-lat", "enable.auto.commit": False, "fetch.wait.max.ms": 10}
+            )
+        )
         parts = []
         for topic in topics:
             for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
@@ -285,27 +303,48 @@ class EventStack(BenchStack):
             split["scored→published"].append(published_ms - 1000 * scored)
             split["published→received"].append(1000 * arrived - published_ms)
         return Latency(
-            rate=count / produced_in, seconds=produced_in, sent=count,
-            anomalous=sum(1 for i in range(count) if i % len(base) in anomalous), expected=len(want),
-            arrived=len(want & set(alerts)), unexpected=len(set(alerts) - want),
+            rate=count / produced_in,
+            seconds=produced_in,
+            sent=count,
+            anomalous=sum(1 for i in range(count) if i % len(base) in anomalous),
+            expected=len(want),
+            arrived=len(want & set(alerts)),
+            unexpected=len(set(alerts) - want),
             alert_ms=np.array([1000 * (alerts[k] - sent[k]) for k in want if k in alerts]),
             prediction_ms=np.array([1000 * (t - sent[k]) for k, t in predictions.items() if k in sent]),
-            predictions=sum(1 for k in predictions if k in sent), stages=stages, batches=self.batches() - batches0,
-            segments={k: np.array(v) for k, v in split.items()}, started=started,
-            series=np.array(sorted((sent[k] - t0, 1000 * (t - sent[k])) for k, t in predictions.items() if k in sent)))
+            predictions=sum(1 for k in predictions if k in sent),
+            stages=stages,
+            batches=self.batches() - batches0,
+            segments={k: np.array(v) for k, v in split.items()},
+            started=started,
+            series=np.array(sorted((sent[k] - t0, 1000 * (t - sent[k])) for k, t in predictions.items() if k in sent)),
+        )
 
 
 # --- the run -------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.events", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.events", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=30_000, help="events through the micro-batched agent")
-    parser.add_argument("--one-per-call-events", type=int, default=800, help="events through the agent at max_batch_size 1")
-    parser.add_argument("--batch-size", type=int, default=256, help="max_batch_size of the micro-batched worker (and the bare batch)")
-    parser.add_argument("--linger", type=float, default=0.05,
-                        help="max_batch_duration_secs of the workers (the main latency knob; the product's default is 0.5)")
-    parser.add_argument("--latency-secs", type=float, default=25.0, help="how long to produce at half the measured rate")
-    parser.add_argument("--anomalous", type=float, default=0.03, help="fraction of the latency run's events made anomalous")
+    parser.add_argument(
+        "--one-per-call-events", type=int, default=800, help="events through the agent at max_batch_size 1"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="max_batch_size of the micro-batched worker (and the bare batch)"
+    )
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=0.05,
+        help="max_batch_duration_secs of the workers (the main latency knob; the product's default is 0.5)",
+    )
+    parser.add_argument(
+        "--latency-secs", type=float, default=25.0, help="how long to produce at half the measured rate"
+    )
+    parser.add_argument(
+        "--anomalous", type=float, default=0.03, help="fraction of the latency run's events made anomalous"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "events.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -314,13 +353,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings({"state_dir": ROOT / ".streamdl"}, env_file=None)
     local = LocalStack(settings, say=lambda m: print(f"[stack] {m}", file=sys.stderr))
     local.up()
-    meter = CpuMeter({"worker": None, "elasticsearch": local.service("elasticsearch").pid(), "kafka": local.service("kafka").pid()})
+    meter = CpuMeter(
+        {"worker": None, "elasticsearch": local.service("elasticsearch").pid(), "kafka": local.service("kafka").pid()}
+    )
     log_dir = settings.state_dir.resolve() / "logs"
     rules_file = log_dir / "bench-events-rules.yaml"
     rules_file.parent.mkdir(parents=True, exist_ok=True)
     rules_file.write_text(RULES, encoding="utf-8")
 
-    from models.event_handler import load_event_handler
+    from streamdl.models.event_handler import load_event_handler
 
     say("loading sensor events and the event model")
     sample = sensor_sample(max(args.events, 4096))
@@ -337,8 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     scores = handler.score_batch([make_anomalous(e) if i in anomalous else e for i, e in enumerate(base)]).anomaly
     expected = {i for i in range(len(base)) if scores[i] >= ALERT_THRESHOLD}
     injected_min = float(min(scores[i] for i in anomalous))
-    say(f"latency base: {len(anomalous)} injected (lowest score {injected_min:.0f}), "
-        f"{len(expected - anomalous)} natural anomalies at or above {ALERT_THRESHOLD}")
+    say(
+        f"latency base: {len(anomalous)} injected (lowest score {injected_min:.0f}), "
+        f"{len(expected - anomalous)} natural anomalies at or above {ALERT_THRESHOLD}"
+    )
     if injected_min < ALERT_THRESHOLD:
         raise SystemExit(f"an injected anomaly scored {injected_min:.2f}, under the threshold {ALERT_THRESHOLD}")
     del handler
@@ -346,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     say(f"agent, max_batch_size {args.batch_size}, linger {args.linger}s: {args.events} events")
     stack = EventStack(settings, log_dir, args.batch_size, args.linger, rules_file)
     try:
-        run = stack.throughput([(f"{stack.tag}-{i}", with_id(e, f"{stack.tag}-{i}")) for i, e in enumerate(sample[:args.events])], meter)
+        run = stack.throughput(
+            [(f"{stack.tag}-{i}", with_id(e, f"{stack.tag}-{i}")) for i, e in enumerate(sample[: args.events])], meter
+        )
         cpu = stack.cpu
         stages = stack.stage_seconds()
         batches = stack.batches()
@@ -355,16 +400,23 @@ def main(argv: list[str] | None = None) -> int:
         say(f"latency at {rate:.0f} events/s for {args.latency_secs:.0f}s")
         lat = stack.alert_latency(base, anomalous, expected, rate, args.latency_secs, meter)
         cpu_lat = stack.cpu
-        say(f"  alerts {lat.arrived}/{lat.expected}, p50/p99 {lat.pct('alert', 50):.0f}/{lat.pct('alert', 99):.0f} ms; "
-            f"predictions {lat.predictions}/{lat.sent}, p50/p99 {lat.pct('prediction', 50):.0f}/{lat.pct('prediction', 99):.0f} ms")
+        say(
+            f"  alerts {lat.arrived}/{lat.expected}, p50/p99 {lat.pct('alert', 50):.0f}/{lat.pct('alert', 99):.0f} ms; "
+            f"predictions {lat.predictions}/{lat.sent}, p50/p99 {lat.pct('prediction', 50):.0f}/{lat.pct('prediction', 99):.0f} ms"
+        )
     finally:
         stack.close()
 
     say(f"agent, max_batch_size 1: {args.one_per_call_events} events")
     stack1 = EventStack(settings, log_dir, 1, args.linger, rules_file)
     try:
-        run1 = stack1.throughput([(f"{stack1.tag}-{i}", with_id(e, f"{stack1.tag}-{i}"))
-                                  for i, e in enumerate(sample[:args.one_per_call_events])], meter)
+        run1 = stack1.throughput(
+            [
+                (f"{stack1.tag}-{i}", with_id(e, f"{stack1.tag}-{i}"))
+                for i, e in enumerate(sample[: args.one_per_call_events])
+            ],
+            meter,
+        )
         cpu1 = stack1.cpu
         stages1 = stack1.stage_seconds()
         batches1 = stack1.batches()
@@ -372,20 +424,44 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack1.close()
 
-    table = render(args, info, bare, single, run, run1, lat, [("micro-batched", cpu, run), ("one per call", cpu1, run1),
-                                                          ("latency run", cpu_lat, PipelineRun(lat.sent, lat.seconds))],
-                   [(f"micro-batched throughput ({args.events} events)", stages, batches, run),
-                    (f"one per call ({args.one_per_call_events} events)", stages1, batches1, run1),
-                    (f"latency run ({lat.sent} events at {lat.rate:.0f}/s)", lat.stages, lat.batches, None)])
+    table = render(
+        args,
+        info,
+        bare,
+        single,
+        run,
+        run1,
+        lat,
+        [
+            ("micro-batched", cpu, run),
+            ("one per call", cpu1, run1),
+            ("latency run", cpu_lat, PipelineRun(lat.sent, lat.seconds)),
+        ],
+        [
+            (f"micro-batched throughput ({args.events} events)", stages, batches, run),
+            (f"one per call ({args.one_per_call_events} events)", stages1, batches1, run1),
+            (f"latency run ({lat.sent} events at {lat.rate:.0f}/s)", lat.stages, lat.batches, None),
+        ],
+    )
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(f"<!-- python -m bench.events, {time.strftime('%Y-%m-%d %H:%M')}, linger {args.linger}s -->\n{table}\n")
+    args.out.write_text(
+        f"<!-- python -m bench.events, {time.strftime('%Y-%m-%d %H:%M')}, linger {args.linger}s -->\n{table}\n"
+    )
     return 0
 
 
-def render(args, info, bare: float, single: float, run: PipelineRun, run1: PipelineRun, lat: Latency,
-           cpu_rows: list[tuple[str, dict[str, float], PipelineRun]],
-           stage_rows: list[tuple[str, dict[str, float], float, PipelineRun | None]]) -> str:
+def render(
+    args,
+    info,
+    bare: float,
+    single: float,
+    run: PipelineRun,
+    run1: PipelineRun,
+    lat: Latency,
+    cpu_rows: list[tuple[str, dict[str, float], PipelineRun]],
+    stage_rows: list[tuple[str, dict[str, float], float, PipelineRun | None]],
+) -> str:
     b = args.batch_size
     lines = [
         f"| event model | bare score_batch (ev/s, batch {b}) | bare one per call (ev/s) | bare batch / one "
@@ -404,8 +480,11 @@ def render(args, info, bare: float, single: float, run: PipelineRun, run1: Pipel
         "Where the time goes (the worker's streamdl_stage_seconds; validate+model run on the compute thread, index+publish",
         "on the write thread, overlapped; index includes the alert rules and indexing the alerts):",
         "",
-        "| run | batches | mean batch | " + " | ".join(f"{s} ms/batch" for s in stages) + " | " +
-        " | ".join(f"{s} µs/event" for s in stages) + " | wall µs/event |",
+        "| run | batches | mean batch | "
+        + " | ".join(f"{s} ms/batch" for s in stages)
+        + " | "
+        + " | ".join(f"{s} µs/event" for s in stages)
+        + " | wall µs/event |",
         "| --- | ---: | ---: | " + " | ".join("---:" for _ in stages * 2) + " | ---: |",
     ]
     for name, secs, batches, r in stage_rows:
@@ -413,7 +492,9 @@ def render(args, info, bare: float, single: float, run: PipelineRun, run1: Pipel
         per_batch = " | ".join(f"{1000 * secs.get(s, 0) / max(batches, 1):.2f}" for s in stages)
         per_event = " | ".join(f"{1e6 * secs.get(s, 0) / max(events, 1):.0f}" for s in stages)
         wall = f"{1e6 * r.seconds / r.images:.0f}" if r is not None else "-"
-        lines.append(f"| {name} | {batches:.0f} | {events / max(batches, 1):.1f} | {per_batch} | {per_event} | {wall} |")
+        lines.append(
+            f"| {name} | {batches:.0f} | {events / max(batches, 1):.1f} | {per_batch} | {per_event} | {wall} |"
+        )
     procs = ("worker", "elasticsearch", "kafka", "bench", "others")
     lines += [
         "",
@@ -425,8 +506,11 @@ def render(args, info, bare: float, single: float, run: PipelineRun, run1: Pipel
     ]
     for name, used, r in cpu_rows:
         total = sum(used.values())
-        lines.append(f"| {name} | " + " | ".join(f"{1e6 * used[p] / r.images:.0f}" for p in procs)
-                     + f" | {1e6 * total / r.images:.0f} | {total / r.seconds:.2f} of {os.cpu_count()} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{1e6 * used[p] / r.images:.0f}" for p in procs)
+            + f" | {1e6 * total / r.images:.0f} | {total / r.seconds:.2f} of {os.cpu_count()} |"
+        )
     if lat.segments:
         lines += [
             "",
@@ -436,9 +520,11 @@ def render(args, info, bare: float, single: float, run: PipelineRun, run1: Pipel
             "| segment | what it holds | p50 | p99 |",
             "| --- | --- | ---: | ---: |",
         ]
-        holds = {"produce→scored": "producer linger, fetch, waiting for the micro-batch to fill (linger), validate, model",
-                 "scored→published": "waiting for the previous batch's write, bulk index, alert rules, alerts indexed",
-                 "published→received": "delivery (acks=all), the bench consumer's fetch"}
+        holds = {
+            "produce→scored": "producer linger, fetch, waiting for the micro-batch to fill (linger), validate, model",
+            "scored→published": "waiting for the previous batch's write, bulk index, alert rules, alerts indexed",
+            "published→received": "delivery (acks=all), the bench consumer's fetch",
+        }
         for name, ms in lat.segments.items():
             lines.append(f"| {name} | {holds[name]} | {np.percentile(ms, 50):.0f} | {np.percentile(ms, 99):.0f} |")
     return "\n".join(lines)

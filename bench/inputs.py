@@ -12,7 +12,7 @@ def digit_pngs(count: int) -> list[bytes]:
     """``count`` digit PNGs (scikit-learn's 1,797, repeated as needed)."""
     from sklearn.datasets import load_digits
 
-    from models.digits import digit_to_png
+    from streamdl.models.digits import digit_to_png
 
     rows = load_digits().data
     pngs = [digit_to_png(r) for r in rows[: min(count, len(rows))]]

@@ -27,16 +27,16 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from connectors.es_bulk import bulk_index
-from connectors.es_client import ensure_index, es_client
-from connectors.es_mappings import images_index
+from streamdl.connectors.es_bulk import bulk_index
+from streamdl.connectors.es_client import ensure_index, es_client
+from streamdl.connectors.es_mappings import images_index
 from streamdl.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +54,7 @@ def say(msg: str) -> None:
 
 
 # --- data ----------------------------------------------------------------------------------------
+
 
 class ClusteredVectors:
     """``CLUSTERS`` gaussian clusters in ``dims`` dimensions, clipped at 0 like ReLU embeddings.
@@ -73,7 +74,9 @@ class ClusteredVectors:
         self.centres = rng.standard_normal((CLUSTERS, dims)).astype(np.float32)
         self.weights = rng.dirichlet(np.full(CLUSTERS, 2.0))
         if intrinsic_dim:
-            self.maps = (rng.standard_normal((CLUSTERS, intrinsic_dim, dims)) * (0.7 / math.sqrt(intrinsic_dim))).astype(np.float32)
+            self.maps = (
+                rng.standard_normal((CLUSTERS, intrinsic_dim, dims)) * (0.7 / math.sqrt(intrinsic_dim))
+            ).astype(np.float32)
             self.noise = 0.2
         else:
             self.maps, self.noise = None, 0.7
@@ -100,7 +103,7 @@ class ClusteredVectors:
         out = np.empty((n, self.dims), dtype=np.float32)
         pos = 0
         for chunk in self.chunks(n, stream):
-            out[pos:pos + len(chunk)] = chunk
+            out[pos : pos + len(chunk)] = chunk
             pos += len(chunk)
         return out
 
@@ -113,10 +116,10 @@ def exact_top_k(base_n: np.ndarray, queries_n: np.ndarray, k: int = K, block: in
     """Ids of the exact top-``k`` by cosine (both inputs L2-normalised), best first."""
     out = np.empty((len(queries_n), k), dtype=np.int64)
     for s in range(0, len(queries_n), block):
-        sims = queries_n[s:s + block] @ base_n.T
+        sims = queries_n[s : s + block] @ base_n.T
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1)
-        out[s:s + block] = np.take_along_axis(part, order, axis=1)
+        out[s : s + block] = np.take_along_axis(part, order, axis=1)
     return out
 
 
@@ -125,6 +128,7 @@ def recall(found: list[list[int]], truth: np.ndarray) -> float:
 
 
 # --- results -------------------------------------------------------------------------------------
+
 
 @dataclass
 class Row:
@@ -160,13 +164,22 @@ def pct(ms: list[float]) -> tuple[float, float]:
 
 # --- Elasticsearch -------------------------------------------------------------------------------
 
+
 def segment_count(es, index: str) -> int:
     shards = es.indices.segments(index=index)["indices"][index]["shards"]
     return sum(len(copy["segments"]) for copies in shards.values() for copy in copies)
 
 
-def es_case(es, tag: str, case: Case, base: np.ndarray, queries: np.ndarray, warmup: np.ndarray, truth: np.ndarray,
-            candidates: list[int]) -> None:
+def es_case(
+    es,
+    tag: str,
+    case: Case,
+    base: np.ndarray,
+    queries: np.ndarray,
+    warmup: np.ndarray,
+    truth: np.ndarray,
+    candidates: list[int],
+) -> None:
     alias = f"bench-knn-{tag}-{case.size}x{case.dims}"
     index = ensure_index(es, alias, "v1", images_index(case.dims))
     try:
@@ -176,14 +189,26 @@ def es_case(es, tag: str, case: Case, base: np.ndarray, queries: np.ndarray, war
         say(f"{case.size}x{case.dims}: deleted {index}")
 
 
-def _es_measure(es, alias: str, index: str, case: Case, base: np.ndarray, queries: np.ndarray, warmup: np.ndarray,
-                truth: np.ndarray, candidates: list[int]) -> None:
+def _es_measure(
+    es,
+    alias: str,
+    index: str,
+    case: Case,
+    base: np.ndarray,
+    queries: np.ndarray,
+    warmup: np.ndarray,
+    truth: np.ndarray,
+    candidates: list[int],
+) -> None:
     n, dims = case.size, case.dims
     per_bulk = max(100, min(5000, 4_000_000 // (dims * 11)))  # ~4 MB of JSON per request
     say(f"{n}x{dims}: indexing {n} vectors into {index} ({per_bulk} per bulk request, 2 requests in flight)")
 
     def send(start: int) -> int:
-        docs = [(str(i), {"image_id": str(i), "embedding": base[i].tolist()}) for i in range(start, min(n, start + per_bulk))]
+        docs = [
+            (str(i), {"image_id": str(i), "embedding": base[i].tolist()})
+            for i in range(start, min(n, start + per_bulk))
+        ]
         rejected = bulk_index(es, index, docs)
         if rejected:
             raise RuntimeError(f"{len(rejected)} documents rejected, e.g. {rejected[0]}")
@@ -215,8 +240,13 @@ def _es_measure(es, alias: str, index: str, case: Case, base: np.ndarray, querie
     took: list[float] = []
 
     def search(q: np.ndarray, nc: int) -> list[int]:
-        resp = es.search(index=alias, knn={"field": "embedding", "query_vector": q.tolist(), "k": K, "num_candidates": nc},
-                         source=False, size=K, filter_path="took,hits.hits._id")
+        resp = es.search(
+            index=alias,
+            knn={"field": "embedding", "query_vector": q.tolist(), "k": K, "num_candidates": nc},
+            source=False,
+            size=K,
+            filter_path="took,hits.hits._id",
+        )
         took.append(resp["took"])
         return [int(h["_id"]) for h in resp.get("hits", {}).get("hits", [])]
 
@@ -233,13 +263,26 @@ def _es_measure(es, alias: str, index: str, case: Case, base: np.ndarray, querie
             found.append(search(q, nc))
             ms.append(1000 * (time.perf_counter() - t))
         p50, p99 = pct(ms)
-        row = Row(n, dims, f"ES HNSW nc={nc}", "es", recall(found, truth), p50, p99, len(queries),
-                  f"server `took` p50 {np.percentile(took, 50):.0f} ms", num_candidates=nc)
+        row = Row(
+            n,
+            dims,
+            f"ES HNSW nc={nc}",
+            "es",
+            recall(found, truth),
+            p50,
+            p99,
+            len(queries),
+            f"server `took` p50 {np.percentile(took, 50):.0f} ms",
+            num_candidates=nc,
+        )
         case.rows.append(row)
-        say(f"{n}x{dims}: ES nc={nc}: recall@10 {row.recall:.3f}, p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(queries)} queries)")
+        say(
+            f"{n}x{dims}: ES nc={nc}: recall@10 {row.recall:.3f}, p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(queries)} queries)"
+        )
 
 
 # --- Spark LSH -----------------------------------------------------------------------------------
+
 
 class SparkLSH:
     """One local[2] Spark session for all sizes; started on first use."""
@@ -253,10 +296,15 @@ class SparkLSH:
             from pyspark.sql import SparkSession
 
             say(f"starting Spark (local[2], driver memory {self.driver_memory})")
-            self.spark = (SparkSession.builder.master("local[2]").appName("bench-knn")
-                          .config("spark.driver.memory", self.driver_memory)
-                          .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-                          .config("spark.sql.shuffle.partitions", "2").getOrCreate())
+            self.spark = (
+                SparkSession.builder.master("local[2]")
+                .appName("bench-knn")
+                .config("spark.driver.memory", self.driver_memory)
+                .config("spark.ui.enabled", "false")
+                .config("spark.ui.showConsoleProgress", "false")
+                .config("spark.sql.shuffle.partitions", "2")
+                .getOrCreate()
+            )
             self.spark.sparkContext.setLogLevel("ERROR")
         return self.spark
 
@@ -265,8 +313,15 @@ class SparkLSH:
             self.spark.stop()
             self.spark = None
 
-    def run(self, case: Case, base_n: np.ndarray, queries_n: np.ndarray, warmup_n: np.ndarray, truth: np.ndarray,
-            settings: list[tuple[float, int]]) -> None:
+    def run(
+        self,
+        case: Case,
+        base_n: np.ndarray,
+        queries_n: np.ndarray,
+        warmup_n: np.ndarray,
+        truth: np.ndarray,
+        settings: list[tuple[float, int]],
+    ) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
         from pyspark.ml.feature import BucketedRandomProjectionLSH
@@ -280,9 +335,15 @@ class SparkLSH:
             t0 = time.perf_counter()
             with pq.ParquetWriter(path, pa.schema([("id", pa.int64()), ("v", pa.list_(pa.float32(), dims))])) as writer:
                 for s in range(0, n, GEN_CHUNK):
-                    chunk = base_n[s:s + GEN_CHUNK]
-                    writer.write_table(pa.table({"id": pa.array(np.arange(s, s + len(chunk))),
-                                                 "v": pa.FixedSizeListArray.from_arrays(pa.array(chunk.ravel()), dims)}))
+                    chunk = base_n[s : s + GEN_CHUNK]
+                    writer.write_table(
+                        pa.table(
+                            {
+                                "id": pa.array(np.arange(s, s + len(chunk))),
+                                "v": pa.FixedSizeListArray.from_arrays(pa.array(chunk.ravel()), dims),
+                            }
+                        )
+                    )
             df = spark.read.parquet(path).select("id", array_to_vector("v").alias("features")).repartition(2).cache()
             df.count()
             say(f"{n}x{dims}: Spark data set loaded and cached in {time.perf_counter() - t0:.1f}s")
@@ -291,15 +352,22 @@ class SparkLSH:
                     bucket = spread / math.sqrt(dims)
                     label = f"LSH (bucketLength={bucket:.3g}, numHashTables={tables})"
                     t0 = time.perf_counter()
-                    model = BucketedRandomProjectionLSH(inputCol="features", outputCol="hashes", bucketLength=bucket,
-                                                        numHashTables=tables, seed=7).fit(df)
+                    model = BucketedRandomProjectionLSH(
+                        inputCol="features", outputCol="hashes", bucketLength=bucket, numHashTables=tables, seed=7
+                    ).fit(df)
                     hashed = model.transform(df).cache()
                     hashed.count()
                     hash_s = time.perf_counter() - t0
-                    say(f"{n}x{dims}: {label}: hashed in {hash_s:.1f}s; {LSH_WARMUP} warm-up + {len(queries_n)} timed queries")
+                    say(
+                        f"{n}x{dims}: {label}: hashed in {hash_s:.1f}s; {LSH_WARMUP} warm-up + {len(queries_n)} timed queries"
+                    )
 
                     def nearest(q: np.ndarray) -> list[int]:
-                        rows = model.approxNearestNeighbors(hashed, Vectors.dense(q.astype(np.float64)), K).select("id").collect()
+                        rows = (
+                            model.approxNearestNeighbors(hashed, Vectors.dense(q.astype(np.float64)), K)
+                            .select("id")
+                            .collect()
+                        )
                         return [r["id"] for r in rows]
 
                     share = bucket_share(base_n, queries_n, bucket, tables, seed=7)
@@ -315,9 +383,13 @@ class SparkLSH:
                     hashed.unpersist()
                     p50, p99 = pct(ms)
                     short = sum(len(f) < K for f in found)
-                    note = (f"hashing {hash_s:.0f}s; ~{100 * share:.0f}% of the vectors share a bucket with the query (scanned)"
-                            + (f"; {short} queries got < {K} results" if short else ""))
-                    row = Row(n, dims, label, "lsh", recall(found, truth[:len(queries_n)]), p50, p99, len(queries_n), note)
+                    note = (
+                        f"hashing {hash_s:.0f}s; ~{100 * share:.0f}% of the vectors share a bucket with the query (scanned)"
+                        + (f"; {short} queries got < {K} results" if short else "")
+                    )
+                    row = Row(
+                        n, dims, label, "lsh", recall(found, truth[: len(queries_n)]), p50, p99, len(queries_n), note
+                    )
                     case.rows.append(row)
                     say(f"{n}x{dims}: {label}: recall@10 {row.recall:.3f}, p50 {p50:.0f} ms, p99 {p99:.0f} ms")
             finally:
@@ -341,6 +413,7 @@ def bucket_share(base_n: np.ndarray, queries_n: np.ndarray, bucket: float, table
 
 # --- the target ----------------------------------------------------------------------------------
 
+
 def target_check(case: Case) -> tuple[bool | None, str]:
     """``recall@10 >= 0.95`` for ES at a p50 latency >= 10x below LSH at the same or a higher recall.
 
@@ -359,7 +432,10 @@ def target_check(case: Case) -> tuple[bool | None, str]:
     ok = [r for r in es if r.recall >= TARGET_RECALL]
     if not ok:
         best = max(es, key=lambda r: r.recall)
-        return False, f"{where}: not met: no num_candidates reaches recall@10 {TARGET_RECALL} (best {best.method}: {best.recall:.3f})"
+        return (
+            False,
+            f"{where}: not met: no num_candidates reaches recall@10 {TARGET_RECALL} (best {best.method}: {best.recall:.3f})",
+        )
     e = ok[0]
     es_text = f"{e.method} recall {e.recall:.3f} p50 {e.p50:.1f} ms (p99 {e.p99:.1f})"
     if not lsh:
@@ -368,9 +444,11 @@ def target_check(case: Case) -> tuple[bool | None, str]:
     l = same[0] if same else max(lsh, key=lambda r: r.recall)
     ratio, ratio99 = l.p50 / e.p50, l.p99 / e.p99
     met = ratio >= TARGET_SPEEDUP
-    text = (f"{where}: {'met' if met else 'not met'}: {es_text} vs {l.method} recall {l.recall:.3f} p50 {l.p50:.0f} ms "
-            f"(p99 {l.p99:.0f}){'' if same else ' (no LSH setting reaches 0.95; its best recall)'}: "
-            f"**{ratio:.0f}x** lower p50, {ratio99:.0f}x lower p99")
+    text = (
+        f"{where}: {'met' if met else 'not met'}: {es_text} vs {l.method} recall {l.recall:.3f} p50 {l.p50:.0f} ms "
+        f"(p99 {l.p99:.0f}){'' if same else ' (no LSH setting reaches 0.95; its best recall)'}: "
+        f"**{ratio:.0f}x** lower p50, {ratio99:.0f}x lower p99"
+    )
     fastest = lsh[0]
     if fastest is not l:
         text += f"; vs the fastest LSH setting at any recall ({fastest.recall:.3f}, p50 {fastest.p50:.0f} ms): {fastest.p50 / e.p50:.0f}x"
@@ -378,6 +456,7 @@ def target_check(case: Case) -> tuple[bool | None, str]:
 
 
 # --- output --------------------------------------------------------------------------------------
+
 
 def fmt(v: float | None, digits: int) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
@@ -388,9 +467,12 @@ def render(cases: list[Case], args: argparse.Namespace, lsh_version: str | None)
         f"k-NN over {CLUSTERS}-cluster ReLU-like vectors (intrinsic dim {args.intrinsic_dim or 'full (isotropic)'}, seed {args.seed}); "
         f"ES: product mapping (HNSW m=16, ef_construction=100, cosine), 1 shard, **force-merged to 1 segment**, "
         f"{args.queries} held-out queries after {WARMUP} warm-up; "
-        + (f"LSH: Spark MLlib {lsh_version} BucketedRandomProjectionLSH, local[2], driver {args.driver_memory}, "
-           f"L2-normalised vectors, {args.lsh_queries} queries after {LSH_WARMUP} warm-up (one Spark job each). "
-           if lsh_version else "LSH skipped. ")
+        + (
+            f"LSH: Spark MLlib {lsh_version} BucketedRandomProjectionLSH, local[2], driver {args.driver_memory}, "
+            f"L2-normalised vectors, {args.lsh_queries} queries after {LSH_WARMUP} warm-up (one Spark job each). "
+            if lsh_version
+            else "LSH skipped. "
+        )
         + "Latency: client-side wall time per request.",
         "",
         "| size | dims | method | recall@10 | p50 ms | p99 ms | queries | notes |",
@@ -399,16 +481,27 @@ def render(cases: list[Case], args: argparse.Namespace, lsh_version: str | None)
     for c in cases:
         for r in c.rows:
             d = 1 if r.kind == "es" else 0
-            lines.append(f"| {r.size} | {r.dims} | {r.method} | {fmt(r.recall, 3)} | {fmt(r.p50, d)} | {fmt(r.p99, d)} | "
-                         f"{r.queries or '-'} | {r.note} |")
-    lines += ["", "| size | dims | ES indexing (docs/s, bulk to refreshed) | segments before merge | force merge to 1 segment (s) |",
-              "| ---: | ---: | ---: | ---: | ---: |"]
+            lines.append(
+                f"| {r.size} | {r.dims} | {r.method} | {fmt(r.recall, 3)} | {fmt(r.p50, d)} | {fmt(r.p99, d)} | "
+                f"{r.queries or '-'} | {r.note} |"
+            )
+    lines += [
+        "",
+        "| size | dims | ES indexing (docs/s, bulk to refreshed) | segments before merge | force merge to 1 segment (s) |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
     for c in cases:
-        lines.append(f"| {c.size} | {c.dims} | {c.index_rate:.0f} ({c.index_seconds:.0f} s) | {c.segments_before} | "
-                     f"{c.merge_seconds:.1f} |")
-    lines += ["", f"Target: recall@10 >= {TARGET_RECALL} at latency >= {TARGET_SPEEDUP:.0f}x below LSH at same or higher recall "
-                  f"(ES: smallest num_candidates with recall >= {TARGET_RECALL}; LSH: fastest setting with recall >= {TARGET_RECALL}; "
-                  "compared on p50):", ""]
+        lines.append(
+            f"| {c.size} | {c.dims} | {c.index_rate:.0f} ({c.index_seconds:.0f} s) | {c.segments_before} | "
+            f"{c.merge_seconds:.1f} |"
+        )
+    lines += [
+        "",
+        f"Target: recall@10 >= {TARGET_RECALL} at latency >= {TARGET_SPEEDUP:.0f}x below LSH at same or higher recall "
+        f"(ES: smallest num_candidates with recall >= {TARGET_RECALL}; LSH: fastest setting with recall >= {TARGET_RECALL}; "
+        "compared on p50):",
+        "",
+    ]
     verdicts = []
     for c in cases:
         met, text = target_check(c)
@@ -441,21 +534,34 @@ def lsh_settings(text: str) -> list[tuple[float, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.knn", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.knn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=ints, default=ints("10000,100000"), help="indexed vectors, comma-separated")
     parser.add_argument("--dims", type=ints, default=ints("64,1280"), help="dimensions, comma-separated")
     parser.add_argument("--num-candidates", type=ints, default=ints("10,50,100,200"), help="ES num_candidates values")
     parser.add_argument("--queries", type=int, default=200, help="held-out queries for ES")
-    parser.add_argument("--lsh-queries", type=int, default=30, help="held-out queries for LSH (the first ones of the ES set)")
-    parser.add_argument("--lsh", type=lsh_settings, default=lsh_settings("2:3,0.5:5"),
-                        help="LSH settings as SPREAD:TABLES, comma-separated; bucketLength = SPREAD / sqrt(dims) "
-                             "(the spread of a unit vector's projection on a random direction is about 1/sqrt(dims))")
-    parser.add_argument("--lsh-max-cells", type=float, default=150e6,
-                        help="skip LSH where size*dims exceeds this (Spark's per-query scan of the cached data gets too slow)")
+    parser.add_argument(
+        "--lsh-queries", type=int, default=30, help="held-out queries for LSH (the first ones of the ES set)"
+    )
+    parser.add_argument(
+        "--lsh",
+        type=lsh_settings,
+        default=lsh_settings("2:3,0.5:5"),
+        help="LSH settings as SPREAD:TABLES, comma-separated; bucketLength = SPREAD / sqrt(dims) "
+        "(the spread of a unit vector's projection on a random direction is about 1/sqrt(dims))",
+    )
+    parser.add_argument(
+        "--lsh-max-cells",
+        type=float,
+        default=150e6,
+        help="skip LSH where size*dims exceeds this (Spark's per-query scan of the cached data gets too slow)",
+    )
     parser.add_argument("--skip-lsh", action="store_true")
     parser.add_argument("--driver-memory", default="4g")
-    parser.add_argument("--intrinsic-dim", type=int, default=16, help="latent dimension of each cluster (0: isotropic clusters)")
+    parser.add_argument(
+        "--intrinsic-dim", type=int, default=16, help="latent dimension of each cluster (0: isotropic clusters)"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "knn.md")
     args = parser.parse_args(argv)
@@ -465,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings({"state_dir": ROOT / ".streamdl"}, env_file=None)
     es = es_client(settings)
     if not es.options(ignore_status=[404, 503]).ping():
-        from infra.stack import LocalStack
+        from streamdl.infra.stack import LocalStack
 
         LocalStack(settings, say=lambda m: print(f"[stack] {m}", file=sys.stderr)).up()
     tag = uuid.uuid4().hex[:6]
@@ -494,15 +600,37 @@ def main(argv: list[str] | None = None) -> int:
                 gc.collect()
                 if lsh is not None:
                     if size * dims > args.lsh_max_cells:
-                        case.rows.append(Row(size, dims, "LSH: not run", "lsh", None, None, None, 0,
-                                             f"size x dims > --lsh-max-cells {args.lsh_max_cells:.0f}"))
+                        case.rows.append(
+                            Row(
+                                size,
+                                dims,
+                                "LSH: not run",
+                                "lsh",
+                                None,
+                                None,
+                                None,
+                                0,
+                                f"size x dims > --lsh-max-cells {args.lsh_max_cells:.0f}",
+                            )
+                        )
                     else:
                         try:
-                            lsh.run(case, base_n, queries_n[:args.lsh_queries], normalised(warmup), truth, args.lsh)
+                            lsh.run(case, base_n, queries_n[: args.lsh_queries], normalised(warmup), truth, args.lsh)
                         except Exception as exc:  # noqa: BLE001 - reported in the table instead of faked
                             say(f"{size}x{dims}: LSH failed: {type(exc).__name__}: {str(exc)[:300]}")
-                            case.rows.append(Row(size, dims, "LSH: failed", "lsh", None, None, None, 0,
-                                                 f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"))
+                            case.rows.append(
+                                Row(
+                                    size,
+                                    dims,
+                                    "LSH: failed",
+                                    "lsh",
+                                    None,
+                                    None,
+                                    None,
+                                    0,
+                                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}",
+                                )
+                            )
                             lsh.stop()
                 del base_n
                 gc.collect()

@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
-from connectors.es_client import es_client
-from connectors.kafka_config import kafka_config
-from connectors.kafka_producer import Deliveries, make_producer
-from connectors.setup import init_all
-from infra.process import free_port, rss_bytes
-from models.catalog import load_handler
-from models.decode import decode_image
+from streamdl.connectors.es_client import es_client
+from streamdl.connectors.kafka_config import kafka_config
+from streamdl.connectors.kafka_producer import Deliveries, make_producer
+from streamdl.connectors.setup import init_all
+from streamdl.infra.process import free_port, rss_bytes
+from streamdl.models.catalog import load_handler
+from streamdl.models.decode import decode_image
 from streamdl.settings import Settings
-from streams.worker_process import WorkerProcess
+from streamdl.streams.agents.worker_process import WorkerProcess
 
 
 def decoded(handler, images: list[bytes]) -> np.ndarray:
@@ -27,7 +27,9 @@ def decoded(handler, images: list[bytes]) -> np.ndarray:
     return np.stack([decode_image(b, info.input_size, info.channels) for b in images])
 
 
-def model_rate(model: str, weights: str | None, state_dir: Path, batch_size: int, images: list[bytes], repeats: int = 3) -> float:
+def model_rate(
+    model: str, weights: str | None, state_dir: Path, batch_size: int, images: list[bytes], repeats: int = 3
+) -> float:
     """Images per second of bare ``predict_batch`` at ``batch_size`` on already decoded images (best of ``repeats``)."""
     handler = load_handler(model, state_dir=state_dir, batch_size=batch_size, weights=weights)
     handler.load()
@@ -64,10 +66,17 @@ class BenchStack:
     def __init__(self, base: Settings, log_dir: Path, *, stream: str = "images", **overrides) -> None:
         tag = f"bench{uuid.uuid4().hex[:6]}"
         self.stream = stream
-        self.settings = base.model_copy(update={
-            "topic_prefix": f"{tag}.", "index_prefix": f"{tag}-", "consumer_group": f"{tag}-workers",
-            "metrics_port": free_port(), "log_level": "WARNING", "worker_agents": stream, **overrides,
-        })
+        self.settings = base.model_copy(
+            update={
+                "topic_prefix": f"{tag}.",
+                "index_prefix": f"{tag}-",
+                "consumer_group": f"{tag}-workers",
+                "metrics_port": free_port(),
+                "log_level": "WARNING",
+                "worker_agents": stream,
+                **overrides,
+            }
+        )
         self.tag = tag
         init_all(self.settings)
         self.worker = WorkerProcess(self.settings, log_dir / f"{tag}.log").start(timeout=600)
@@ -124,8 +133,12 @@ class BenchStack:
         predictions = self.settings.topic("predictions")
         consumer = Consumer(kafka_config(self.settings, {"group.id": f"{self.tag}-lat", "enable.auto.commit": False}))
         parts = consumer.list_topics(predictions, timeout=10).topics[predictions].partitions
-        consumer.assign([TopicPartition(predictions, p, consumer.get_watermark_offsets(TopicPartition(predictions, p))[1])
-                         for p in parts])
+        consumer.assign(
+            [
+                TopicPartition(predictions, p, consumer.get_watermark_offsets(TopicPartition(predictions, p))[1])
+                for p in parts
+            ]
+        )
         sent: dict[str, float] = {}
         got: dict[str, float] = {}
         stop = threading.Event()
@@ -162,7 +175,7 @@ class BenchStack:
     def close(self) -> None:
         self.worker.stop()
         self.es.options(ignore_status=404).indices.delete(index=f"{self.tag}-*")
-        from connectors.kafka_admin import admin_client
+        from streamdl.connectors.kafka_admin import admin_client
 
         admin = admin_client(self.settings)
         topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(self.tag)]

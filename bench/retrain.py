@@ -3,7 +3,7 @@ same work in a plain Python loop.
 
 Both sides start from the same archive (written with the product's own ArchiveWriter: the 1,797
 digits and shifted copies of them under fresh ids, a label event for every image) and train the same head candidates on the same
-embeddings. The Beam side is ``streams.retrain`` itself (read = list + count labels, embed =
+embeddings. The Beam side is ``streamdl.streams.jobs.retrain`` itself (read = list + count labels, embed =
 the Beam pipeline with RunInference, train, evaluate, register with MLflow); the plain side reads
 the archive with pyarrow, decodes and embeds in a loop, then trains and evaluates the same way.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infra.stack import LocalStack
+from streamdl.infra.stack import LocalStack
 from streamdl.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ def digit_variants(count: int, seed: int = 0) -> tuple[list[bytes], list[int]]:
 
     from PIL import Image
 
-    from models.digits import load_digit_images
+    from streamdl.models.digits import load_digit_images
 
     images, labels = load_digit_images()
     rng = np.random.default_rng(seed)
@@ -51,8 +51,8 @@ def digit_variants(count: int, seed: int = 0) -> tuple[list[bytes], list[int]]:
 
 def write_archive(root: str, settings, count: int) -> list[str]:
     """``count`` digit images and a label event for each, archived as the archiver would."""
-    from connectors.archive_writer import ArchiveWriter
-    from streams.records import to_json
+    from streamdl.connectors.archive_writer import ArchiveWriter
+    from streamdl.records import to_json
 
     pngs, labels = digit_variants(count)
     writer = ArchiveWriter(root, max_file_messages=5000, max_file_secs=3600)
@@ -62,8 +62,13 @@ def write_archive(root: str, settings, count: int) -> list[str]:
         image_id = f"bench-{i:06d}"
         ids.append(image_id)
         writer.add(settings.topic("images"), i % 4, i // 4, now_ms, image_id.encode(), png)
-        event = {"id": f"label-{image_id}", "ts": now_ms / 1000, "type": "label", "image_id": image_id,
-                 "label": str(labels[i])}
+        event = {
+            "id": f"label-{image_id}",
+            "ts": now_ms / 1000,
+            "type": "label",
+            "image_id": image_id,
+            "label": str(labels[i]),
+        }
         writer.add(settings.topic("events"), i % 4, i // 4, now_ms, event["id"].encode(), to_json(event))
     writer.close_all()
     return ids
@@ -73,11 +78,11 @@ def plain(settings, root: str) -> dict:
     """The same retraining in a plain loop: read with pyarrow, decode, embed in batches, train, evaluate."""
     import json
 
-    from connectors.archive_reader import read_archive
-    from models.catalog import load_handler
-    from models.decode import DecodeLimits, decode_image
-    from models.retraining import heads
-    from models.retraining.pipeline import split_of
+    from streamdl.connectors.archive_reader import read_archive
+    from streamdl.models.catalog import load_handler
+    from streamdl.models.decode import DecodeLimits, decode_image
+    from streamdl.models.retraining import heads
+    from streamdl.streams.jobs.retrain_pipeline import split_of
 
     seconds = {}
     t = time.perf_counter()
@@ -100,7 +105,7 @@ def plain(settings, root: str) -> dict:
     limits = DecodeLimits(max_bytes=settings.max_message_bytes, max_pixels=settings.max_pixels)
     embeddings = []
     for start in range(0, len(rows), settings.max_batch_size):
-        chunk = rows[start:start + settings.max_batch_size]
+        chunk = rows[start : start + settings.max_batch_size]
         pixels = np.stack([decode_image(data, info.input_size, info.channels, limits) for _, data in chunk])
         embeddings.append(handler.predict_batch(pixels).embeddings)
     x = np.concatenate(embeddings)
@@ -127,15 +132,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from streams.retrain import retrain
+    from streamdl.streams.jobs.retrain import retrain
 
     base = load_settings({"state_dir": ROOT / ".streamdl"}, env_file=None)
     LocalStack(base, say=lambda m: print(f"[stack] {m}", file=sys.stderr)).up()  # the announcement goes to Kafka
     with tempfile.TemporaryDirectory(prefix="bench-retrain-") as tmp:
         tag = f"benchretrain{int(time.time())}"
-        settings = base.model_copy(update={"topic_prefix": f"{tag}.", "archive_url": str(Path(tmp) / "archive"),
-                                           "mlflow_tracking_uri": f"sqlite:///{Path(tmp) / 'mlflow.db'}",
-                                           "retrain_min_labels": 10})
+        settings = base.model_copy(
+            update={
+                "topic_prefix": f"{tag}.",
+                "archive_url": str(Path(tmp) / "archive"),
+                "mlflow_tracking_uri": f"sqlite:///{Path(tmp) / 'mlflow.db'}",
+                "retrain_min_labels": 10,
+            }
+        )
         say(f"writing an archive of {args.images} images and labels")
         write_archive(settings.archive_url, settings, args.images)
         say("retraining with Beam (DirectRunner)")
@@ -151,15 +161,26 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(images: int, beam, loop: dict) -> str:
     stages = ("setup", "read", "embed", "train", "evaluate")
-    lines = [f"| {images} archived images | " + " | ".join(f"{s} (s)" for s in stages) + " | total (s) | test accuracy |",
-             "| --- | " + " | ".join("---:" for _ in stages) + " | ---: | ---: |"]
-    for name, seconds, accuracy in (("Beam DirectRunner (streamdl retrain)", beam.seconds, beam.metrics["test_accuracy"]),
-                                    ("plain Python loop", loop["seconds"], loop["accuracy"])):
+    lines = [
+        f"| {images} archived images | " + " | ".join(f"{s} (s)" for s in stages) + " | total (s) | test accuracy |",
+        "| --- | " + " | ".join("---:" for _ in stages) + " | ---: | ---: |",
+    ]
+    for name, seconds, accuracy in (
+        ("Beam DirectRunner (streamdl retrain)", beam.seconds, beam.metrics["test_accuracy"]),
+        ("plain Python loop", loop["seconds"], loop["accuracy"]),
+    ):
         total = sum(seconds.get(s, 0.0) for s in stages)
-        lines.append(f"| {name} | " + " | ".join(f"{seconds.get(s, 0.0):.1f}" for s in stages) + f" | {total:.1f} | {accuracy:.4f} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{seconds.get(s, 0.0):.1f}" for s in stages)
+            + f" | {total:.1f} | {accuracy:.4f} |"
+        )
     b, p = beam.seconds, loop["seconds"]
-    lines += ["", f"Beam / plain: read+embed {(b['read'] + b['embed']) / (p['read'] + p['embed']):.2f}x; "
-                  f"registering with MLflow (Beam side only) {b.get('register', 0):.1f}s; Beam status: {beam.status} ({beam.reason})."]
+    lines += [
+        "",
+        f"Beam / plain: read+embed {(b['read'] + b['embed']) / (p['read'] + p['embed']):.2f}x; "
+        f"registering with MLflow (Beam side only) {b.get('register', 0):.1f}s; Beam status: {beam.status} ({beam.reason}).",
+    ]
     return "\n".join(lines)
 
 

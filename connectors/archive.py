@@ -14,8 +14,8 @@ fsynced and renamed into place (atomic); on object stores, where a rename is a c
 object is written with one put (an object store never shows a partial object).
 
 The rows are the raw Kafka messages (:data:`SCHEMA`), never parsed: the archive is the replayable
-truth. Writer: :mod:`connectors.archive_writer`; reader, status and compaction:
-:mod:`connectors.archive_reader`.
+truth. Writer: :mod:`streamdl.connectors.archive_writer`; reader, status and compaction:
+:mod:`streamdl.connectors.archive_reader`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import os
 import posixpath
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Union
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,15 +37,20 @@ if TYPE_CHECKING:
 
     from streamdl.settings import Settings
 
-SCHEMA = pa.schema([
-    pa.field("topic", pa.string(), nullable=False),
-    pa.field("partition", pa.int32(), nullable=False),
-    pa.field("offset", pa.int64(), nullable=False),
-    pa.field("timestamp_ms", pa.int64()),
-    pa.field("key", pa.binary()),
-    pa.field("value", pa.binary()),
-    pa.field("headers", pa.list_(pa.struct([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.binary())]))),
-])
+SCHEMA = pa.schema(
+    [
+        pa.field("topic", pa.string(), nullable=False),
+        pa.field("partition", pa.int32(), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("timestamp_ms", pa.int64()),
+        pa.field("key", pa.binary()),
+        pa.field("value", pa.binary()),
+        pa.field(
+            "headers",
+            pa.list_(pa.struct([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.binary())])),
+        ),
+    ]
+)
 """One row per Kafka message, as consumed (bytes untouched)."""
 
 FILE_RE = re.compile(r"^(\d+)-(\d+)-(\d+)\.parquet$")
@@ -73,12 +79,12 @@ class ArchiveFile:
     size: int | None = None
 
 
-def archive_root(settings: "Settings") -> str:
+def archive_root(settings: Settings) -> str:
     """Where the archive is: ``archive_url``, or ``<state_dir>/archive``."""
     return settings.archive_url or str(settings.state_dir.resolve() / "archive")
 
 
-def archive_topics(settings: "Settings") -> tuple[str, ...]:
+def archive_topics(settings: Settings) -> tuple[str, ...]:
     """The full names of the topics the archiver keeps (``archive_topics``, prefixed)."""
     from streamdl.errors import SettingsError
 
@@ -88,11 +94,13 @@ def archive_topics(settings: "Settings") -> tuple[str, ...]:
     except ValueError as exc:
         raise SettingsError(f"setting archive_topics (STREAMDL_ARCHIVE_TOPICS): {exc}") from None
     if not topics:
-        raise SettingsError("setting archive_topics (STREAMDL_ARCHIVE_TOPICS) is empty; name at least one topic, e.g. images,events")
+        raise SettingsError(
+            "setting archive_topics (STREAMDL_ARCHIVE_TOPICS) is empty; name at least one topic, e.g. images,events"
+        )
     return topics
 
 
-def filesystem(root: str, storage_options: dict[str, Any] | None = None) -> tuple["AbstractFileSystem", str]:
+def filesystem(root: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
     """The fsspec filesystem of ``root`` and the root's path in it."""
     from fsspec.core import url_to_fs
 
@@ -105,7 +113,7 @@ def filesystem(root: str, storage_options: dict[str, Any] | None = None) -> tupl
     return fs, path.rstrip("/") or path
 
 
-def is_local(fs: "AbstractFileSystem") -> bool:
+def is_local(fs: AbstractFileSystem) -> bool:
     from fsspec.implementations.local import LocalFileSystem
 
     return isinstance(fs, LocalFileSystem)
@@ -115,13 +123,13 @@ def to_utc(when: When) -> datetime | None:
     if when is None:
         return None
     if isinstance(when, datetime):
-        return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-    return datetime.fromtimestamp(float(when), timezone.utc)
+        return when if when.tzinfo else when.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(float(when), UTC)
 
 
 def hour_start(ts_ms: int) -> datetime:
     """Start of the UTC hour holding ``ts_ms``."""
-    return datetime.fromtimestamp((ts_ms // HOUR_MS) * HOUR_MS / 1000, timezone.utc)
+    return datetime.fromtimestamp((ts_ms // HOUR_MS) * HOUR_MS / 1000, UTC)
 
 
 def hour_dir(topic: str, hour: datetime) -> str:
@@ -137,7 +145,7 @@ def _parse_hour(date_part: str, hour_part: str) -> datetime | None:
     if not (date_part.startswith("date=") and hour_part.startswith("hour=")):
         return None
     try:
-        day = datetime.strptime(date_part[5:], "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        day = datetime.strptime(date_part[5:], "%Y-%m-%d").replace(tzinfo=UTC)
         hour = int(hour_part[5:])
     except ValueError:
         return None
@@ -162,12 +170,22 @@ def list_topics(root: str, storage_options: dict[str, Any] | None = None) -> lis
     fs, base = filesystem(root, storage_options)
     if not fs.exists(base):
         return []
-    return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(base, detail=False)
-                  if fs.isdir(p) and not posixpath.basename(p.rstrip("/")).startswith((".", "_")))
+    return sorted(
+        posixpath.basename(p.rstrip("/"))
+        for p in fs.ls(base, detail=False)
+        if fs.isdir(p) and not posixpath.basename(p.rstrip("/")).startswith((".", "_"))
+    )
 
 
-def list_files(root: str, topic: str, *, since: When = None, until: When = None,
-               storage_options: dict[str, Any] | None = None, fs: "AbstractFileSystem | None" = None) -> list[ArchiveFile]:
+def list_files(
+    root: str,
+    topic: str,
+    *,
+    since: When = None,
+    until: When = None,
+    storage_options: dict[str, Any] | None = None,
+    fs: AbstractFileSystem | None = None,
+) -> list[ArchiveFile]:
     """The whole archive files of ``topic`` in hours that overlap ``[since, until)``, sorted by
     partition and offsets. Hour folders outside the window are not listed (pruning)."""
     if fs is None:
@@ -184,7 +202,7 @@ def list_files(root: str, topic: str, *, since: When = None, until: When = None,
         if not name.startswith("date="):
             continue
         try:
-            day = datetime.strptime(name[5:], "%Y-%m-%d").replace(tzinfo=timezone.utc)
+            day = datetime.strptime(name[5:], "%Y-%m-%d").replace(tzinfo=UTC)
         except ValueError:
             continue
         if (start and day + timedelta(days=1) <= start) or (end and day >= end):
@@ -203,8 +221,9 @@ def list_files(root: str, topic: str, *, since: When = None, until: When = None,
     return out
 
 
-def archived_high_water(root: str, topic: str, *, storage_options: dict[str, Any] | None = None,
-                        fs: "AbstractFileSystem | None" = None) -> dict[int, int]:
+def archived_high_water(
+    root: str, topic: str, *, storage_options: dict[str, Any] | None = None, fs: AbstractFileSystem | None = None
+) -> dict[int, int]:
     """``{partition: highest archived offset}`` of ``topic``, from the file names alone.
 
     The writer keeps one file open per partition and closes them in offset order, so the archived
@@ -223,7 +242,7 @@ def table_bytes(table: pa.Table, compression: str = COMPRESSION) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def put_table(fs: "AbstractFileSystem", directory: str, name: str, table: pa.Table) -> int:
+def put_table(fs: AbstractFileSystem, directory: str, name: str, table: pa.Table) -> int:
     """Write ``table`` as ``directory/name`` so that it appears whole or not at all; returns its size.
 
     Local: write ``.tmp-<uuid>-<name>``, fsync it, rename into place (atomic), fsync the folder.
@@ -269,7 +288,7 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def remove_files(fs: "AbstractFileSystem", paths: Iterable[str]) -> None:
+def remove_files(fs: AbstractFileSystem, paths: Iterable[str]) -> None:
     for path in paths:
         try:
             fs.rm_file(path)

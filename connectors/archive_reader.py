@@ -7,7 +7,7 @@
   ones, or two archivers during a rebalance) are deduplicated, and the duplicates counted.
 * Corrupt or truncated files (unreadable Parquet, wrong columns, offsets that do not match the
   name) are skipped with a warning and counted in :class:`ReadReport`; they never fail a read.
-* For a parallel reader (Beam: one element per file) use :func:`connectors.archive.list_files`
+* For a parallel reader (Beam: one element per file) use :func:`streamdl.connectors.archive.list_files`
   and :func:`read_file`, and deduplicate by ``(topic, partition, offset)`` in the pipeline.
 * :func:`archive_status` summarises what is archived; :func:`compact` merges the small files of
   closed hours.
@@ -18,17 +18,28 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from connectors.archive import (SCHEMA, ArchiveFile, When, file_name, filesystem, list_files, list_topics, put_table,
-                                remove_files, to_utc)
+from streamdl.connectors.archive import (
+    SCHEMA,
+    ArchiveFile,
+    When,
+    file_name,
+    filesystem,
+    list_files,
+    list_topics,
+    put_table,
+    remove_files,
+    to_utc,
+)
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -73,7 +84,8 @@ class ReadReport:
 
 # --- one file ------------------------------------------------------------------------------------
 
-def read_file(fs: "AbstractFileSystem", f: ArchiveFile, columns: Sequence[str] | None = None) -> pa.Table:
+
+def read_file(fs: AbstractFileSystem, f: ArchiveFile, columns: Sequence[str] | None = None) -> pa.Table:
     """The rows of one archive file (``columns`` of them), checked against its name; raises
     :class:`CorruptFile` (and ``FileNotFoundError`` when it went away since it was listed)."""
     wanted = list(dict.fromkeys(columns)) if columns else list(SCHEMA.names)
@@ -93,9 +105,15 @@ def read_file(fs: "AbstractFileSystem", f: ArchiveFile, columns: Sequence[str] |
         raise CorruptFile("no rows")
     offsets = pc.min_max(table["offset"]).as_py()
     parts = pc.min_max(table["partition"]).as_py()
-    if (offsets["min"], offsets["max"]) != (f.first_offset, f.last_offset) or parts["min"] != f.partition or parts["max"] != f.partition:
-        raise CorruptFile(f"holds partition {parts['min']}..{parts['max']} offsets {offsets['min']}..{offsets['max']}, "
-                          f"not what its name says")
+    if (
+        (offsets["min"], offsets["max"]) != (f.first_offset, f.last_offset)
+        or parts["min"] != f.partition
+        or parts["max"] != f.partition
+    ):
+        raise CorruptFile(
+            f"holds partition {parts['min']}..{parts['max']} offsets {offsets['min']}..{offsets['max']}, "
+            f"not what its name says"
+        )
     return table.select(wanted)
 
 
@@ -122,12 +140,20 @@ def _overlap_groups(files: list[ArchiveFile]) -> Iterator[list[ArchiveFile]]:
 
 # --- reading -------------------------------------------------------------------------------------
 
+
 class ArchiveScan:
     """The messages of one topic in a time window: iterate for pyarrow tables; :attr:`report`
     fills as it goes. Make one with :func:`read_archive`."""
 
-    def __init__(self, root: str, topic: str, since: When, until: When, columns: Sequence[str] | None,
-                 storage_options: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        root: str,
+        topic: str,
+        since: When,
+        until: When,
+        columns: Sequence[str] | None,
+        storage_options: dict[str, Any] | None,
+    ) -> None:
         unknown = [c for c in columns or () if c not in SCHEMA.names]
         if unknown:
             raise ValueError(f"unknown archive columns {unknown}; known: {', '.join(SCHEMA.names)}")
@@ -135,7 +161,9 @@ class ArchiveScan:
         self.since, self.until = to_utc(since), to_utc(until)
         self.fs, self.base = filesystem(root, storage_options)
         self.report = ReadReport()
-        self._read_columns = list(dict.fromkeys([*self.columns, "partition", "offset", "timestamp_ms"])) if self.columns else None
+        self._read_columns = (
+            list(dict.fromkeys([*self.columns, "partition", "offset", "timestamp_ms"])) if self.columns else None
+        )
 
     def files(self) -> list[ArchiveFile]:
         return list_files(self.base, self.topic, since=self.since, until=self.until, fs=self.fs)
@@ -188,17 +216,25 @@ class ArchiveScan:
         return pa.concat_tables(tables)
 
 
-def read_archive(root: str, topic: str, *, since: When = None, until: When = None, columns: Sequence[str] | None = None,
-                 storage_options: dict[str, Any] | None = None) -> ArchiveScan:
+def read_archive(
+    root: str,
+    topic: str,
+    *,
+    since: When = None,
+    until: When = None,
+    columns: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> ArchiveScan:
     """The archived messages of ``topic`` (full name) with a timestamp in ``[since, until)``
     (datetimes, naive = UTC, or epoch seconds; messages without a timestamp are kept when their
-    hour folder is in the window). Iterate for pyarrow tables of :data:`connectors.archive.SCHEMA`
+    hour folder is in the window). Iterate for pyarrow tables of :data:`streamdl.connectors.archive.SCHEMA`
     (or ``columns`` of it), or call ``.to_table()``; ``.report`` counts files, rows, duplicates
     dropped and corrupt files skipped."""
     return ArchiveScan(root, topic, since, until, columns, storage_options)
 
 
 # --- status --------------------------------------------------------------------------------------
+
 
 @dataclass
 class TopicStatus:
@@ -216,7 +252,7 @@ class TopicStatus:
     corrupt: int = 0
 
 
-def _metadata(fs: "AbstractFileSystem", f: ArchiveFile) -> pq.FileMetaData:
+def _metadata(fs: AbstractFileSystem, f: ArchiveFile) -> pq.FileMetaData:
     try:
         with fs.open(f.path, "rb") as fh:
             return pq.read_metadata(fh)
@@ -239,8 +275,9 @@ def _timestamp_range(meta: pq.FileMetaData) -> tuple[int | None, int | None]:
     return low, high
 
 
-def archive_status(root: str, topics: Sequence[str] | None = None, *,
-                   storage_options: dict[str, Any] | None = None) -> list[TopicStatus]:
+def archive_status(
+    root: str, topics: Sequence[str] | None = None, *, storage_options: dict[str, Any] | None = None
+) -> list[TopicStatus]:
     """Per topic (those given, else every topic folder): files, rows, bytes, hours, timestamps,
     last offset per partition, corrupt files. Reads only the Parquet footers."""
     fs, base = filesystem(root, storage_options)
@@ -263,8 +300,12 @@ def archive_status(root: str, topics: Sequence[str] | None = None, *,
             hours.add(f.hour)
             low, high = _timestamp_range(meta)
             if low is not None:
-                status.first_timestamp_ms = low if status.first_timestamp_ms is None else min(status.first_timestamp_ms, low)
-                status.last_timestamp_ms = high if status.last_timestamp_ms is None else max(status.last_timestamp_ms, high)
+                status.first_timestamp_ms = (
+                    low if status.first_timestamp_ms is None else min(status.first_timestamp_ms, low)
+                )
+                status.last_timestamp_ms = (
+                    high if status.last_timestamp_ms is None else max(status.last_timestamp_ms, high)
+                )
             status.last_offsets[f.partition] = max(status.last_offsets.get(f.partition, -1), f.last_offset)
         if hours:
             status.hours, status.first_hour, status.last_hour = len(hours), min(hours), max(hours)
@@ -273,7 +314,7 @@ def archive_status(root: str, topics: Sequence[str] | None = None, *,
 
 
 def _iso(ts_ms: int | None) -> str:
-    return "-" if ts_ms is None else datetime.fromtimestamp(ts_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return "-" if ts_ms is None else datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _size(n: int) -> str:
@@ -289,16 +330,21 @@ def format_status(rows: list[TopicStatus]) -> str:
     header = f"{'topic':<32} {'files':>6} {'rows':>10} {'size':>10} {'hours':>5}  {'first message':<19}  {'last message':<19}  corrupt"
     lines = [header]
     for s in rows:
-        lines.append(f"{s.topic:<32} {s.files:>6} {s.rows:>10} {_size(s.bytes):>10} {s.hours:>5}  "
-                     f"{_iso(s.first_timestamp_ms):<19}  {_iso(s.last_timestamp_ms):<19}  {s.corrupt}")
+        lines.append(
+            f"{s.topic:<32} {s.files:>6} {s.rows:>10} {_size(s.bytes):>10} {s.hours:>5}  "
+            f"{_iso(s.first_timestamp_ms):<19}  {_iso(s.last_timestamp_ms):<19}  {s.corrupt}"
+        )
     for s in rows:
         if s.last_offsets:
-            lines.append(f"{s.topic} last offset per partition: "
-                         + ", ".join(f"{p}:{o}" for p, o in sorted(s.last_offsets.items())))
+            lines.append(
+                f"{s.topic} last offset per partition: "
+                + ", ".join(f"{p}:{o}" for p, o in sorted(s.last_offsets.items()))
+            )
     return "\n".join(lines)
 
 
 # --- compaction ----------------------------------------------------------------------------------
+
 
 @dataclass
 class CompactReport:
@@ -322,19 +368,26 @@ class CompactReport:
         return text
 
 
-def compact(root: str, topic: str, *, older_than_hours: float = 1.0, target_rows: int = 1_000_000,
-            target_bytes: int = 256 * 1024 * 1024, now: When = None,
-            storage_options: dict[str, Any] | None = None) -> CompactReport:
+def compact(
+    root: str,
+    topic: str,
+    *,
+    older_than_hours: float = 1.0,
+    target_rows: int = 1_000_000,
+    target_bytes: int = 256 * 1024 * 1024,
+    now: When = None,
+    storage_options: dict[str, Any] | None = None,
+) -> CompactReport:
     """Merge the small files of each partition in hours that ended ``older_than_hours`` ago or
     more, into files of up to ``target_rows`` rows and ``target_bytes`` bytes.
 
     Each merged file is named by its first and last offsets and written whole
-    (:func:`connectors.archive.put_table`) before the files it replaces are deleted, so a crash
+    (:func:`streamdl.connectors.archive.put_table`) before the files it replaces are deleted, so a crash
     in between leaves duplicates that readers drop (and the next compaction removes), never a
     gap. Corrupt files are counted and left alone. Safe beside a running archiver: it only
     deletes files it has read, and a late message makes a new small file for the next run."""
     fs, base = filesystem(root, storage_options)
-    cutoff = (to_utc(now) or datetime.now(timezone.utc)) - timedelta(hours=older_than_hours)
+    cutoff = (to_utc(now) or datetime.now(UTC)) - timedelta(hours=older_than_hours)
     report = CompactReport()
     by_hour: dict[tuple[datetime, int], list[ArchiveFile]] = {}
     for f in list_files(base, topic, fs=fs):
@@ -356,7 +409,9 @@ def compact(root: str, topic: str, *, older_than_hours: float = 1.0, target_rows
     return report
 
 
-def _merge_groups(sized: list[tuple[ArchiveFile, int]], target_rows: int, target_bytes: int) -> Iterator[list[ArchiveFile]]:
+def _merge_groups(
+    sized: list[tuple[ArchiveFile, int]], target_rows: int, target_bytes: int
+) -> Iterator[list[ArchiveFile]]:
     group: list[ArchiveFile] = []
     rows = size = 0
     for f, n in sorted(sized, key=lambda x: (x[0].first_offset, -x[0].last_offset)):
@@ -371,7 +426,7 @@ def _merge_groups(sized: list[tuple[ArchiveFile, int]], target_rows: int, target
         yield group
 
 
-def _merge(fs: "AbstractFileSystem", group: list[ArchiveFile], report: CompactReport) -> None:
+def _merge(fs: AbstractFileSystem, group: list[ArchiveFile], report: CompactReport) -> None:
     tables = []
     used = []
     for f in group:
@@ -397,5 +452,11 @@ def _merge(fs: "AbstractFileSystem", group: list[ArchiveFile], report: CompactRe
     report.files_out += 1
     report.rows += table.num_rows
     report.duplicates += dropped
-    logger.info("compacted %d files of %s into %s (%d rows) in %.1fs", len(used), directory, name, table.num_rows,
-                time.monotonic() - started)
+    logger.info(
+        "compacted %d files of %s into %s (%d rows) in %.1fs",
+        len(used),
+        directory,
+        name,
+        table.num_rows,
+        time.monotonic() - started,
+    )

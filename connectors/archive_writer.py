@@ -4,12 +4,12 @@ One file is open per (topic, partition) at a time. A message of another hour tha
 closes it and opens the next one, so the files of a partition hold disjoint, consecutive offset
 ranges, and the writer closes them in offset order. Hence the invariant the archiver relies on:
 **the archived offsets of a partition are always a prefix** (everything up to the highest
-archived offset, :func:`connectors.archive.archived_high_water`). Out-of-order timestamps around
-an hour's end make small files; :func:`connectors.archive_reader.compact` merges them later.
+archived offset, :func:`streamdl.connectors.archive.archived_high_water`). Out-of-order timestamps around
+an hour's end make small files; :func:`streamdl.connectors.archive_reader.compact` merges them later.
 
 A file closes after ``max_file_messages`` messages, ``max_file_secs`` seconds open (call
 :meth:`ArchiveWriter.due` regularly) or ``max_file_bytes`` bytes buffered. Closing writes the file
-whole (:func:`connectors.archive.put_table`); only then may the caller commit its offsets.
+whole (:func:`streamdl.connectors.archive.put_table`); only then may the caller commit its offsets.
 No Kafka or Faust here: the caller feeds messages and commits.
 """
 
@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import pyarrow as pa
 
-from connectors.archive import SCHEMA, file_name, filesystem, hour_dir, hour_start, put_table
+from streamdl.connectors.archive import SCHEMA, file_name, filesystem, hour_dir, hour_start, put_table
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +67,19 @@ class _OpenFile:
 class ArchiveWriter:
     """Writes messages to ``root`` (a folder or an fsspec URL); not thread-safe (one caller)."""
 
-    def __init__(self, root: str, *, max_file_messages: int, max_file_secs: float, max_file_bytes: int = MAX_FILE_BYTES,
-                 max_buffer_bytes: int = MAX_BUFFER_BYTES,                  storage_options: dict[str, Any] | None = None, clock: Callable[[], float] = time.time,
-                 attempts: int = 3, backoff_secs: float = 1.0) -> None:
+    def __init__(
+        self,
+        root: str,
+        *,
+        max_file_messages: int,
+        max_file_secs: float,
+        max_file_bytes: int = MAX_FILE_BYTES,
+        max_buffer_bytes: int = MAX_BUFFER_BYTES,
+        storage_options: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.time,
+        attempts: int = 3,
+        backoff_secs: float = 1.0,
+    ) -> None:
         self.root = root
         self.fs, self.base = filesystem(root, storage_options)
         self.max_file_messages = max_file_messages
@@ -82,8 +93,16 @@ class ArchiveWriter:
         self._open: dict[tuple[str, int], _OpenFile] = {}
 
     # --- feeding -----------------------------------------------------------------------------
-    def add(self, topic: str, partition: int, offset: int, timestamp_ms: int | None, key: bytes | None,
-            value: bytes | None, headers: Headers = None) -> list[WrittenFile]:
+    def add(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp_ms: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers = None,
+    ) -> list[WrittenFile]:
         """Buffer one message; returns the files this closed (the previous hour's, or a full one).
 
         Messages of a partition must come in offset order (as Kafka delivers them)."""
@@ -94,7 +113,9 @@ class ArchiveWriter:
         if current is not None:
             last = current.columns["offset"][-1]
             if offset <= last:
-                raise ValueError(f"{topic}[{partition}] offset {offset} after {last}: messages must come in offset order")
+                raise ValueError(
+                    f"{topic}[{partition}] offset {offset} after {last}: messages must come in offset order"
+                )
             if current.hour != hour:
                 closed.append(self._close(current))
                 current = None
@@ -108,7 +129,9 @@ class ArchiveWriter:
         cols["key"].append(key)
         cols["value"].append(value)
         items = headers.items() if isinstance(headers, Mapping) else (headers or ())
-        cols["headers"].append([{"key": k if isinstance(k, str) else k.decode("utf-8", "replace"), "value": v} for k, v in items])
+        cols["headers"].append(
+            [{"key": k if isinstance(k, str) else k.decode("utf-8", "replace"), "value": v} for k, v in items]
+        )
         size = len(key or b"") + len(value or b"") + 64
         current.size += size
         self._buffered += size
@@ -171,14 +194,30 @@ class ArchiveWriter:
             try:
                 size = put_table(self.fs, directory, name, table)
                 break
-            except Exception:  # noqa: BLE001 - a storage error: retry, then let the caller stop without committing
+            except Exception:
                 if attempt == self.attempts:
                     raise
-                logger.warning("writing %s/%s failed (attempt %d of %d); retrying", directory, name, attempt, self.attempts,
-                               exc_info=True)
+                logger.warning(
+                    "writing %s/%s failed (attempt %d of %d); retrying",
+                    directory,
+                    name,
+                    attempt,
+                    self.attempts,
+                    exc_info=True,
+                )
                 time.sleep(self.backoff_secs * 2 ** (attempt - 1))
         del self._open[(current.topic, current.partition)]
         self._buffered -= current.size
-        logger.debug("archived %s[%d] %d..%d (%d messages) to %s/%s", current.topic, current.partition, first, last,
-                     current.rows, directory, name)
-        return WrittenFile(current.topic, current.partition, first, last, current.rows, size, f"{directory}/{name}", current.hour)
+        logger.debug(
+            "archived %s[%d] %d..%d (%d messages) to %s/%s",
+            current.topic,
+            current.partition,
+            first,
+            last,
+            current.rows,
+            directory,
+            name,
+        )
+        return WrittenFile(
+            current.topic, current.partition, first, last, current.rows, size, f"{directory}/{name}", current.hour
+        )

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from elasticsearch import ApiError, Elasticsearch, TransportError
 
@@ -24,9 +25,15 @@ class Rejected:
     reason: str
 
 
-def bulk_index(client: Elasticsearch, index: str, docs: list[tuple[str, dict[str, Any]]], *,
-               max_backoff: float = 30.0, give_up_after: float | None = None,
-               should_stop: Callable[[], bool] = lambda: False) -> list[Rejected]:
+def bulk_index(
+    client: Elasticsearch,
+    index: str,
+    docs: list[tuple[str, dict[str, Any]]],
+    *,
+    max_backoff: float = 30.0,
+    give_up_after: float | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> list[Rejected]:
     """Index ``(id, document)`` pairs into ``index``; returns the permanently rejected ones.
 
     Connection errors, timeouts and item statuses 429/502/503/504 are retried with exponential
@@ -63,7 +70,9 @@ def bulk_index(client: Elasticsearch, index: str, docs: list[tuple[str, dict[str
                     why = f"item status {status}"
                 else:
                     err = result.get("error", {})
-                    rejected.append(Rejected(doc_id, status, f"{err.get('type', 'error')}: {err.get('reason', '')}"[:500]))
+                    rejected.append(
+                        Rejected(doc_id, status, f"{err.get('type', 'error')}: {err.get('reason', '')}"[:500])
+                    )
         if not retry:
             break
         if should_stop() or (give_up_after is not None and time.monotonic() - start > give_up_after):

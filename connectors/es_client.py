@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from elasticsearch import ApiError, AuthenticationException, AuthorizationException, Elasticsearch, TransportError
 from elastic_transport import TlsError
+from elasticsearch import ApiError, AuthenticationException, AuthorizationException, Elasticsearch, TransportError
 
 from streamdl.errors import ServiceUnavailable, SettingsError
 from streamdl.settings import Settings
@@ -27,11 +27,21 @@ def es_client(settings: Settings, **kwargs: Any) -> Elasticsearch:
         if settings.es_ca_file:
             auth["ca_certs"] = str(settings.es_ca_file)
         if not settings.es_verify_certs:
-            logger.warning("TLS certificate verification for Elasticsearch is OFF (STREAMDL_ES_VERIFY_CERTS=false): anyone "
-                           "between this process and %s can read and change the traffic. Use it for tests only.", settings.es_url)
+            logger.warning(
+                "TLS certificate verification for Elasticsearch is OFF (STREAMDL_ES_VERIFY_CERTS=false): anyone "
+                "between this process and %s can read and change the traffic. Use it for tests only.",
+                settings.es_url,
+            )
             auth["ssl_show_warn"] = False  # warned once here, not on every request
-    return Elasticsearch(settings.es_url, verify_certs=settings.es_verify_certs, request_timeout=30,
-                         retry_on_timeout=True, max_retries=3, **auth, **kwargs)
+    return Elasticsearch(
+        settings.es_url,
+        verify_certs=settings.es_verify_certs,
+        request_timeout=30,
+        retry_on_timeout=True,
+        max_retries=3,
+        **auth,
+        **kwargs,
+    )
 
 
 def check_elasticsearch(client: Elasticsearch, settings: Settings, timeout: float = 10.0) -> str:
@@ -39,23 +49,37 @@ def check_elasticsearch(client: Elasticsearch, settings: Settings, timeout: floa
     try:
         health = client.options(request_timeout=timeout).cluster.health(timeout=f"{max(1, int(timeout) - 1)}s")
     except AuthenticationException:
-        how = "the API key (STREAMDL_ES_API_KEY)" if settings.es_api_key else (
-            f"user {settings.es_username!r} and its password (STREAMDL_ES_USERNAME, STREAMDL_ES_PASSWORD)" if settings.es_username
-            else "no credentials: set STREAMDL_ES_API_KEY, or STREAMDL_ES_USERNAME and STREAMDL_ES_PASSWORD")
-        raise SettingsError(f"Elasticsearch at {settings.es_url} refused the credentials (401): check {how}; "
-                            "each may also come from a file named by <variable>_FILE.") from None
+        how = (
+            "the API key (STREAMDL_ES_API_KEY)"
+            if settings.es_api_key
+            else (
+                f"user {settings.es_username!r} and its password (STREAMDL_ES_USERNAME, STREAMDL_ES_PASSWORD)"
+                if settings.es_username
+                else "no credentials: set STREAMDL_ES_API_KEY, or STREAMDL_ES_USERNAME and STREAMDL_ES_PASSWORD"
+            )
+        )
+        raise SettingsError(
+            f"Elasticsearch at {settings.es_url} refused the credentials (401): check {how}; "
+            "each may also come from a file named by <variable>_FILE."
+        ) from None
     except AuthorizationException as exc:
-        raise SettingsError(f"Elasticsearch at {settings.es_url} accepted the credentials but refused access (403: {exc.message}): "
-                            "the user or API key needs the cluster 'monitor' privilege and all privileges on the product's "
-                            f"indices ({settings.index_prefix}*).") from None
+        raise SettingsError(
+            f"Elasticsearch at {settings.es_url} accepted the credentials but refused access (403: {exc.message}): "
+            "the user or API key needs the cluster 'monitor' privilege and all privileges on the product's "
+            f"indices ({settings.index_prefix}*)."
+        ) from None
     except TlsError as exc:
         ca = settings.es_ca_file or "the system's CAs"
-        raise SettingsError(f"Elasticsearch at {settings.es_url}: TLS failed ({_short(exc)}). If its certificate is not trusted, "
-                            f"set STREAMDL_ES_CA_FILE to the PEM file of the CA that signed it (now: {ca}) and check that it "
-                            "names the host in STREAMDL_ES_URL; if the server does not speak TLS, use an http:// URL.") from None
+        raise SettingsError(
+            f"Elasticsearch at {settings.es_url}: TLS failed ({_short(exc)}). If its certificate is not trusted, "
+            f"set STREAMDL_ES_CA_FILE to the PEM file of the CA that signed it (now: {ca}) and check that it "
+            "names the host in STREAMDL_ES_URL; if the server does not speak TLS, use an http:// URL."
+        ) from None
     except (TransportError, ApiError) as exc:
-        raise ServiceUnavailable(f"Elasticsearch at {settings.es_url} did not answer ({exc}). "
-                                 "Is it running? Try 'streamdl stack up' or check STREAMDL_ES_URL.") from None
+        raise ServiceUnavailable(
+            f"Elasticsearch at {settings.es_url} did not answer ({exc}). "
+            "Is it running? Try 'streamdl stack up' or check STREAMDL_ES_URL."
+        ) from None
     return str(health["status"])
 
 
@@ -64,7 +88,9 @@ def _short(exc: Exception, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
-def ensure_index(client: Elasticsearch, alias: str, version: str, body: dict[str, Any], *, take_alias: bool = False) -> str:
+def ensure_index(
+    client: Elasticsearch, alias: str, version: str, body: dict[str, Any], *, take_alias: bool = False
+) -> str:
     """Create index ``<alias>-<version>`` (if missing); returns the concrete index name.
 
     The alias is pointed at it when the alias does not exist yet, or, with ``take_alias``, moved to
@@ -80,8 +106,13 @@ def ensure_index(client: Elasticsearch, alias: str, version: str, body: dict[str
     if not current or (take_alias and current != [index]):
         switch_alias(client, alias, index)
     elif index not in current:
-        logger.warning("alias %s points at %s, not at %s; searches do not see this index until "
-                       "'streamdl index reindex' (or switch) moves the alias", alias, ", ".join(current), index)
+        logger.warning(
+            "alias %s points at %s, not at %s; searches do not see this index until "
+            "'streamdl index reindex' (or switch) moves the alias",
+            alias,
+            ", ".join(current),
+            index,
+        )
     return index
 
 
@@ -94,7 +125,9 @@ def alias_targets(client: Elasticsearch, alias: str) -> list[str]:
 
 def switch_alias(client: Elasticsearch, alias: str, index: str) -> None:
     """Point ``alias`` at ``index`` alone, in one atomic request: readers never see it missing."""
-    actions: list[dict[str, Any]] = [{"remove": {"index": old, "alias": alias}} for old in alias_targets(client, alias) if old != index]
+    actions: list[dict[str, Any]] = [
+        {"remove": {"index": old, "alias": alias}} for old in alias_targets(client, alias) if old != index
+    ]
     actions.append({"add": {"index": index, "alias": alias, "is_write_index": True}})
     client.indices.update_aliases(actions=actions)
     logger.info("alias %s -> %s", alias, index)

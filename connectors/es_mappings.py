@@ -24,8 +24,13 @@ def images_index(dims: int, model: dict[str, str] | None = None) -> dict[str, An
             "dynamic": "strict",
             "properties": {
                 "image_id": {"type": "keyword"},
-                "embedding": {"type": "dense_vector", "dims": dims, "index": True, "similarity": "cosine",
-                              "index_options": {"type": "hnsw", "m": 16, "ef_construction": 100}},
+                "embedding": {
+                    "type": "dense_vector",
+                    "dims": dims,
+                    "index": True,
+                    "similarity": "cosine",
+                    "index_options": {"type": "hnsw", "m": 16, "ef_construction": 100},
+                },
                 "label": {"type": "keyword"},
                 "score": {"type": "float"},
                 "true_label": {"type": "keyword"},

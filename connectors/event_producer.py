@@ -8,14 +8,14 @@ dead-letter them; the producer's user gets told at once).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
-from connectors.kafka_producer import Headers, ProduceReport, Skipped, publish_items
+from streamdl.connectors.kafka_producer import Headers, ProduceReport, Skipped, publish_items
+from streamdl.event_schema import InvalidEvent, parse_event
+from streamdl.records import to_json
 from streamdl.settings import Settings
-from streams.event_schema import InvalidEvent, parse_event
-from streams.records import to_json
 
 
 @dataclass(frozen=True)
@@ -53,18 +53,24 @@ def iter_jsonl(path: Path, *, max_bytes: int, max_future_secs: float) -> Iterato
 
 
 def iter_sensors(limit: int | None = None) -> Iterator[EventItem]:
-    """The sensor sample (:mod:`connectors.sensor_sample`): several machines, known anomalies."""
+    """The sensor sample (:mod:`streamdl.models.sensor_sample`): several machines, known anomalies."""
     from itertools import islice
 
-    from connectors.sensor_sample import sensor_events
+    from streamdl.models.sensor_sample import sensor_events
 
     for event in islice(sensor_events(), limit):
         yield EventItem(event["id"], to_json(event), "sample:sensors")
 
 
-def publish_events(settings: Settings, items: Iterable[EventItem | Skipped], *, rate: float | None = None,
-                   total: int | None = None, progress: bool = True) -> ProduceReport:
-    """Publish ``items`` to the events topic (see :func:`~connectors.kafka_producer.publish_items`)."""
-    return publish_items(settings, items, topic=settings.topic("events"), unit="events", rate=rate, total=total,
-                         progress=progress)
-
+def publish_events(
+    settings: Settings,
+    items: Iterable[EventItem | Skipped],
+    *,
+    rate: float | None = None,
+    total: int | None = None,
+    progress: bool = True,
+) -> ProduceReport:
+    """Publish ``items`` to the events topic (see :func:`~streamdl.connectors.kafka_producer.publish_items`)."""
+    return publish_items(
+        settings, items, topic=settings.topic("events"), unit="events", rate=rate, total=total, progress=progress
+    )

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
-from connectors.kafka_producer import Headers, ProduceReport, Skipped, publish_items
-from models.decode import sniff_content_type
+from streamdl.connectors.kafka_producer import Headers, ProduceReport, Skipped, publish_items
+from streamdl.models.decode import sniff_content_type
 from streamdl.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -34,8 +34,13 @@ class ImageItem:
 
     def message(self) -> tuple[str, bytes, Headers]:
         """Key, value and headers of the Kafka message."""
-        headers: Headers = [("content-type", (self.content_type or sniff_content_type(self.data) or "application/octet-stream").encode()),
-                            ("source", self.source.encode())]
+        headers: Headers = [
+            (
+                "content-type",
+                (self.content_type or sniff_content_type(self.data) or "application/octet-stream").encode(),
+            ),
+            ("source", self.source.encode()),
+        ]
         if self.label is not None:
             headers.append(("label", self.label.encode()))
         return self.image_id or image_id_of(self.data), self.data, headers
@@ -76,18 +81,37 @@ def iter_digits(limit: int | None = None) -> Iterator[ImageItem]:
     """The 1,797 handwritten digits of scikit-learn as 32x32 PNGs, labels in headers."""
     from sklearn.datasets import load_digits
 
-    from models.digits import digit_id, digit_to_png
+    from streamdl.models.digits import digit_id, digit_to_png
 
     digits = load_digits()
     count = len(digits.target) if limit is None else min(limit, len(digits.target))
     for i in range(count):
         data = digit_to_png(digits.data[i])
-        yield ImageItem(data, source=f"sample:digits/{i}", label=str(int(digits.target[i])), content_type="image/png",
-                        image_id=digit_id(i))
+        yield ImageItem(
+            data,
+            source=f"sample:digits/{i}",
+            label=str(int(digits.target[i])),
+            content_type="image/png",
+            image_id=digit_id(i),
+        )
 
 
-def publish(settings: Settings, items: Iterable[ImageItem | Skipped], *, rate: float | None = None,
-            total: int | None = None, progress: bool = True, topic: str | None = None) -> ProduceReport:
-    """Publish ``items`` to the images topic (see :func:`~connectors.kafka_producer.publish_items`)."""
-    return publish_items(settings, items, topic=topic or settings.topic("images"), unit="images", rate=rate, total=total,
-                         progress=progress)
+def publish(
+    settings: Settings,
+    items: Iterable[ImageItem | Skipped],
+    *,
+    rate: float | None = None,
+    total: int | None = None,
+    progress: bool = True,
+    topic: str | None = None,
+) -> ProduceReport:
+    """Publish ``items`` to the images topic (see :func:`~streamdl.connectors.kafka_producer.publish_items`)."""
+    return publish_items(
+        settings,
+        items,
+        topic=topic or settings.topic("images"),
+        unit="images",
+        rate=rate,
+        total=total,
+        progress=progress,
+    )

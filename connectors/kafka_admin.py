@@ -8,7 +8,7 @@ import time
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from connectors.kafka_config import KafkaErrors, kafka_config
+from streamdl.connectors.kafka_config import KafkaErrors, kafka_config
 from streamdl.errors import ServiceUnavailable, SettingsError
 from streamdl.settings import TOPIC_NAMES, Settings
 
@@ -45,7 +45,8 @@ def check_kafka(admin: AdminClient, settings: Settings, timeout: float = 10.0) -
                 raise ServiceUnavailable(
                     f"Kafka at {settings.kafka_bootstrap_servers} did not answer within {timeout:.0f}s ({exc}). "
                     "Is it running? Try 'streamdl stack up' or check STREAMDL_KAFKA_BOOTSTRAP_SERVERS, and that "
-                    f"STREAMDL_KAFKA_SECURITY_PROTOCOL ({protocol}) is what the broker's listener expects.") from None
+                    f"STREAMDL_KAFKA_SECURITY_PROTOCOL ({protocol}) is what the broker's listener expects."
+                ) from None
     if not meta.brokers:
         raise ServiceUnavailable(f"Kafka at {settings.kafka_bootstrap_servers} reported no brokers.")
 
@@ -58,9 +59,14 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPIC_NAMES, time
     wanted = {settings.topic(n): n for n in names}
     result = {t: "exists" for t in wanted if t in existing}
     new = [
-        NewTopic(topic, num_partitions=1 if short in COMPACTED else settings.topic_partitions, replication_factor=-1,
-                 config={"cleanup.policy": "compact"} if short in COMPACTED else {})
-        for topic, short in wanted.items() if topic not in existing
+        NewTopic(
+            topic,
+            num_partitions=1 if short in COMPACTED else settings.topic_partitions,
+            replication_factor=-1,
+            config={"cleanup.policy": "compact"} if short in COMPACTED else {},
+        )
+        for topic, short in wanted.items()
+        if topic not in existing
     ]
     for topic, future in (admin.create_topics(new, operation_timeout=timeout) if new else {}).items():
         try:

@@ -15,14 +15,17 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from streamdl.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-VERIFY_OFF_WARNING = ("TLS certificate verification for Kafka is OFF (STREAMDL_KAFKA_SSL_VERIFY=false): "
-                      "anyone between this process and the brokers can read and change the traffic. Use it for tests only.")
+VERIFY_OFF_WARNING = (
+    "TLS certificate verification for Kafka is OFF (STREAMDL_KAFKA_SSL_VERIFY=false): "
+    "anyone between this process and the brokers can read and change the traffic. Use it for tests only."
+)
 
 
 class KafkaErrors:
@@ -40,7 +43,7 @@ class KafkaErrors:
     def __call__(self, err: Any) -> None:
         name, text = _name(err), str(err.str() if hasattr(err, "str") else err)
         with self._lock:
-            self.events = [*self.events[-(self.KEEP - 1):], (name, text)]
+            self.events = [*self.events[-(self.KEEP - 1) :], (name, text)]
             kind = classify(name, text)
             first = kind is not None and kind not in self._logged
             if first:
@@ -87,8 +90,9 @@ def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """The TLS context of an aiokafka (Faust) client for the configured brokers; ``None`` without TLS."""
     if not settings.kafka_security_protocol.endswith("SSL"):
         return None
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
-                                         cafile=str(settings.kafka_ssl_ca_file) if settings.kafka_ssl_ca_file else None)
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(settings.kafka_ssl_ca_file) if settings.kafka_ssl_ca_file else None
+    )
     if not settings.kafka_ssl_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -106,9 +110,12 @@ def faust_credentials(settings: Settings) -> Any:
     context = kafka_ssl_context(settings)
     if protocol == "SSL":
         return faust.SSLCredentials(context)
-    return faust.SASLCredentials(username=settings.kafka_username,
-                                 password=settings.kafka_password.get_secret_value() if settings.kafka_password else None,
-                                 ssl_context=context, mechanism=settings.kafka_sasl_mechanism)
+    return faust.SASLCredentials(
+        username=settings.kafka_username,
+        password=settings.kafka_password.get_secret_value() if settings.kafka_password else None,
+        ssl_context=context,
+        mechanism=settings.kafka_sasl_mechanism,
+    )
 
 
 # --- explaining failures ----------------------------------------------------------------------
@@ -126,29 +133,42 @@ def classify(name: str, text: str) -> str | None:
         return "auth"
     if "certificate verify failed" in low or "certificate could not be verified" in low:
         return "tls"
-    if name == "_SSL" or "incorrect security.protocol" in low or "ssl handshake failed" in low or "plaintext broker listener" in low:
+    if (
+        name == "_SSL"
+        or "incorrect security.protocol" in low
+        or "ssl handshake failed" in low
+        or "plaintext broker listener" in low
+    ):
         return "protocol"
     return None
 
 
-def explain_kafka_errors(settings: Settings, events: list[tuple[str, str]], *, only_security: bool = False) -> str | None:
+def explain_kafka_errors(
+    settings: Settings, events: list[tuple[str, str]], *, only_security: bool = False
+) -> str | None:
     """A message for the most telling of ``events`` (``(error name, text)`` pairs from librdkafka)
     that names the settings to check; ``None`` when ``only_security`` and none is about security."""
     servers = settings.kafka_bootstrap_servers
     kinds = {classify(name, text): text for name, text in events}
     if "auth" in kinds:
-        return (f"Kafka at {servers} refused the credentials ({settings.kafka_sasl_mechanism} as user "
-                f"{settings.kafka_username!r}): check STREAMDL_KAFKA_USERNAME and STREAMDL_KAFKA_PASSWORD "
-                f"(or STREAMDL_KAFKA_PASSWORD_FILE) and STREAMDL_KAFKA_SASL_MECHANISM. Broker said: {_short(kinds['auth'])}")
+        return (
+            f"Kafka at {servers} refused the credentials ({settings.kafka_sasl_mechanism} as user "
+            f"{settings.kafka_username!r}): check STREAMDL_KAFKA_USERNAME and STREAMDL_KAFKA_PASSWORD "
+            f"(or STREAMDL_KAFKA_PASSWORD_FILE) and STREAMDL_KAFKA_SASL_MECHANISM. Broker said: {_short(kinds['auth'])}"
+        )
     if "tls" in kinds:
         ca = settings.kafka_ssl_ca_file or "the system's CAs"
-        return (f"Kafka at {servers}: the broker's TLS certificate is not trusted (checked against {ca}): set "
-                f"STREAMDL_KAFKA_SSL_CA_FILE to the PEM file of the CA that signed it, and check that the certificate "
-                f"names the host in STREAMDL_KAFKA_BOOTSTRAP_SERVERS. Details: {_short(kinds['tls'])}")
+        return (
+            f"Kafka at {servers}: the broker's TLS certificate is not trusted (checked against {ca}): set "
+            f"STREAMDL_KAFKA_SSL_CA_FILE to the PEM file of the CA that signed it, and check that the certificate "
+            f"names the host in STREAMDL_KAFKA_BOOTSTRAP_SERVERS. Details: {_short(kinds['tls'])}"
+        )
     if "protocol" in kinds:
-        return (f"Kafka at {servers} does not speak {settings.kafka_security_protocol} on that port: check "
-                f"STREAMDL_KAFKA_SECURITY_PROTOCOL (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL) against the broker's listener. "
-                f"Details: {_short(kinds['protocol'])}")
+        return (
+            f"Kafka at {servers} does not speak {settings.kafka_security_protocol} on that port: check "
+            f"STREAMDL_KAFKA_SECURITY_PROTOCOL (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL) against the broker's listener. "
+            f"Details: {_short(kinds['protocol'])}"
+        )
     if only_security or not events:
         return None
     return f"Kafka at {servers}: {_short(events[-1][1])}"

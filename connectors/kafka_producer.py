@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, Producer
 
-from connectors.kafka_config import KafkaErrors, kafka_config
+from streamdl.connectors.kafka_config import KafkaErrors, kafka_config
 from streamdl.errors import ServiceUnavailable, SettingsError
 from streamdl.settings import Settings
 
@@ -47,7 +48,9 @@ class Deliveries:
     """The producer's ``error_cb``, when given: :meth:`wait` then fails fast (:class:`SettingsError`) on an
     authentication, TLS or protocol error before the first delivery."""
 
-    def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None, headers: Headers | None = None) -> None:
+    def produce(
+        self, topic: str, value: bytes | None, key: bytes | str | None = None, headers: Headers | None = None
+    ) -> None:
         """Queue one message; a full local queue is drained (polled) instead of failing."""
         with self._lock:
             self.pending += 1
@@ -66,7 +69,9 @@ class Deliveries:
             else:
                 self.failed.append((msg.key(), err.str()))
 
-    def wait(self, timeout: float | None = None, what: str = "messages", should_stop: Callable[[], bool] = lambda: False) -> None:
+    def wait(
+        self, timeout: float | None = None, what: str = "messages", should_stop: Callable[[], bool] = lambda: False
+    ) -> None:
         """Block until every queued message is acknowledged (or failed).
 
         With ``timeout=None`` it waits as long as the broker needs (librdkafka keeps retrying
@@ -99,8 +104,9 @@ def _deliveries(settings: Settings) -> Deliveries:
     return Deliveries(make_producer(settings, error_cb=errors), errors=errors)
 
 
-def produce_all(settings: Settings, topic: str, messages: Iterable[tuple[bytes | str | None, bytes, Headers]],
-                timeout: float = 60.0) -> int:
+def produce_all(
+    settings: Settings, topic: str, messages: Iterable[tuple[bytes | str | None, bytes, Headers]], timeout: float = 60.0
+) -> int:
     """Produce ``(key, value, headers)`` messages and wait for all of them; returns how many were delivered."""
     deliveries = _deliveries(settings)
     for key, value, headers in messages:
@@ -129,7 +135,9 @@ class ProduceReport:
 
     def summary(self) -> str:
         rate = self.sent / self.seconds if self.seconds else 0.0
-        lines = [f"sent {self.sent} {self.unit} to {self.topic} in {self.seconds:.1f}s ({rate:.0f}/s); skipped {len(self.skipped)}"]
+        lines = [
+            f"sent {self.sent} {self.unit} to {self.topic} in {self.seconds:.1f}s ({rate:.0f}/s); skipped {len(self.skipped)}"
+        ]
         lines += [f"  skipped {s.source}: {s.reason}" for s in self.skipped[:20]]
         if len(self.skipped) > 20:
             lines.append(f"  ... and {len(self.skipped) - 20} more")
@@ -141,8 +149,16 @@ class Publishable(Protocol):
         """Key, value and headers of the Kafka message."""
 
 
-def publish_items(settings: Settings, items: Iterable[Publishable | Skipped], *, topic: str, unit: str = "messages",
-                  rate: float | None = None, total: int | None = None, progress: bool = True) -> ProduceReport:
+def publish_items(
+    settings: Settings,
+    items: Iterable[Publishable | Skipped],
+    *,
+    topic: str,
+    unit: str = "messages",
+    rate: float | None = None,
+    total: int | None = None,
+    progress: bool = True,
+) -> ProduceReport:
     """Publish ``items`` to ``topic``, paced at ``rate`` per second when given, with a progress bar;
     waits for every ack. ``Skipped`` items are reported, not sent."""
     from tqdm import tqdm
@@ -166,7 +182,9 @@ def publish_items(settings: Settings, items: Iterable[Publishable | Skipped], *,
         bar.update(1)
     deliveries.wait(timeout=120, what=unit)
     bar.close()
-    report.skipped += [Skipped(key.decode() if key else "?", f"delivery failed: {err}") for key, err in deliveries.failed]
+    report.skipped += [
+        Skipped(key.decode() if key else "?", f"delivery failed: {err}") for key, err in deliveries.failed
+    ]
     report.sent -= len(deliveries.failed)
     report.seconds = time.monotonic() - start
     logger.info("produced %s sent=%d skipped=%d seconds=%.1f", unit, report.sent, len(report.skipped), report.seconds)

@@ -6,9 +6,9 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
-from connectors.es_client import check_elasticsearch, ensure_index, es_client
-from connectors.es_mappings import alerts_index, events_index
-from connectors.kafka_admin import ensure_topics
+from streamdl.connectors.es_client import check_elasticsearch, ensure_index, es_client
+from streamdl.connectors.es_mappings import alerts_index, events_index
+from streamdl.connectors.kafka_admin import ensure_topics
 from streamdl.settings import Settings
 
 INDEX_VERSION = "v1"

@@ -20,7 +20,6 @@ import hashlib
 import hmac
 import http.client
 import logging
-import socket
 import threading
 import time
 import urllib.error
@@ -49,8 +48,15 @@ def sign(secret: bytes | str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-def verify(secret: bytes | str, timestamp: str | None, body: bytes, signature: str | None, *,
-           now: float | None = None, tolerance_secs: float = 300) -> bool:
+def verify(
+    secret: bytes | str,
+    timestamp: str | None,
+    body: bytes,
+    signature: str | None,
+    *,
+    now: float | None = None,
+    tolerance_secs: float = 300,
+) -> bool:
     """Whether ``signature`` signs ``body`` at ``timestamp`` with ``secret``, and the timestamp is
     within ``tolerance_secs`` of ``now`` (default: the current time), refusing replayed requests.
     Compares in constant time; never raises on garbage input."""
@@ -92,7 +98,7 @@ class Delivery:
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 - urllib hook
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         return None  # urllib then raises HTTPError with the 3xx status
 
 
@@ -103,17 +109,28 @@ class _Permanent(Exception):
 class WebhookSink:
     """POSTs alerts to ``url``; see the module docstring for headers, retries and redirects."""
 
-    def __init__(self, url: str, secret: bytes | str | None, *, attempts: int = 4, backoff_secs: float = 0.5,
-                 timeout_secs: float = 5.0, max_delay_secs: float = MAX_DELAY_SECS,
-                 stop: threading.Event | None = None, user_agent: str = "streamdl-webhook") -> None:
+    def __init__(
+        self,
+        url: str,
+        secret: bytes | str | None,
+        *,
+        attempts: int = 4,
+        backoff_secs: float = 0.5,
+        timeout_secs: float = 5.0,
+        max_delay_secs: float = MAX_DELAY_SECS,
+        stop: threading.Event | None = None,
+        user_agent: str = "streamdl-webhook",
+    ) -> None:
         parts = urlsplit(url or "")
         try:
             port_ok = parts.port is None or 0 < parts.port < 65536
         except ValueError:
             port_ok = False
         if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-            raise ValueError("webhook URL must be http(s)://host[:port]/path, "
-                             f"got scheme {parts.scheme!r} and host {parts.hostname!r}")
+            raise ValueError(
+                "webhook URL must be http(s)://host[:port]/path, "
+                f"got scheme {parts.scheme!r} and host {parts.hostname!r}"
+            )
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, got {attempts}")
         self.url = url
@@ -136,8 +153,12 @@ class WebhookSink:
     def headers(self, body: bytes, alert_id: str, now: float | None = None) -> dict[str, str]:
         """The headers of one try."""
         timestamp = str(int(time.time() if now is None else now))
-        headers = {"Content-Type": "application/json", "User-Agent": self.user_agent,
-                   HEADER_ALERT_ID: header_alert_id(alert_id), HEADER_TIMESTAMP: timestamp}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": self.user_agent,
+            HEADER_ALERT_ID: header_alert_id(alert_id),
+            HEADER_TIMESTAMP: timestamp,
+        }
         if self.secret:
             headers[HEADER_SIGNATURE] = sign(self.secret, timestamp, body)
         return headers
@@ -158,9 +179,18 @@ class WebhookSink:
                 status, error, retry_after = exc.status, exc.error, exc.retry_after
             if attempt == self.attempts:
                 break
-            delay = min(self.max_delay_secs, retry_after if retry_after is not None else self.backoff_secs * 2 ** (attempt - 1))
-            logger.warning("webhook %s try %d/%d for alert %s failed (%s); retrying in %.2fs",
-                           self.target, attempt, self.attempts, alert_id, error, delay)
+            delay = min(
+                self.max_delay_secs, retry_after if retry_after is not None else self.backoff_secs * 2 ** (attempt - 1)
+            )
+            logger.warning(
+                "webhook %s try %d/%d for alert %s failed (%s); retrying in %.2fs",
+                self.target,
+                attempt,
+                self.attempts,
+                alert_id,
+                error,
+                delay,
+            )
             if self._sleep(delay):
                 return Delivery(False, status, attempt, error, interrupted=True)
         logger.warning("webhook %s gave up on alert %s after %d tries: %s", self.target, alert_id, self.attempts, error)
@@ -192,9 +222,10 @@ class WebhookSink:
             raise _Permanent(code, text) from None
         except urllib.error.URLError as exc:
             reason = exc.reason
-            raise _Retryable(None, f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException)
-                             else str(reason), None) from None
-        except (TimeoutError, socket.timeout) as exc:
+            raise _Retryable(
+                None, f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException) else str(reason), None
+            ) from None
+        except TimeoutError as exc:
             raise _Retryable(None, f"timed out after {self.timeout_secs:g}s ({exc})", None) from None
         except (OSError, http.client.HTTPException) as exc:
             raise _Retryable(None, f"{type(exc).__name__}: {exc}", None) from None

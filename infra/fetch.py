@@ -11,8 +11,8 @@ import re
 import shutil
 import subprocess
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from streamdl.errors import StackError
 
@@ -40,9 +40,13 @@ def find_java() -> tuple[Path, int]:
             major = int(match.group(1))
             major = int(match.group(2)) if major == 1 and match.group(2) else major
             if major < MIN_JAVA:
-                raise StackError(f"Java {MIN_JAVA} or newer is needed; {java} is Java {major}. Install openjdk-17-jre-headless or set JAVA_HOME.")
+                raise StackError(
+                    f"Java {MIN_JAVA} or newer is needed; {java} is Java {major}. Install openjdk-17-jre-headless or set JAVA_HOME."
+                )
             return java.resolve(), major
-    raise StackError(f"Java {MIN_JAVA}+ is needed to run Kafka and Elasticsearch and none was found (PATH, JAVA_HOME). Install openjdk-17-jre-headless or set JAVA_HOME.")
+    raise StackError(
+        f"Java {MIN_JAVA}+ is needed to run Kafka and Elasticsearch and none was found (PATH, JAVA_HOME). Install openjdk-17-jre-headless or set JAVA_HOME."
+    )
 
 
 def java_home(java: Path) -> Path:
@@ -53,13 +57,17 @@ def java_home(java: Path) -> Path:
 def _mvn(args: list[str], what: str) -> None:
     mvn = shutil.which("mvn")
     if not mvn:
-        raise StackError(f"Maven (mvn) is needed to fetch {what} from Maven Central and it is not on PATH. Install it (apt-get install maven) or put a Maven 3 'mvn' on PATH.")
+        raise StackError(
+            f"Maven (mvn) is needed to fetch {what} from Maven Central and it is not on PATH. Install it (apt-get install maven) or put a Maven 3 'mvn' on PATH."
+        )
     cmd = [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM), *args]
     logger.debug("running %s", " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise StackError(f"Maven could not fetch {what} (exit {proc.returncode}). Is Maven Central reachable, and does the version exist?\n{tail}")
+        raise StackError(
+            f"Maven could not fetch {what} (exit {proc.returncode}). Is Maven Central reachable, and does the version exist?\n{tail}"
+        )
 
 
 def fetch_kafka(dist_dir: Path, version: str, say: Callable[[str], None] = print) -> Path:
@@ -70,8 +78,16 @@ def fetch_kafka(dist_dir: Path, version: str, say: Callable[[str], None] = print
     say(f"fetching Apache Kafka {version} from Maven Central (once; cached in ~/.m2) ...")
     tmp = dist_dir / f".kafka-{version}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    _mvn([f"-Dkafka.version={version}", "dependency:copy-dependencies", "-DincludeScope=runtime",
-          "-DexcludeTypes=zip", f"-DoutputDirectory={tmp / 'libs'}"], f"Apache Kafka {version}")
+    _mvn(
+        [
+            f"-Dkafka.version={version}",
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            "-DexcludeTypes=zip",
+            f"-DoutputDirectory={tmp / 'libs'}",
+        ],
+        f"Apache Kafka {version}",
+    )
     if not any((tmp / "libs").glob(f"kafka_2.13-{version}.jar")):
         raise StackError(f"Maven ran but kafka_2.13-{version}.jar is not in {tmp / 'libs'}")
     (tmp / ".complete").touch()
@@ -88,8 +104,10 @@ def fetch_elasticsearch(dist_dir: Path, version: str, say: Callable[[str], None]
     say(f"fetching Elasticsearch {version} from Maven Central (once; cached in ~/.m2) ...")
     tmp = dist_dir / f".elasticsearch-{version}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    _mvn([f"-Des.version={version}", "dependency:copy-dependencies", "-DincludeTypes=zip",
-          f"-DoutputDirectory={tmp}"], f"Elasticsearch {version}")
+    _mvn(
+        [f"-Des.version={version}", "dependency:copy-dependencies", "-DincludeTypes=zip", f"-DoutputDirectory={tmp}"],
+        f"Elasticsearch {version}",
+    )
     archive = tmp / f"elasticsearch-{version}.zip"
     if not archive.exists():
         raise StackError(f"Maven ran but {archive.name} is not in {tmp}")

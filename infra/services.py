@@ -18,13 +18,13 @@ import urllib.error
 import urllib.request
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from infra import process
-from infra.fetch import fetch_elasticsearch, fetch_kafka, find_java, java_home
 from streamdl.errors import StackError
+from streamdl.infra import process
+from streamdl.infra.fetch import fetch_elasticsearch, fetch_kafka, find_java, java_home
 from streamdl.settings import Settings
 
 UNPRIVILEGED_UID = 65534  # "nobody": Elasticsearch refuses to run as root
@@ -59,8 +59,10 @@ class Service(ABC):
         self.log = self.home / f"{self.name}.log"
         host, _ = self.address
         if host not in LOOPBACK:
-            raise StackError(f"the local stack listens on 127.0.0.1, but {self.name} is configured at {host}; "
-                             f"unset {self.address_setting} to use the local stack, or point it at your own cluster and skip 'stack up'.")
+            raise StackError(
+                f"the local stack listens on 127.0.0.1, but {self.name} is configured at {host}; "
+                f"unset {self.address_setting} to use the local stack, or point it at your own cluster and skip 'stack up'."
+            )
 
     def _root(self, state_dir: Path) -> Path:
         """The folder that holds this service's ``<name>/`` and ``dist/`` (the state folder)."""
@@ -118,22 +120,34 @@ class Service(ABC):
         else:
             state = "running" if self.healthy() else "unhealthy"
         host, port = self.address
-        return ServiceStatus(self.name, self.version, f"{host}:{port}", state, pid,
-                             process.rss_bytes(pid) if pid else 0, self.log)
+        return ServiceStatus(
+            self.name, self.version, f"{host}:{port}", state, pid, process.rss_bytes(pid) if pid else 0, self.log
+        )
 
     def start(self) -> int:
         """Spawn the service detached from this process; returns its pid."""
         host, _ = self.address
         taken = [p for p in self.ports if not process.port_is_free(host, p)]
         if taken:
-            raise StackError(f"{self.name} cannot start: port {', '.join(map(str, taken))} on {host} is taken by another process. "
-                             f"Stop that process, or move {self.name} with {self.address_setting}.")
+            raise StackError(
+                f"{self.name} cannot start: port {', '.join(map(str, taken))} on {host} is taken by another process. "
+                f"Stop that process, or move {self.name} with {self.address_setting}."
+            )
         cmd, env, uid = self._command()
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, **env}, cwd=self.home, start_new_session=True,
-                                    user=uid, group=uid, extra_groups=[] if uid is not None else None)
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
+                cwd=self.home,
+                start_new_session=True,
+                user=uid,
+                group=uid,
+                extra_groups=[] if uid is not None else None,
+            )
         process.write_pid(self.pid_file, proc.pid)
         return proc.pid
 
@@ -188,59 +202,100 @@ class Kafka(Service):
         data = self.home / "data"
         config = self.home / "server.properties"
         config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text("\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@{host}:{port + 1}",
-            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{port + 1}",
-            f"advertised.listeners=PLAINTEXT://{host}:{port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            f"log.dirs={data}",
-            f"num.partitions={self.settings.topic_partitions}",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=8",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=true",
-            "message.max.bytes=16777216",
-            "log.retention.hours=168",
-            "",
-        ]))
-        (self.home / "log4j.properties").write_text("\n".join([
-            "log4j.rootLogger=INFO, stdout",
-            "log4j.appender.stdout=org.apache.log4j.ConsoleAppender",
-            "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout",
-            "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n",
-            "log4j.logger.kafka.controller=WARN",
-            "log4j.logger.state.change.logger=WARN",
-            "log4j.logger.org.apache.kafka.controller=WARN",
-            "",
-        ]))
+        config.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@{host}:{port + 1}",
+                    f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{port + 1}",
+                    f"advertised.listeners=PLAINTEXT://{host}:{port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"log.dirs={data}",
+                    f"num.partitions={self.settings.topic_partitions}",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=8",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=true",
+                    "message.max.bytes=16777216",
+                    "log.retention.hours=168",
+                    "",
+                ]
+            )
+        )
+        (self.home / "log4j.properties").write_text(
+            "\n".join(
+                [
+                    "log4j.rootLogger=INFO, stdout",
+                    "log4j.appender.stdout=org.apache.log4j.ConsoleAppender",
+                    "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout",
+                    "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n",
+                    "log4j.logger.kafka.controller=WARN",
+                    "log4j.logger.state.change.logger=WARN",
+                    "log4j.logger.org.apache.kafka.controller=WARN",
+                    "",
+                ]
+            )
+        )
         if not (data / "meta.properties").exists():
             cluster_id = kafka_cluster_id()
-            proc = subprocess.run([str(self.java), "-cp", f"{self.libs}/*", f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
-                                   "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [
+                    str(self.java),
+                    "-cp",
+                    f"{self.libs}/*",
+                    f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(config),
+                ],
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode != 0:
-                raise StackError(f"formatting Kafka storage in {data} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+                raise StackError(
+                    f"formatting Kafka storage in {data} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+                )
 
     def _command(self) -> tuple[list[str], dict[str, str], int | None]:
         heap = self.settings.kafka_heap
-        return ([str(self.java), f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                 "-Djava.awt.headless=true",
-                 f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
-                 "-cp", f"{self.libs}/*", "kafka.Kafka", str(self.home / "server.properties")], {}, None)
+        return (
+            [
+                str(self.java),
+                f"-Xms{heap}",
+                f"-Xmx{heap}",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
+                "-cp",
+                f"{self.libs}/*",
+                "kafka.Kafka",
+                str(self.home / "server.properties"),
+            ],
+            {},
+            None,
+        )
 
     def healthy(self) -> bool:
         from confluent_kafka.admin import AdminClient
 
         try:
-            meta = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap_servers,
-                                "socket.connection.setup.timeout.ms": 1000, "log_level": 0,
-                                "logger": _quiet_logger()}).list_topics(timeout=2)
+            meta = AdminClient(
+                {
+                    "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                    "socket.connection.setup.timeout.ms": 1000,
+                    "log_level": 0,
+                    "logger": _quiet_logger(),
+                }
+            ).list_topics(timeout=2)
         except Exception:  # noqa: BLE001 - any failure means "not yet healthy"
             return False
         return bool(meta.brokers)
@@ -277,20 +332,24 @@ class Elasticsearch(Service):
         for name in ("jvm.options", "log4j2.properties"):
             shutil.copy2(self.dist / "config" / name, config / name)
         (config / "jvm.options.d").mkdir(exist_ok=True)
-        (config / "elasticsearch.yml").write_text("\n".join([
-            "cluster.name: streamdl-local",
-            "node.name: streamdl-local",
-            f"path.data: {self.home / 'data'}",
-            f"path.logs: {self.home / 'logs'}",
-            f"network.host: {host}",
-            f"http.port: {port}",
-            f"transport.port: {port + 100}",
-            "discovery.type: single-node",
-            "xpack.security.enabled: false",
-            "cluster.routing.allocation.disk.threshold_enabled: false",
-            "action.destructive_requires_name: false",
-            "",
-        ]))
+        (config / "elasticsearch.yml").write_text(
+            "\n".join(
+                [
+                    "cluster.name: streamdl-local",
+                    "node.name: streamdl-local",
+                    f"path.data: {self.home / 'data'}",
+                    f"path.logs: {self.home / 'logs'}",
+                    f"network.host: {host}",
+                    f"http.port: {port}",
+                    f"transport.port: {port + 100}",
+                    "discovery.type: single-node",
+                    "xpack.security.enabled: false",
+                    "cluster.routing.allocation.disk.threshold_enabled: false",
+                    "action.destructive_requires_name: false",
+                    "",
+                ]
+            )
+        )
         for sub in ("data", "logs", "tmp"):
             (self.home / sub).mkdir(exist_ok=True)
         if os.geteuid() == 0:
@@ -306,7 +365,9 @@ class Elasticsearch(Service):
     def _give_to_unprivileged_user(self) -> None:
         """Elasticsearch will not run as root: hand its folders to ``nobody`` (see :meth:`_root`)."""
         if self.home.parent != self.settings.state_dir.resolve():
-            self.say(f"elasticsearch: user 'nobody' cannot reach {self.settings.state_dir.resolve()}, so its files live in {self.home.parent}")
+            self.say(
+                f"elasticsearch: user 'nobody' cannot reach {self.settings.state_dir.resolve()}, so its files live in {self.home.parent}"
+            )
         for path in [self.home, *self.home.rglob("*")]:
             os.chown(path, UNPRIVILEGED_UID, UNPRIVILEGED_UID, follow_symlinks=False)
 

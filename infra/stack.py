@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from infra.services import Elasticsearch, Kafka, Service, ServiceStatus
 from streamdl.errors import StackError
+from streamdl.infra.services import Elasticsearch, Kafka, Service, ServiceStatus
 from streamdl.settings import Settings
 
 
@@ -36,20 +36,28 @@ class LocalStack:
                 result[svc.name] = "already running"
                 continue
             if svc.healthy():  # e.g. started from another checkout's state folder: reuse it, do not fight for the port
-                result[svc.name] = "already running (external: not started from this state folder, so 'down' here leaves it)"
+                result[svc.name] = (
+                    "already running (external: not started from this state folder, so 'down' here leaves it)"
+                )
                 continue
             if svc.pid_file.exists():
-                self.say(f"{svc.name}: removing stale pid file {svc.pid_file} (process {svc.pid_file.read_text().strip()} is gone)")
+                self.say(
+                    f"{svc.name}: removing stale pid file {svc.pid_file} (process {svc.pid_file.read_text().strip()} is gone)"
+                )
                 svc.pid_file.unlink()
             svc.prepare()
             t0 = time.monotonic()
             pid = svc.start()
-            self.say(f"{svc.name} {svc.version}: starting on {svc.address[0]}:{svc.address[1]} (pid {pid}, log {svc.log})")
+            self.say(
+                f"{svc.name} {svc.version}: starting on {svc.address[0]}:{svc.address[1]} (pid {pid}, log {svc.log})"
+            )
             started[svc] = t0
         deadline = time.monotonic() + self.settings.stack_timeout_secs
         for svc in self.services:
             self._wait_healthy(svc, deadline)
-            result.setdefault(svc.name, f"started in {time.monotonic() - started[svc]:.1f}s" if svc in started else "already running")
+            result.setdefault(
+                svc.name, f"started in {time.monotonic() - started[svc]:.1f}s" if svc in started else "already running"
+            )
         return result
 
     def _wait_healthy(self, svc: Service, deadline: float) -> None:
@@ -61,8 +69,10 @@ class LocalStack:
             if time.monotonic() > deadline:
                 tail = svc.log_tail()
                 svc.stop(timeout=20)
-                raise StackError(f"{svc.name} did not become healthy within {self.settings.stack_timeout_secs:.0f}s "
-                                 f"(STREAMDL_STACK_TIMEOUT_SECS); it was stopped. Last lines of {svc.log}:\n{tail}")
+                raise StackError(
+                    f"{svc.name} did not become healthy within {self.settings.stack_timeout_secs:.0f}s "
+                    f"(STREAMDL_STACK_TIMEOUT_SECS); it was stopped. Last lines of {svc.log}:\n{tail}"
+                )
             time.sleep(0.5)
 
     def down(self) -> dict[str, str]:

@@ -3,9 +3,9 @@
 Names, in the order they are tried:
 
 * ``"digits-cnn"`` (the default): trained on first use and cached under ``<state_dir>/models``;
-* a Keras application (:data:`models.keras_apps.APPLICATIONS`, case-insensitive), a featurizer with
+* a Keras application (:data:`streamdl.models.keras_apps.APPLICATIONS`, case-insensitive), a featurizer with
   ``mode="featurize"`` or an ImageNet predictor with ``mode="classify"``;
-* a path to a ``.keras`` file or a SavedModel directory (:mod:`models.from_file`).
+* a path to a ``.keras`` file or a SavedModel directory (:mod:`streamdl.models.from_file`).
 
 Nothing here reaches the internet (Keras application weights only with ``allow_download=True``).
 """
@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from models import digits
-from models.errors import ModelNotFound
-from models.from_file import add_head, check_model_file, file_loader, load_file_parts
-from models.handlers import KerasImageHandler, Parts
-from models.keras_apps import APPLICATIONS, application_loader, find_application, validate_mode
+from streamdl.models import digits
+from streamdl.models.errors import ModelNotFound
+from streamdl.models.from_file import add_head, check_model_file, file_loader, load_file_parts
+from streamdl.models.keras_apps import APPLICATIONS, application_loader, find_application, validate_mode
+from streamdl.models.keras_handler import KerasImageHandler, Parts
 
 DEFAULT_MODEL = digits.MODEL_NAME
 

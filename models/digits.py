@@ -19,9 +19,10 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -150,7 +151,9 @@ def _deterministic(seed: int) -> Iterator[None]:
             tf_config.disable_op_determinism()
 
 
-def train_digits_cnn(out_dir: Path, *, seed: int = SEED, epochs: int = EPOCHS, progress: Progress | None = None) -> dict:
+def train_digits_cnn(
+    out_dir: Path, *, seed: int = SEED, epochs: int = EPOCHS, progress: Progress | None = None
+) -> dict:
     """Train on 80% of the digits, write ``model.keras`` and ``info.json`` to ``out_dir``; return the info."""
     import keras
 
@@ -178,7 +181,10 @@ def train_digits_cnn(out_dir: Path, *, seed: int = SEED, epochs: int = EPOCHS, p
         "epochs": epochs,
         "train_seconds": round(seconds, 2),
         "seed": seed,
-        "versions": {"python": platform.python_version(), **_versions("tensorflow", "keras", "numpy", "scikit-learn", "pillow")},
+        "versions": {
+            "python": platform.python_version(),
+            **_versions("tensorflow", "keras", "numpy", "scikit-learn", "pillow"),
+        },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / "model.keras")
@@ -227,7 +233,12 @@ def ensure_digits_model(state_dir: Path, *, progress: Progress | None = None) ->
             if _complete(tmp):
                 logger.info("another process cached %s first; using it", MODEL_NAME)
             else:
-                logger.info("trained %s in %.1fs, held-out accuracy %.4f", MODEL_NAME, info["train_seconds"], info["holdout_accuracy"])
+                logger.info(
+                    "trained %s in %.1fs, held-out accuracy %.4f",
+                    MODEL_NAME,
+                    info["train_seconds"],
+                    info["holdout_accuracy"],
+                )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final

@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -64,9 +65,13 @@ class EventRecord:
 class EventFeatures:
     """Standardise, one-hot and encode records; fit once on training records, then transform any."""
 
-    def __init__(self, *, min_count: int = MIN_COUNT, max_categories: int = MAX_CATEGORIES, time_of_day: bool = True) -> None:
+    def __init__(
+        self, *, min_count: int = MIN_COUNT, max_categories: int = MAX_CATEGORIES, time_of_day: bool = True
+    ) -> None:
         if min_count < 1 or max_categories < 1:
-            raise ValueError(f"min_count and max_categories must be at least 1. Received: {min_count}, {max_categories}")
+            raise ValueError(
+                f"min_count and max_categories must be at least 1. Received: {min_count}, {max_categories}"
+            )
         self.min_count = int(min_count)
         self.max_categories = int(max_categories)
         self.time_of_day = bool(time_of_day)
@@ -171,7 +176,10 @@ class EventFeatures:
                 "min_count": self.min_count,
                 "max_categories": self.max_categories,
                 "time_of_day": self.time_of_day,
-                "numeric": {name: {"mean": float(m), "scale": float(s)} for name, m, s in zip(self.numeric, self.mean, self.scale)},
+                "numeric": {
+                    name: {"mean": float(m), "scale": float(s)}
+                    for name, m, s in zip(self.numeric, self.mean, self.scale)
+                },
                 "categorical": self.categories,
                 "feature_names": self.feature_names,
             },
@@ -185,7 +193,9 @@ class EventFeatures:
             data = json.loads(text)
             if data.get("format") != FORMAT:
                 raise ValueError(f"unsupported features format {data.get('format')!r} (this version reads {FORMAT})")
-            out = cls(min_count=data["min_count"], max_categories=data["max_categories"], time_of_day=data["time_of_day"])
+            out = cls(
+                min_count=data["min_count"], max_categories=data["max_categories"], time_of_day=data["time_of_day"]
+            )
             out.numeric = list(data["numeric"])
             out.mean = np.array([data["numeric"][n]["mean"] for n in out.numeric], np.float64)
             out.scale = np.array([data["numeric"][n]["scale"] for n in out.numeric], np.float64)
@@ -225,8 +235,8 @@ def _epoch(ts: Any) -> float:
     if isinstance(ts, str):
         parsed = datetime.fromisoformat(ts.strip().replace("Z", "+00:00").replace("z", "+00:00"))
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return parsed.timestamp()
     if isinstance(ts, datetime):
-        return (ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)).timestamp()
+        return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
     return float(ts)

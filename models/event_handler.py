@@ -11,14 +11,21 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.event_features import EventFeatures
-from models.event_models import DEFAULT_EVENT_MODEL, ensure_sensor_model, find_model, model_versions, resolve_ref
+from streamdl.models.event_features import EventFeatures
+from streamdl.models.event_models import (
+    DEFAULT_EVENT_MODEL,
+    ensure_sensor_model,
+    find_model,
+    model_versions,
+    resolve_ref,
+)
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -104,7 +111,11 @@ class EventModelHandler:
                 return errors / scale
 
             run(tf.zeros((1, width), tf.float32))  # trace now, never while serving
-            extra = {k: saved[k] for k in ("train_records", "metrics", "epochs", "seed", "train_seconds", "versions") if k in saved}
+            extra = {
+                k: saved[k]
+                for k in ("train_records", "metrics", "epochs", "seed", "train_seconds", "versions")
+                if k in saved
+            }
             self._info = EventModelInfo(
                 name=saved["name"],
                 version=folder.name,
@@ -134,13 +145,15 @@ class EventModelHandler:
         out = np.zeros((len(x), len(self._info.labels)) if classifier else (len(x),), np.float32)
         for start in range(0, len(x), self.batch_size):
             out[start : start + self.batch_size] = self._fn(tf.constant(x[start : start + self.batch_size])).numpy()
-        return EventScores(anomaly=None, probabilities=out) if classifier else EventScores(anomaly=out, probabilities=None)
+        return (
+            EventScores(anomaly=None, probabilities=out) if classifier else EventScores(anomaly=out, probabilities=None)
+        )
 
 
 def load_event_handler(ref: str, state_dir: Path, *, batch_size: int = DEFAULT_BATCH_SIZE) -> EventModelHandler:
     """A handler for ``ref`` (``"name"``: the latest version, or ``"name:version"``); call its ``load()`` next.
 
-    The reference is checked now: ``ValueError`` when malformed, :class:`~models.errors.ModelNotFound`
+    The reference is checked now: ``ValueError`` when malformed, :class:`~streamdl.models.errors.ModelNotFound`
     (listing the models there are) when no such model or version is saved. The default
     ``"sensors-ae"`` is trained by ``load()`` when it has no version yet.
     """

@@ -1,7 +1,7 @@
 """Keras models over event records: an autoencoder (anomaly scores) and an MLP classifier, and their registry.
 
 A trained model lives in ``<state_dir>/models/<name>/<version>/`` with ``model.keras``,
-``features.json`` (the fitted :class:`~models.event_features.EventFeatures`) and ``info.json``;
+``features.json`` (the fitted :class:`~streamdl.models.event_features.EventFeatures`) and ``info.json``;
 versions are ``"1"``, ``"2"``, ... Training writes to a temporary folder beside them and renames it
 to the next free version, so a crash never leaves a half-written version and two trainers never
 share one.
@@ -28,14 +28,15 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.digits import _deterministic, _versions
-from models.errors import ModelNotFound
-from models.event_features import EventFeatures, EventRecord
+from streamdl.models.digits import _deterministic, _versions
+from streamdl.models.errors import ModelNotFound
+from streamdl.models.event_features import EventFeatures, EventRecord
 
 if TYPE_CHECKING:
     import keras
@@ -121,7 +122,7 @@ def train_event_model(
     """Train a ``kind`` model on ``records`` and save it as the next version of ``name``; returns its folder.
 
     Args:
-        records: :class:`~models.event_features.EventRecord` s (or anything ``EventRecord.of`` takes).
+        records: :class:`~streamdl.models.event_features.EventRecord` s (or anything ``EventRecord.of`` takes).
         kind: ``"autoencoder"`` (unsupervised; ``labels`` must be ``None``) or ``"classifier"``.
         labels: the classifier's label string per record (at least two distinct ones).
         epochs: passes over the records (default: :data:`EPOCHS` of the kind).
@@ -131,7 +132,9 @@ def train_event_model(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}. Received: kind={kind!r}")
     rows = [EventRecord.of(r) for r in records]
-    trained = _train(rows, kind=kind, name=name, labels=labels, seed=seed, epochs=epochs, threshold=threshold, progress=progress)
+    trained = _train(
+        rows, kind=kind, name=name, labels=labels, seed=seed, epochs=epochs, threshold=threshold, progress=progress
+    )
     tmp = _new_tmp(Path(state_dir), name)
     try:
         _save(tmp, *trained)
@@ -170,7 +173,9 @@ def _train(
     if kind == "autoencoder" and not features.numeric:
         raise ValueError("an autoencoder reconstructs numeric features, and the records have none")
     x = features.transform(rows)
-    callbacks = [] if progress is None else [keras.callbacks.LambdaCallback(on_epoch_end=lambda e, _: progress(e + 1, epochs))]
+    callbacks = (
+        [] if progress is None else [keras.callbacks.LambdaCallback(on_epoch_end=lambda e, _: progress(e + 1, epochs))]
+    )
     info: dict[str, Any] = {"name": name, "version": "", "kind": kind, "labels": [], "threshold": None}
     with _deterministic(seed):
         if kind == "autoencoder":
@@ -272,16 +277,18 @@ def ensure_sensor_model(state_dir: Path, *, progress: Progress | None = None) ->
     """The folder of the latest ``sensors-ae``; trains version 1 when there is none (about 15 s, once).
 
     It learns from the first :data:`SENSOR_TRAIN_DAYS` days of
-    :func:`connectors.sensor_sample.sensor_events` with the default arguments. Training writes to a
+    :func:`streamdl.models.sensor_sample.sensor_events` with the default arguments. Training writes to a
     temporary folder and renames it into place, so concurrent trainers agree on one version 1.
     """
     with _default_lock:
         versions = model_versions(DEFAULT_EVENT_MODEL, state_dir)
         if versions:
             return models_dir(state_dir) / DEFAULT_EVENT_MODEL / versions[-1]
-        from connectors.sensor_sample import sensor_events
+        from streamdl.models.sensor_sample import sensor_events
 
-        logger.info("training %s on the sample sensor stream (once); cache %s", DEFAULT_EVENT_MODEL, models_dir(state_dir))
+        logger.info(
+            "training %s on the sample sensor stream (once); cache %s", DEFAULT_EVENT_MODEL, models_dir(state_dir)
+        )
         rows = [EventRecord.of(e) for e in sensor_events(days=SENSOR_TRAIN_DAYS)]  # = the default stream's first days
         trained = _train(
             rows, kind="autoencoder", name=DEFAULT_EVENT_MODEL, labels=None, seed=SEED, epochs=None,
@@ -302,7 +309,9 @@ def ensure_sensor_model(state_dir: Path, *, progress: Progress | None = None) ->
 def check_name(name: str) -> str:
     """``name`` when it can name a model (``[A-Za-z0-9][A-Za-z0-9_.-]{0,63}``); else ``ValueError``."""
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ValueError(f"a model name has 1 to 64 characters [A-Za-z0-9_.-] and starts with a letter or digit. Received: {name!r}")
+        raise ValueError(
+            f"a model name has 1 to 64 characters [A-Za-z0-9_.-] and starts with a letter or digit. Received: {name!r}"
+        )
     return name
 
 

@@ -14,7 +14,7 @@ inside the model. A SavedModel has no layers, so it gives its output named ``emb
 Name, version and labels come from an ``info.json`` beside the ``.keras`` file (inside a SavedModel
 directory) when there is one: ``{"name": ..., "version": ..., "labels": [...]}``; else the file
 name, a content fingerprint and ``"0"``, ``"1"``, ... A head whose ``info.json`` has ``model_name``
-and ``model_version`` (a registered retrained version, :mod:`models.registry`) serves under them;
+and ``model_version`` (a registered retrained version, :mod:`streamdl.models.registry`) serves under them;
 either way ``extra["featurizer"]`` names the featurizer, whose embedding space the head keeps.
 """
 
@@ -26,15 +26,16 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 
-from models.errors import ModelNotFound
-from models.handler import ModelInfo
-from models.handlers import Parts
-from models.keras_apps import validate_mode
+from streamdl.models.errors import ModelNotFound
+from streamdl.models.handler import ModelInfo
+from streamdl.models.keras_apps import validate_mode
+from streamdl.models.keras_handler import Parts
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +104,14 @@ def load_file_parts(path: Path, mode: str, embedding_layer: str | None = None) -
         embedding_size=embedding_size,
         labels=labels,
         extra={
-            **{key: str(value) for key, value in meta.items() if isinstance(value, (str, int, float)) and key not in ("name", "version")},
-            "source": str(path), "mode": mode, "input_dtype": str(image.dtype),
+            **{
+                key: str(value)
+                for key, value in meta.items()
+                if isinstance(value, (str, int, float)) and key not in ("name", "version")
+            },
+            "source": str(path),
+            "mode": mode,
+            "input_dtype": str(image.dtype),
         },  # fmt: skip
     )
     return Parts(info=info, **parts_kwargs)
@@ -127,7 +134,9 @@ def load_head(path: str | os.PathLike) -> keras.Model:
 def add_head(parts: Parts, path: Path) -> Parts:
     """``parts`` (a featurizer) followed by the classifier head in ``path``; labels from the head's ``info.json``."""
     if parts.featurizer is None or parts.head is not None:
-        raise ValueError(f"{parts.info.name}: a head goes after a featurizer only (load the model with mode='featurize')")
+        raise ValueError(
+            f"{parts.info.name}: a head goes after a featurizer only (load the model with mode='featurize')"
+        )
     head = load_head(path)
     width = head.inputs[0].shape[-1]
     if width != parts.info.embedding_size:
@@ -141,9 +150,16 @@ def add_head(parts: Parts, path: Path) -> Parts:
         name = f"{parts.info.name}+{meta.get('name') or path.stem}"
         version = f"{parts.info.version}+{meta.get('version') or _fingerprint(path)}"
     info = dataclasses.replace(
-        parts.info, name=name, version=version, labels=_labels(path, int(head.output.shape[-1])),
-        extra={**parts.info.extra, "mode": "classify", "head": str(path),
-               "featurizer": parts.info.extra.get("featurizer") or f"{parts.info.name}-{parts.info.version}"},
+        parts.info,
+        name=name,
+        version=version,
+        labels=_labels(path, int(head.output.shape[-1])),
+        extra={
+            **parts.info.extra,
+            "mode": "classify",
+            "head": str(path),
+            "featurizer": parts.info.extra.get("featurizer") or f"{parts.info.name}-{parts.info.version}",
+        },
     )
     return dataclasses.replace(parts, head=head, info=info)
 
@@ -209,7 +225,9 @@ def _single_output(path: Path, model: keras.Model, role: str) -> keras.KerasTens
 
 def _check_rank2(path: Path, tensor: keras.KerasTensor, role: str) -> None:
     if len(tensor.shape) != 2 or tensor.shape[-1] is None:
-        raise ValueError(f"{path}: {role} must have shape (n, size); pool or flatten first. Received: shape={tuple(tensor.shape)}")
+        raise ValueError(
+            f"{path}: {role} must have shape (n, size); pool or flatten first. Received: shape={tuple(tensor.shape)}"
+        )
 
 
 def _split_head(path: Path, embedding: keras.KerasTensor, output: keras.KerasTensor) -> keras.Model:

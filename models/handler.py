@@ -7,8 +7,9 @@ predicts whole batches (:meth:`ModelHandler.predict_batch`) and describes itself
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 

@@ -20,16 +20,17 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import numpy as np
 
-from models.errors import ModelNotFound
-from models.handler import ModelInfo
-from models.handlers import Parts
+from streamdl.models.errors import ModelNotFound
+from streamdl.models.handler import ModelInfo
+from streamdl.models.keras_handler import Parts
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,9 @@ def validate_mode(mode: str) -> str:
     return mode
 
 
-def resolve_weights(spec: AppSpec, mode: str, weights: str | os.PathLike | None, *, allow_download: bool = False) -> Path | None:
+def resolve_weights(
+    spec: AppSpec, mode: str, weights: str | os.PathLike | None, *, allow_download: bool = False
+) -> Path | None:
     """The weights file to load (``None``: random initialisation). Checks only files, builds nothing.
 
     Raises ``ValueError`` for a ``weights`` argument of the wrong kind and :class:`ModelNotFound`
@@ -160,7 +163,11 @@ def resolve_weights(spec: AppSpec, mode: str, weights: str | os.PathLike | None,
         return path
     if allow_download:
         logger.info("downloading %s to %s", spec.weights_url(mode), folder)
-        return Path(keras.utils.get_file(path.name, spec.weights_url(mode), cache_dir=str(folder.parent), cache_subdir=folder.name))
+        return Path(
+            keras.utils.get_file(
+                path.name, spec.weights_url(mode), cache_dir=str(folder.parent), cache_subdir=folder.name
+            )
+        )
     raise ModelNotFound(
         f"{spec.name} {role} needs ImageNet weights file {path.name!r} in {folder}/ "
         f"(or point STREAMDL_MODEL_WEIGHTS, or weights=, at /path/to/{path.name}). Download it on a machine with internet from "
@@ -233,10 +240,12 @@ def split_at_pooling(model: keras.Model) -> tuple[keras.Model, keras.Model]:
         raise ValueError(f"{model.name}: no GlobalAveragePooling2D layer to take the embedding from")
     pool = model.layers[pools[-1]]
     pooled_shape = tuple(pool.output.shape[1:])
-    featurizer = keras.Model(model.inputs, layers.Flatten(name="embedding")(pool.output), name=f"{model.name}_featurizer")
+    featurizer = keras.Model(
+        model.inputs, layers.Flatten(name="embedding")(pool.output), name=f"{model.name}_featurizer"
+    )
     embedding = keras.Input(shape=(int(np.prod(pooled_shape)),), name="embedding")
     x = layers.Reshape(pooled_shape)(embedding) if len(pooled_shape) > 1 else embedding
-    for layer in model.layers[pools[-1] + 1:]:
+    for layer in model.layers[pools[-1] + 1 :]:
         x = layer(x)
     return featurizer, keras.Model(embedding, x, name=f"{model.name}_head")
 
@@ -267,6 +276,8 @@ def _build_with_weights(spec: AppSpec, mode: str, weights_path: Path, kwargs: di
     finally:
         module.file_utils = real
     if asked != [spec.weights_file(mode)]:
-        logger.warning("Keras asked for weights file(s) %s for %s, expected %r", asked, spec.name, spec.weights_file(mode))
+        logger.warning(
+            "Keras asked for weights file(s) %s for %s, expected %r", asked, spec.name, spec.weights_file(mode)
+        )
     logger.info("loaded %s weights from %s", spec.name, weights_path)
     return model

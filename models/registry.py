@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.errors import ModelNotFound
+from streamdl.models.errors import ModelNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,11 @@ class Registry:
         """The registry of the settings: artifacts beside a SQLite store, else under the state folder."""
         uri = settings.mlflow_tracking_uri or default_tracking_uri(settings.state_dir)
         local = uri.startswith("sqlite:///")
-        artifacts = Path(uri[len("sqlite:///"):]).parent / "artifacts" if local else Path(settings.state_dir) / "mlflow" / "artifacts"
+        artifacts = (
+            Path(uri[len("sqlite:///") :]).parent / "artifacts"
+            if local
+            else Path(settings.state_dir) / "mlflow" / "artifacts"
+        )
         return cls(uri, artifacts)
 
     @staticmethod
@@ -96,7 +100,9 @@ class Registry:
             if v.version == str(version):
                 return v
         known = ", ".join(v.version for v in self.versions(name)) or "none"
-        raise ModelNotFound(f"{name} has no version {version!r} in the registry ({self.tracking_uri}); versions: {known}")
+        raise ModelNotFound(
+            f"{name} has no version {version!r} in the registry ({self.tracking_uri}); versions: {known}"
+        )
 
     def champion(self, name: str) -> Version | None:
         """The version the workers serve, or ``None`` when nothing was promoted."""
@@ -116,18 +122,27 @@ class Registry:
         if existing:
             return existing[0]
         self._ensure_model(name)
-        mv = self.client.create_model_version(name, source=source, tags={"kind": "base", "promoted": "true",
-                                                                         **{f"metric.{k}": str(v) for k, v in metrics.items()}})
+        mv = self.client.create_model_version(
+            name,
+            source=source,
+            tags={"kind": "base", "promoted": "true", **{f"metric.{k}": str(v) for k, v in metrics.items()}},
+        )
         self._set_champion(name, str(mv.version), history=[str(mv.version)])
         logger.info("registered the base model %s as version %s", name, mv.version)
         return self.show(name, str(mv.version))
 
-    def register_head(self, name: str, run_id: str, artifact_path: str, metrics: dict[str, float], tags: dict[str, str]) -> Version:
+    def register_head(
+        self, name: str, run_id: str, artifact_path: str, metrics: dict[str, float], tags: dict[str, str]
+    ) -> Version:
         """Register the head logged by ``run_id`` under ``artifact_path`` as the next version of ``name``."""
         self._ensure_model(name)
         source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
-        mv = self.client.create_model_version(name, source=source, run_id=run_id, tags={
-            "kind": "head", "promoted": "false", **tags, **{f"metric.{k}": str(v) for k, v in metrics.items()}})
+        mv = self.client.create_model_version(
+            name,
+            source=source,
+            run_id=run_id,
+            tags={"kind": "head", "promoted": "false", **tags, **{f"metric.{k}": str(v) for k, v in metrics.items()}},
+        )
         return self.show(name, str(mv.version))
 
     def promote(self, name: str, version: str, reason: str = "") -> Version:
@@ -179,8 +194,11 @@ class Registry:
         try:
             self.client.get_registered_model(name)
         except MlflowException:
-            self.client.create_registered_model(name, description=f"streamdl model {name}: version 1 is the base model, "
-                                                                   "later versions retrained classifier heads")
+            self.client.create_registered_model(
+                name,
+                description=f"streamdl model {name}: version 1 is the base model, "
+                "later versions retrained classifier heads",
+            )
 
     def _history(self, name: str) -> list[str]:
         tags = self.client.get_registered_model(name).tags or {}
@@ -194,9 +212,17 @@ class Registry:
     def _version(mv: Any, champion: str | None) -> Version:
         tags = dict(mv.tags or {})
         metrics = {k[7:]: float(v) for k, v in tags.items() if k.startswith("metric.")}
-        return Version(mv.name, str(mv.version), tags.get("kind", "head"), str(mv.version) == str(champion),
-                       int(mv.creation_timestamp or 0), mv.run_id or None, mv.source, metrics,
-                       {k: v for k, v in tags.items() if not k.startswith("metric.")})
+        return Version(
+            mv.name,
+            str(mv.version),
+            tags.get("kind", "head"),
+            str(mv.version) == str(champion),
+            int(mv.creation_timestamp or 0),
+            mv.run_id or None,
+            mv.source,
+            metrics,
+            {k: v for k, v in tags.items() if not k.startswith("metric.")},
+        )
 
 
 def head_info(folder: Path) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -34,83 +35,242 @@ class Settings(BaseSettings):
     )
 
     # --- Kafka ---------------------------------------------------------------
-    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]. Env STREAMDL_KAFKA_BOOTSTRAP_SERVERS.")
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        description="Kafka bootstrap servers, host:port[,host:port]. Env STREAMDL_KAFKA_BOOTSTRAP_SERVERS.",
+    )
     topic_prefix: str = Field("streamdl.", description="Prefix of every topic name. Env STREAMDL_TOPIC_PREFIX.")
-    topic_partitions: int = Field(4, ge=1, le=1024, description="Partitions of topics the product creates. Env STREAMDL_TOPIC_PARTITIONS.")
-    consumer_group: str = Field("streamdl-workers", description="Consumer group (Faust app id) of the workers. Env STREAMDL_CONSUMER_GROUP.")
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="How clients talk to Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. Env STREAMDL_KAFKA_SECURITY_PROTOCOL.")
-    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = Field("SCRAM-SHA-512", description="SASL mechanism (with SASL_*). Env STREAMDL_KAFKA_SASL_MECHANISM.")
+    topic_partitions: int = Field(
+        4, ge=1, le=1024, description="Partitions of topics the product creates. Env STREAMDL_TOPIC_PARTITIONS."
+    )
+    consumer_group: str = Field(
+        "streamdl-workers", description="Consumer group (Faust app id) of the workers. Env STREAMDL_CONSUMER_GROUP."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How clients talk to Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. Env STREAMDL_KAFKA_SECURITY_PROTOCOL.",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism (with SASL_*). Env STREAMDL_KAFKA_SASL_MECHANISM."
+    )
     kafka_username: str | None = Field(None, description="SASL user name (with SASL_*). Env STREAMDL_KAFKA_USERNAME.")
-    kafka_password: SecretStr | None = Field(None, description="SASL password (with SASL_*). Env STREAMDL_KAFKA_PASSWORD, or STREAMDL_KAFKA_PASSWORD_FILE naming a file that holds it.")
-    kafka_ssl_ca_file: Path | None = Field(None, description="PEM file of the CA(s) that signed the brokers' certificates (with SSL/SASL_SSL); unset = the system's CAs. Env STREAMDL_KAFKA_SSL_CA_FILE.")
-    kafka_ssl_verify: bool = Field(True, description="Verify the brokers' TLS certificates and host names; false is for tests only and logs a warning. Env STREAMDL_KAFKA_SSL_VERIFY.")
+    kafka_password: SecretStr | None = Field(
+        None,
+        description="SASL password (with SASL_*). Env STREAMDL_KAFKA_PASSWORD, or STREAMDL_KAFKA_PASSWORD_FILE naming a file that holds it.",
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CA(s) that signed the brokers' certificates (with SSL/SASL_SSL); unset = the system's CAs. Env STREAMDL_KAFKA_SSL_CA_FILE.",
+    )
+    kafka_ssl_verify: bool = Field(
+        True,
+        description="Verify the brokers' TLS certificates and host names; false is for tests only and logs a warning. Env STREAMDL_KAFKA_SSL_VERIFY.",
+    )
 
     # --- Elasticsearch -------------------------------------------------------
     es_url: str = Field("http://127.0.0.1:9200", description="Elasticsearch URL. Env STREAMDL_ES_URL.")
     es_username: str | None = Field(None, description="Elasticsearch basic-auth user. Env STREAMDL_ES_USERNAME.")
-    es_password: SecretStr | None = Field(None, description="Elasticsearch basic-auth password. Env STREAMDL_ES_PASSWORD, or STREAMDL_ES_PASSWORD_FILE naming a file that holds it.")
-    es_api_key: SecretStr | None = Field(None, description="Elasticsearch API key (the base64 \"id:key\" form). Env STREAMDL_ES_API_KEY, or STREAMDL_ES_API_KEY_FILE naming a file that holds it.")
-    es_verify_certs: bool = Field(True, description="Verify Elasticsearch TLS certificates; false is for tests only and logs a warning. Env STREAMDL_ES_VERIFY_CERTS.")
-    es_ca_file: Path | None = Field(None, description="PEM file of the CA(s) that signed Elasticsearch's certificate (https:// URLs); unset = the system's CAs. Env STREAMDL_ES_CA_FILE.")
-    index_prefix: str = Field("streamdl-", description="Prefix of every Elasticsearch alias and index. Env STREAMDL_INDEX_PREFIX.")
+    es_password: SecretStr | None = Field(
+        None,
+        description="Elasticsearch basic-auth password. Env STREAMDL_ES_PASSWORD, or STREAMDL_ES_PASSWORD_FILE naming a file that holds it.",
+    )
+    es_api_key: SecretStr | None = Field(
+        None,
+        description='Elasticsearch API key (the base64 "id:key" form). Env STREAMDL_ES_API_KEY, or STREAMDL_ES_API_KEY_FILE naming a file that holds it.',
+    )
+    es_verify_certs: bool = Field(
+        True,
+        description="Verify Elasticsearch TLS certificates; false is for tests only and logs a warning. Env STREAMDL_ES_VERIFY_CERTS.",
+    )
+    es_ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CA(s) that signed Elasticsearch's certificate (https:// URLs); unset = the system's CAs. Env STREAMDL_ES_CA_FILE.",
+    )
+    index_prefix: str = Field(
+        "streamdl-", description="Prefix of every Elasticsearch alias and index. Env STREAMDL_INDEX_PREFIX."
+    )
 
     # --- Micro-batching and models -------------------------------------------
-    max_batch_size: int = Field(64, ge=1, le=4096, description="Most messages in one micro-batch. Env STREAMDL_MAX_BATCH_SIZE.")
-    max_batch_duration_secs: float = Field(0.5, gt=0, le=60, description="Longest wait to fill a micro-batch (linger), seconds. Env STREAMDL_MAX_BATCH_DURATION_SECS.")
-    model_name: str = Field("digits-cnn", description="Model the workers serve (a registered name, a Keras application, or a file). Env STREAMDL_MODEL_NAME.")
-    model_weights: str | None = Field("imagenet", description="Weights of a named Keras application: 'imagenet' (from the Keras cache), a file path, or 'none' (random). Env STREAMDL_MODEL_WEIGHTS.")
-    model_head: str | None = Field(None, description="A .keras/SavedModel classifier head put after the model's embedding (transfer learning). Env STREAMDL_MODEL_HEAD.")
-    model_mode: Literal["classify", "featurize"] = Field("classify", description="classify: embedding and probabilities; featurize: embedding only. Env STREAMDL_MODEL_MODE.")
-    mixed_precision: bool = Field(False, description="Run the model in mixed float16 (GPUs). Env STREAMDL_MIXED_PRECISION.")
+    max_batch_size: int = Field(
+        64, ge=1, le=4096, description="Most messages in one micro-batch. Env STREAMDL_MAX_BATCH_SIZE."
+    )
+    max_batch_duration_secs: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="Longest wait to fill a micro-batch (linger), seconds. Env STREAMDL_MAX_BATCH_DURATION_SECS.",
+    )
+    model_name: str = Field(
+        "digits-cnn",
+        description="Model the workers serve (a registered name, a Keras application, or a file). Env STREAMDL_MODEL_NAME.",
+    )
+    model_weights: str | None = Field(
+        "imagenet",
+        description="Weights of a named Keras application: 'imagenet' (from the Keras cache), a file path, or 'none' (random). Env STREAMDL_MODEL_WEIGHTS.",
+    )
+    model_head: str | None = Field(
+        None,
+        description="A .keras/SavedModel classifier head put after the model's embedding (transfer learning). Env STREAMDL_MODEL_HEAD.",
+    )
+    model_mode: Literal["classify", "featurize"] = Field(
+        "classify",
+        description="classify: embedding and probabilities; featurize: embedding only. Env STREAMDL_MODEL_MODE.",
+    )
+    mixed_precision: bool = Field(
+        False, description="Run the model in mixed float16 (GPUs). Env STREAMDL_MIXED_PRECISION."
+    )
     top_k: int = Field(5, ge=1, le=100, description="How many labels each prediction lists. Env STREAMDL_TOP_K.")
-    max_message_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest image accepted, in bytes. Env STREAMDL_MAX_MESSAGE_BYTES.")
-    max_pixels: int = Field(40_000_000, ge=1, description="Largest image accepted, in pixels (decompression bombs are refused before decoding). Env STREAMDL_MAX_PIXELS.")
+    max_message_bytes: int = Field(
+        10 * 1024 * 1024, ge=1, description="Largest image accepted, in bytes. Env STREAMDL_MAX_MESSAGE_BYTES."
+    )
+    max_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="Largest image accepted, in pixels (decompression bombs are refused before decoding). Env STREAMDL_MAX_PIXELS.",
+    )
 
     # --- Similarity: near-duplicates and novelty in the stream ------------------
-    similarity_alerts: bool = Field(True, description="Look up each new image's neighbours and raise near_duplicate / novel alerts. Env STREAMDL_SIMILARITY_ALERTS.")
-    neighbour_k: int = Field(5, ge=1, le=100, description="Neighbours looked up per new image. Env STREAMDL_NEIGHBOUR_K.")
-    near_duplicate_threshold: float = Field(0.9995, ge=-1, le=1, description="Cosine similarity at or above which an image is a near-duplicate of its nearest neighbour (distinct digits reach 0.9993 with the default model). Env STREAMDL_NEAR_DUPLICATE_THRESHOLD.")
-    novelty_min_images: int = Field(1000, ge=0, description="Images the index must hold before novelty is judged (an almost empty index makes everything look novel). Env STREAMDL_NOVELTY_MIN_IMAGES.")
-    novelty_threshold: float = Field(0.85, ge=-1, le=1, description="Mean cosine similarity of the neighbours below which an image is novel. Env STREAMDL_NOVELTY_THRESHOLD.")
+    similarity_alerts: bool = Field(
+        True,
+        description="Look up each new image's neighbours and raise near_duplicate / novel alerts. Env STREAMDL_SIMILARITY_ALERTS.",
+    )
+    neighbour_k: int = Field(
+        5, ge=1, le=100, description="Neighbours looked up per new image. Env STREAMDL_NEIGHBOUR_K."
+    )
+    near_duplicate_threshold: float = Field(
+        0.9995,
+        ge=-1,
+        le=1,
+        description="Cosine similarity at or above which an image is a near-duplicate of its nearest neighbour (distinct digits reach 0.9993 with the default model). Env STREAMDL_NEAR_DUPLICATE_THRESHOLD.",
+    )
+    novelty_min_images: int = Field(
+        1000,
+        ge=0,
+        description="Images the index must hold before novelty is judged (an almost empty index makes everything look novel). Env STREAMDL_NOVELTY_MIN_IMAGES.",
+    )
+    novelty_threshold: float = Field(
+        0.85,
+        ge=-1,
+        le=1,
+        description="Mean cosine similarity of the neighbours below which an image is novel. Env STREAMDL_NOVELTY_THRESHOLD.",
+    )
 
     # --- Events ---------------------------------------------------------------
-    worker_agents: str = Field("images,events", description="Agents a worker runs: images, events, or both (comma-separated). Env STREAMDL_WORKER_AGENTS.")
-    event_model: str = Field("sensors-ae", description="Event model the workers score with: a trained model's name (latest version) or name:version. 'sensors-ae' trains itself on the sensor sample on first use. Env STREAMDL_EVENT_MODEL.")
-    max_event_bytes: int = Field(1_048_576, ge=64, description="Largest event accepted, in bytes. Env STREAMDL_MAX_EVENT_BYTES.")
-    max_event_future_secs: float = Field(300.0, ge=0, description="Events timestamped further than this in the future are refused (clock or unit errors). Env STREAMDL_MAX_EVENT_FUTURE_SECS.")
+    worker_agents: str = Field(
+        "images,events",
+        description="Agents a worker runs: images, events, or both (comma-separated). Env STREAMDL_WORKER_AGENTS.",
+    )
+    event_model: str = Field(
+        "sensors-ae",
+        description="Event model the workers score with: a trained model's name (latest version) or name:version. 'sensors-ae' trains itself on the sensor sample on first use. Env STREAMDL_EVENT_MODEL.",
+    )
+    max_event_bytes: int = Field(
+        1_048_576, ge=64, description="Largest event accepted, in bytes. Env STREAMDL_MAX_EVENT_BYTES."
+    )
+    max_event_future_secs: float = Field(
+        300.0,
+        ge=0,
+        description="Events timestamped further than this in the future are refused (clock or unit errors). Env STREAMDL_MAX_EVENT_FUTURE_SECS.",
+    )
 
     # --- Alerts ----------------------------------------------------------------
-    alert_rules_file: Path | None = Field(None, description="YAML file of alert rules; unset = the rules shipped with the product (streams/default_alert_rules.yaml). Env STREAMDL_ALERT_RULES_FILE.")
-    alert_throttle_secs: float = Field(300.0, gt=0, description="Default throttle window: the same rule on the same subject raises one alert per window and counts the rest. Env STREAMDL_ALERT_THROTTLE_SECS.")
-    webhook_url: str | None = Field(None, description="Where `streamdl webhook` POSTs each alert. Env STREAMDL_WEBHOOK_URL.")
-    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key signing webhook bodies (X-Streamdl-Signature). Env STREAMDL_WEBHOOK_SECRET, or STREAMDL_WEBHOOK_SECRET_FILE naming a file that holds it.")
-    webhook_attempts: int = Field(4, ge=1, le=20, description="Tries per alert before it goes to the dead-letter topic. Env STREAMDL_WEBHOOK_ATTEMPTS.")
-    webhook_backoff_secs: float = Field(0.5, ge=0, description="First retry delay; doubles each try. Env STREAMDL_WEBHOOK_BACKOFF_SECS.")
-    webhook_timeout_secs: float = Field(5.0, gt=0, description="Timeout of one webhook request. Env STREAMDL_WEBHOOK_TIMEOUT_SECS.")
+    alert_rules_file: Path | None = Field(
+        None,
+        description="YAML file of alert rules; unset = the rules shipped with the product (streamdl/default_alert_rules.yaml). Env STREAMDL_ALERT_RULES_FILE.",
+    )
+    alert_throttle_secs: float = Field(
+        300.0,
+        gt=0,
+        description="Default throttle window: the same rule on the same subject raises one alert per window and counts the rest. Env STREAMDL_ALERT_THROTTLE_SECS.",
+    )
+    webhook_url: str | None = Field(
+        None, description="Where `streamdl webhook` POSTs each alert. Env STREAMDL_WEBHOOK_URL."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key signing webhook bodies (X-Streamdl-Signature). Env STREAMDL_WEBHOOK_SECRET, or STREAMDL_WEBHOOK_SECRET_FILE naming a file that holds it.",
+    )
+    webhook_attempts: int = Field(
+        4,
+        ge=1,
+        le=20,
+        description="Tries per alert before it goes to the dead-letter topic. Env STREAMDL_WEBHOOK_ATTEMPTS.",
+    )
+    webhook_backoff_secs: float = Field(
+        0.5, ge=0, description="First retry delay; doubles each try. Env STREAMDL_WEBHOOK_BACKOFF_SECS."
+    )
+    webhook_timeout_secs: float = Field(
+        5.0, gt=0, description="Timeout of one webhook request. Env STREAMDL_WEBHOOK_TIMEOUT_SECS."
+    )
 
     # --- Archive ----------------------------------------------------------------
-    archive_url: str | None = Field(None, description="Where the archiver writes Parquet files: a folder or any fsspec URL (s3://, gs://; needs s3fs/gcsfs). Unset = <state_dir>/archive. Env STREAMDL_ARCHIVE_URL.")
-    archive_topics: str = Field("images,events", description="Topics the archiver keeps (names without the prefix). Env STREAMDL_ARCHIVE_TOPICS.")
-    archive_max_file_messages: int = Field(20_000, ge=1, description="The archiver closes a file after this many messages. Env STREAMDL_ARCHIVE_MAX_FILE_MESSAGES.")
-    archive_max_file_secs: float = Field(60.0, gt=0, description="... or after this many seconds open. Env STREAMDL_ARCHIVE_MAX_FILE_SECS.")
+    archive_url: str | None = Field(
+        None,
+        description="Where the archiver writes Parquet files: a folder or any fsspec URL (s3://, gs://; needs s3fs/gcsfs). Unset = <state_dir>/archive. Env STREAMDL_ARCHIVE_URL.",
+    )
+    archive_topics: str = Field(
+        "images,events",
+        description="Topics the archiver keeps (names without the prefix). Env STREAMDL_ARCHIVE_TOPICS.",
+    )
+    archive_max_file_messages: int = Field(
+        20_000,
+        ge=1,
+        description="The archiver closes a file after this many messages. Env STREAMDL_ARCHIVE_MAX_FILE_MESSAGES.",
+    )
+    archive_max_file_secs: float = Field(
+        60.0, gt=0, description="... or after this many seconds open. Env STREAMDL_ARCHIVE_MAX_FILE_SECS."
+    )
 
     # --- Retraining and the model registry -----------------------------------------
-    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking and registry URI (a team's server: http://...). Unset = a SQLite store under <state_dir>/mlflow. Env STREAMDL_MLFLOW_TRACKING_URI.")
-    retrain_min_labels: int = Field(50, ge=3, description="A retraining run stops early with fewer labelled archived images. Env STREAMDL_RETRAIN_MIN_LABELS.")
-    retrain_tolerance: float = Field(0.01, ge=0, le=1, description="Promotion gate: the new version's test accuracy must be at least the current one's minus this. Env STREAMDL_RETRAIN_TOLERANCE.")
-    hot_swap: bool = Field(True, description="Workers follow the model-updates topic and swap in promoted versions between micro-batches. Env STREAMDL_HOT_SWAP.")
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking and registry URI (a team's server: http://...). Unset = a SQLite store under <state_dir>/mlflow. Env STREAMDL_MLFLOW_TRACKING_URI.",
+    )
+    retrain_min_labels: int = Field(
+        50,
+        ge=3,
+        description="A retraining run stops early with fewer labelled archived images. Env STREAMDL_RETRAIN_MIN_LABELS.",
+    )
+    retrain_tolerance: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Promotion gate: the new version's test accuracy must be at least the current one's minus this. Env STREAMDL_RETRAIN_TOLERANCE.",
+    )
+    hot_swap: bool = Field(
+        True,
+        description="Workers follow the model-updates topic and swap in promoted versions between micro-batches. Env STREAMDL_HOT_SWAP.",
+    )
 
     # --- Local state and operations ------------------------------------------
-    state_dir: Path = Field(Path(".streamdl"), description="Folder for the local stack's data, logs, pid files and model cache. Env STREAMDL_STATE_DIR.")
-    metrics_port: int = Field(9464, ge=0, le=65535, description="Port of the worker's Prometheus endpoint (0 = off). Env STREAMDL_METRICS_PORT.")
+    state_dir: Path = Field(
+        Path(".streamdl"),
+        description="Folder for the local stack's data, logs, pid files and model cache. Env STREAMDL_STATE_DIR.",
+    )
+    metrics_port: int = Field(
+        9464,
+        ge=0,
+        le=65535,
+        description="Port of the worker's Prometheus endpoint (0 = off). Env STREAMDL_METRICS_PORT.",
+    )
     log_level: str = Field("INFO", description="Python log level. Env STREAMDL_LOG_LEVEL.")
 
     # --- The local stack -----------------------------------------------------
-    kafka_version: str = Field("3.9.1", description="Apache Kafka release the local stack runs (from Maven Central). Env STREAMDL_KAFKA_VERSION.")
-    es_version: str = Field("8.19.4", description="Elasticsearch release the local stack runs (from Maven Central). Env STREAMDL_ES_VERSION.")
+    kafka_version: str = Field(
+        "3.9.1",
+        description="Apache Kafka release the local stack runs (from Maven Central). Env STREAMDL_KAFKA_VERSION.",
+    )
+    es_version: str = Field(
+        "8.19.4",
+        description="Elasticsearch release the local stack runs (from Maven Central). Env STREAMDL_ES_VERSION.",
+    )
     kafka_heap: str = Field("512m", description="Java heap of the local Kafka broker. Env STREAMDL_KAFKA_HEAP.")
     es_heap: str = Field("1g", description="Java heap of the local Elasticsearch node. Env STREAMDL_ES_HEAP.")
-    stack_timeout_secs: float = Field(120, gt=0, description="How long `stack up` waits for each service to become healthy. Env STREAMDL_STACK_TIMEOUT_SECS.")
+    stack_timeout_secs: float = Field(
+        120,
+        gt=0,
+        description="How long `stack up` waits for each service to become healthy. Env STREAMDL_STACK_TIMEOUT_SECS.",
+    )
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -153,23 +313,33 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_security(self) -> "Settings":
+    def _check_security(self) -> Settings:
         """Combinations of the security settings that cannot work (never echoes a secret)."""
         protocol = self.kafka_security_protocol
         sasl, tls = protocol.startswith("SASL_"), protocol.endswith("SSL")
         if sasl and (not self.kafka_username or not self.kafka_password or not self.kafka_password.get_secret_value()):
-            raise ValueError(f"STREAMDL_KAFKA_SECURITY_PROTOCOL={protocol} needs STREAMDL_KAFKA_USERNAME and STREAMDL_KAFKA_PASSWORD "
-                             "(or STREAMDL_KAFKA_PASSWORD_FILE)")
+            raise ValueError(
+                f"STREAMDL_KAFKA_SECURITY_PROTOCOL={protocol} needs STREAMDL_KAFKA_USERNAME and STREAMDL_KAFKA_PASSWORD "
+                "(or STREAMDL_KAFKA_PASSWORD_FILE)"
+            )
         if not sasl and (self.kafka_username or self.kafka_password):
-            raise ValueError(f"STREAMDL_KAFKA_USERNAME/STREAMDL_KAFKA_PASSWORD are only sent with SASL; set "
-                             f"STREAMDL_KAFKA_SECURITY_PROTOCOL to SASL_SSL (or SASL_PLAINTEXT), not {protocol}")
+            raise ValueError(
+                f"STREAMDL_KAFKA_USERNAME/STREAMDL_KAFKA_PASSWORD are only sent with SASL; set "
+                f"STREAMDL_KAFKA_SECURITY_PROTOCOL to SASL_SSL (or SASL_PLAINTEXT), not {protocol}"
+            )
         if self.kafka_ssl_ca_file and not tls:
-            raise ValueError(f"STREAMDL_KAFKA_SSL_CA_FILE is only used with TLS; set STREAMDL_KAFKA_SECURITY_PROTOCOL to SSL or SASL_SSL, not {protocol}")
+            raise ValueError(
+                f"STREAMDL_KAFKA_SSL_CA_FILE is only used with TLS; set STREAMDL_KAFKA_SECURITY_PROTOCOL to SSL or SASL_SSL, not {protocol}"
+            )
         if self.es_api_key and (self.es_username or self.es_password):
-            raise ValueError("give Elasticsearch either an API key (STREAMDL_ES_API_KEY) or a user and password "
-                             "(STREAMDL_ES_USERNAME, STREAMDL_ES_PASSWORD), not both")
+            raise ValueError(
+                "give Elasticsearch either an API key (STREAMDL_ES_API_KEY) or a user and password "
+                "(STREAMDL_ES_USERNAME, STREAMDL_ES_PASSWORD), not both"
+            )
         if bool(self.es_username) != bool(self.es_password):
-            raise ValueError("Elasticsearch basic auth needs both STREAMDL_ES_USERNAME and STREAMDL_ES_PASSWORD (or STREAMDL_ES_PASSWORD_FILE)")
+            raise ValueError(
+                "Elasticsearch basic auth needs both STREAMDL_ES_USERNAME and STREAMDL_ES_PASSWORD (or STREAMDL_ES_PASSWORD_FILE)"
+            )
         if self.es_ca_file and not self.es_url.startswith("https://"):
             raise ValueError(f"STREAMDL_ES_CA_FILE is only used with an https:// STREAMDL_ES_URL, not {self.es_url}")
         return self
@@ -236,7 +406,9 @@ class Settings(BaseSettings):
         """All settings as plain values, secrets shown as ``**********``."""
         out: dict[str, Any] = {}
         for key, value in self.model_dump().items():
-            out[key] = "**********" if isinstance(value, SecretStr) else (str(value) if isinstance(value, Path) else value)
+            out[key] = (
+                "**********" if isinstance(value, SecretStr) else (str(value) if isinstance(value, Path) else value)
+            )
         return out
 
 
@@ -315,6 +487,8 @@ def _secrets_from_files(env_file: str | os.PathLike | None, given: Mapping[str, 
             raise SettingsError(f"setting {field} ({file_var}): {path} is empty")
         direct = os.environ.get(var) if in_env else dotenv.get(var)
         if direct is not None and direct.strip() != value:
-            raise SettingsError(f"setting {field}: both {var} and {file_var} are set, to different values; unset one of them")
+            raise SettingsError(
+                f"setting {field}: both {var} and {file_var} are set, to different values; unset one of them"
+            )
         found[field] = value
     return found

@@ -6,17 +6,18 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from infra.process import free_port
+from streamdl.infra.process import free_port
 from streamdl.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from streams.worker_process import WorkerProcess
+    from streamdl.streams.agents.worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +32,7 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def stack(settings: Settings) -> Settings:
     """Start the local Kafka + Elasticsearch, or reuse the ones already running. Left running at the end."""
-    from infra.stack import LocalStack
+    from streamdl.infra.stack import LocalStack
 
     LocalStack(settings, say=lambda m: print(f"[stack] {m}")).up()
     return settings
@@ -48,7 +49,7 @@ def topic_factory(stack: Settings, unique) -> Iterator[Callable[..., str]]:
     """Create uniquely named topics; they are deleted after the test."""
     from confluent_kafka.admin import NewTopic
 
-    from connectors.kafka_admin import admin_client
+    from streamdl.connectors.kafka_admin import admin_client
 
     admin = admin_client(stack)
     made: list[str] = []
@@ -67,7 +68,7 @@ def topic_factory(stack: Settings, unique) -> Iterator[Callable[..., str]]:
 
 @pytest.fixture
 def es(stack: Settings):
-    from connectors.es_client import es_client
+    from streamdl.connectors.es_client import es_client
 
     client = es_client(stack)
     yield client
@@ -90,16 +91,23 @@ def index_factory(es, unique) -> Iterator[Callable[..., str]]:
 
 
 @contextmanager
-def running_stream(base: Settings, log: Path, **overrides) -> Iterator[tuple[Settings, "WorkerProcess"]]:
+def running_stream(base: Settings, log: Path, **overrides) -> Iterator[tuple[Settings, WorkerProcess]]:
     """A real worker on its own topics, indices and consumer group; everything removed afterwards."""
-    from connectors.es_client import es_client
-    from connectors.kafka_admin import admin_client
-    from connectors.setup import init_all
-    from streams.worker_process import WorkerProcess
+    from streamdl.connectors.es_client import es_client
+    from streamdl.connectors.kafka_admin import admin_client
+    from streamdl.connectors.setup import init_all
+    from streamdl.streams.agents.worker_process import WorkerProcess
 
     tag = f"t{uuid.uuid4().hex[:8]}"
-    settings = base.model_copy(update={"topic_prefix": f"{tag}.", "index_prefix": f"{tag}-", "consumer_group": f"{tag}-workers",
-                                       "metrics_port": free_port(), **overrides})
+    settings = base.model_copy(
+        update={
+            "topic_prefix": f"{tag}.",
+            "index_prefix": f"{tag}-",
+            "consumer_group": f"{tag}-workers",
+            "metrics_port": free_port(),
+            **overrides,
+        }
+    )
     init_all(settings)
     worker = WorkerProcess(settings, log).start()
     try:
@@ -114,18 +122,19 @@ def running_stream(base: Settings, log: Path, **overrides) -> Iterator[tuple[Set
 
 
 @pytest.fixture(scope="session")
-def stream_factory(stack: Settings) -> Callable[..., "contextmanager"]:
+def stream_factory(stack: Settings) -> Callable[..., contextmanager]:
     """``with stream_factory(log_path, **setting_overrides) as (settings, worker):`` a real worker on the stack."""
     return lambda log, **overrides: running_stream(stack, log, **overrides)
 
 
-def _read_topic(settings: Settings, topic: str, until: Callable[[list], bool], timeout: float = 120.0,
-                settle: float = 0.0) -> list:
+def _read_topic(
+    settings: Settings, topic: str, until: Callable[[list], bool], timeout: float = 120.0, settle: float = 0.0
+) -> list:
     """Messages of ``topic`` from the start until ``until(messages)`` holds or ``timeout`` passes;
     then ``settle`` seconds more, to see any message beyond those expected."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from connectors.kafka_config import kafka_config
+    from streamdl.connectors.kafka_config import kafka_config
 
     consumer = Consumer(kafka_config(settings, {"group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False}))
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions

@@ -11,9 +11,9 @@ import io
 import itertools
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -65,8 +65,10 @@ def candidates(search: str = "grid", trials: int = 8, seed: int = SEED) -> list[
     if search != "random":
         raise ValueError(f"search must be 'grid' or 'random'. Received: search={search!r}")
     rng = np.random.default_rng(seed)
-    return [Candidate(str(rng.choice(GRID["arch"])), float(10 ** rng.uniform(-3.3, -1.5)), float(10 ** rng.uniform(-5, -2)))
-            for _ in range(trials)]
+    return [
+        Candidate(str(rng.choice(GRID["arch"])), float(10 ** rng.uniform(-3.3, -1.5)), float(10 ** rng.uniform(-5, -2)))
+        for _ in range(trials)
+    ]
 
 
 def build_head(arch: str, width: int, classes: int, l2: float):
@@ -82,13 +84,22 @@ def build_head(arch: str, width: int, classes: int, l2: float):
     return keras.Model(inputs, out, name=f"head_{arch}")
 
 
-def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, classes: int,
-               tried: Sequence[Candidate], *, epochs: int = EPOCHS, seed: int = SEED,
-               progress: Callable[[int, int, dict], None] | None = None) -> Trained:
+def train_head(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    classes: int,
+    tried: Sequence[Candidate],
+    *,
+    epochs: int = EPOCHS,
+    seed: int = SEED,
+    progress: Callable[[int, int, dict], None] | None = None,
+) -> Trained:
     """Train every candidate on the training split; keep the best on the validation split."""
     import keras
 
-    from models.digits import _deterministic
+    from streamdl.models.digits import _deterministic
 
     start = time.perf_counter()
     scale = _scale(x_train)
@@ -134,8 +145,11 @@ def evaluate(probabilities: np.ndarray, y: np.ndarray, labels: Sequence[str]) ->
     per_class = {}
     for j, label in enumerate(labels):
         tp = confusion[j, j]
-        per_class[str(label)] = {"precision": float(tp / max(confusion[:, j].sum(), 1)),
-                                 "recall": float(tp / max(confusion[j].sum(), 1)), "support": int(confusion[j].sum())}
+        per_class[str(label)] = {
+            "precision": float(tp / max(confusion[:, j].sum(), 1)),
+            "recall": float(tp / max(confusion[j].sum(), 1)),
+            "support": int(confusion[j].sum()),
+        }
     accuracy = float((predicted == y).mean()) if len(y) else 0.0
     return Evaluation(accuracy, per_class, confusion, tuple(str(label) for label in labels))
 
@@ -167,7 +181,7 @@ def confusion_png(evaluation: Evaluation, title: str) -> bytes:
 
 
 def save_head(model, folder: Path, info: dict) -> Path:
-    """``head.keras`` and ``info.json`` in ``folder`` (what :func:`models.from_file.add_head` loads)."""
+    """``head.keras`` and ``info.json`` in ``folder`` (what :func:`streamdl.models.from_file.add_head` loads)."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "head.keras")
     (folder / "info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -18,14 +18,15 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
+from typing import Protocol, TypeVar
 
 import faust
 
-from streams.app import raw_topic
-from streams.batch_writer import BatchReport, Computed
-from streams.records import InMessage
+from streamdl.records import InMessage
+from streamdl.streams.agents.app import raw_topic
+from streamdl.streams.pipelines.writer import BatchReport, Computed
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +43,33 @@ def to_message(event: faust.EventT) -> InMessage:
     msg = event.message
     raw_headers = msg.headers or []
     items = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
-    headers = {k if isinstance(k, str) else k.decode(): (v if isinstance(v, bytes) else str(v).encode()) for k, v in items if v is not None}
+    headers = {
+        k if isinstance(k, str) else k.decode(): (v if isinstance(v, bytes) else str(v).encode())
+        for k, v in items
+        if v is not None
+    }
     ts = msg.timestamp
-    return InMessage(key=msg.key, value=msg.value, topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                     timestamp_ms=int(ts * 1000) if ts else None, headers=headers)
+    return InMessage(
+        key=msg.key,
+        value=msg.value,
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        timestamp_ms=int(ts * 1000) if ts else None,
+        headers=headers,
+    )
 
 
 class BatchAbandoned(Exception):
     """A batch given up because the worker is shutting down; it is not acked, so it is redelivered."""
 
 
-async def with_retries(what: str, batch: Sequence[InMessage], call: Callable[[], Awaitable[T]],
-                       stopping: Callable[[], bool] = lambda: False) -> T:
+async def with_retries(
+    what: str,
+    batch: Sequence[InMessage],
+    call: Callable[[], Awaitable[T]],
+    stopping: Callable[[], bool] = lambda: False,
+) -> T:
     """Run ``call``; retry unexpected failures, then exit the process without acking the batch.
 
     Bad input never raises (it becomes dead letters) and outages are waited out inside the
@@ -67,10 +83,16 @@ async def with_retries(what: str, batch: Sequence[InMessage], call: Callable[[],
             return await call()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if stopping():
-                logger.warning("%s of a batch of %d at %s stopped by the shutdown (%s: %s); not committed, it will be "
-                               "redelivered", what, len(batch), batch[0].coordinates, type(exc).__name__, exc)
+                logger.warning(
+                    "%s of a batch of %d at %s stopped by the shutdown (%s: %s); not committed, it will be redelivered",
+                    what,
+                    len(batch),
+                    batch[0].coordinates,
+                    type(exc).__name__,
+                    exc,
+                )
                 raise BatchAbandoned(what) from None
             logger.exception("%s of a batch of %d failed (attempt %d of %d)", what, len(batch), attempt, ATTEMPTS)
             await asyncio.sleep(2.0 * attempt)
@@ -94,8 +116,13 @@ async def drain(app: faust.App, why: str) -> bool:
         if not pending:
             return True
         if time.monotonic() > deadline:
-            logger.warning("%s: %d messages in hand were not written within %.0fs; their offsets stay uncommitted and "
-                           "they will be redelivered", why, len(pending), DRAIN_SECS)
+            logger.warning(
+                "%s: %d messages in hand were not written within %.0fs; their offsets stay uncommitted and "
+                "they will be redelivered",
+                why,
+                len(pending),
+                DRAIN_SECS,
+            )
             return False
         await asyncio.sleep(0.1)
 
@@ -110,8 +137,15 @@ class Pipeline(Protocol):
     def stop(self) -> None: ...
 
 
-def register_batch_agent(app: faust.App, name: str, topic_name: str, pipeline: Pipeline, *, max_batch_size: int,
-                         max_batch_duration_secs: float) -> None:
+def register_batch_agent(
+    app: faust.App,
+    name: str,
+    topic_name: str,
+    pipeline: Pipeline,
+    *,
+    max_batch_size: int,
+    max_batch_duration_secs: float,
+) -> None:
     """Attach an agent called ``name`` that feeds ``topic_name`` to ``pipeline`` (set up already)."""
     compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-compute")
     write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-write")
@@ -124,8 +158,12 @@ def register_batch_agent(app: faust.App, name: str, topic_name: str, pipeline: P
 
         async def write_then_ack(events: list[faust.EventT], batch: list[InMessage], computed) -> None:
             try:
-                await with_retries("writing", batch, lambda: loop.run_in_executor(write_thread, pipeline.write, computed),
-                                   stopping.is_set)
+                await with_retries(
+                    "writing",
+                    batch,
+                    lambda: loop.run_in_executor(write_thread, pipeline.write, computed),
+                    stopping.is_set,
+                )
             except BatchAbandoned:
                 return  # not acked: redelivered
             for event in events:
@@ -137,9 +175,12 @@ def register_batch_agent(app: faust.App, name: str, topic_name: str, pipeline: P
                     break  # shutting down: no new batch (its events stay unacked and are redelivered)
                 batch = [to_message(e) for e in events]
                 try:
-                    computed = await with_retries("computing", batch,
-                                                  lambda: loop.run_in_executor(compute_thread, pipeline.compute, batch),
-                                                  stopping.is_set)
+                    computed = await with_retries(
+                        "computing",
+                        batch,
+                        lambda: loop.run_in_executor(compute_thread, pipeline.compute, batch),
+                        stopping.is_set,
+                    )
                 except BatchAbandoned:
                     break
                 if writing is not None:
@@ -150,11 +191,11 @@ def register_batch_agent(app: faust.App, name: str, topic_name: str, pipeline: P
                 await asyncio.shield(writing)
 
     @app.on_partitions_revoked.connect
-    async def _revoked(app: faust.App, revoked, **kwargs) -> None:  # noqa: ARG001
+    async def _revoked(app: faust.App, revoked, **kwargs) -> None:
         await drain(app, "rebalance")  # the next owner of the partitions starts after what was written
 
     @app.on_before_shutdown.connect
-    async def _stop(app: faust.App, **kwargs) -> None:  # noqa: ARG001 - after the consumer stopped fetching
+    async def _stop(app: faust.App, **kwargs) -> None:
         await drain(app, "shutdown")  # finish the batches in hand (bounded), then give up what is left
         stopping.set()
         pipeline.stop()

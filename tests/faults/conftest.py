@@ -15,18 +15,19 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from infra.process import free_port, port_is_free
+from streamdl.infra.process import free_port, port_is_free
 from streamdl.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from streams.worker_process import WorkerProcess
+    from streamdl.streams.agents.worker_process import WorkerProcess
     from tests.faults.harness import Monitor, PacedProducer, StreamPlan
 
 HERE = Path(__file__).resolve().parent
@@ -39,8 +40,11 @@ _selected: list[str] = []
 
 
 def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "faults: the fault suite: kills workers and stops the services of its own stack "
-                                       "(slow; deselect with -m 'not faults')")
+    config.addinivalue_line(
+        "markers",
+        "faults: the fault suite: kills workers and stops the services of its own stack "
+        "(slow; deselect with -m 'not faults')",
+    )
 
 
 def _port_with(offset: int) -> int:
@@ -55,7 +59,7 @@ def _port_with(offset: int) -> int:
 @dataclass
 class FaultStack:
     settings: Settings
-    stack: object  # infra.stack.LocalStack
+    stack: object  # streamdl.infra.stack.LocalStack
 
     def stop(self, name: str) -> float:
         """Stop one service; returns the seconds it took."""
@@ -77,9 +81,9 @@ def fault_stack(settings: Settings) -> Iterator[FaultStack]:
     The unpacked distributions are the project's (``<state>/dist``, fetched from ~/.m2 once) and the
     digits model is the project's cached one (trained there once if missing), both linked in.
     """
-    from infra.services import reachable_by_nobody
-    from infra.stack import LocalStack
-    from models.digits import ensure_digits_model
+    from streamdl.infra.services import reachable_by_nobody
+    from streamdl.infra.stack import LocalStack
+    from streamdl.models.digits import ensure_digits_model
 
     project = settings.state_dir.resolve()
     model = ensure_digits_model(project)
@@ -90,9 +94,16 @@ def fault_stack(settings: Settings) -> Iterator[FaultStack]:
         (state / "dist").symlink_to(project / "dist")
     (state / "models").mkdir()
     (state / "models" / model.parent.name).symlink_to(model.parent)
-    own = load_settings({"state_dir": state, "kafka_bootstrap_servers": f"127.0.0.1:{_port_with(1)}",
-                         "es_url": f"http://127.0.0.1:{_port_with(100)}", "es_heap": "512m", "kafka_heap": "384m"},
-                        env_file=None)
+    own = load_settings(
+        {
+            "state_dir": state,
+            "kafka_bootstrap_servers": f"127.0.0.1:{_port_with(1)}",
+            "es_url": f"http://127.0.0.1:{_port_with(100)}",
+            "es_heap": "512m",
+            "kafka_heap": "384m",
+        },
+        env_file=None,
+    )
     stack = LocalStack(own, say=lambda m: print(f"[fault stack] {m}"))
     es_home = stack.service("elasticsearch").home
     try:
@@ -116,7 +127,7 @@ class FaultRun:
 
     def worker(self, name: str = "worker", **overrides) -> WorkerProcess:
         """Start a worker (same group, its own metrics port); waits until it serves."""
-        from streams.worker_process import WorkerProcess
+        from streamdl.streams.agents.worker_process import WorkerProcess
 
         own = self.settings.model_copy(update={"metrics_port": free_port(), **overrides})
         worker = WorkerProcess(own, self.folder / f"{name}.log").start()
@@ -124,7 +135,7 @@ class FaultRun:
         return worker
 
     @contextmanager
-    def streaming(self, tag: str, count: int, rate: float) -> Iterator[tuple["StreamPlan", "Monitor", "PacedProducer"]]:
+    def streaming(self, tag: str, count: int, rate: float) -> Iterator[tuple[StreamPlan, Monitor, PacedProducer]]:
         """``count`` digit images (ids tagged ``tag``) produced at ``rate`` per second to the images topic
         while a :class:`Monitor` watches; the monitor stops when the block ends."""
         from tests.faults.harness import Monitor, PacedProducer, digit_stream
@@ -152,13 +163,21 @@ class FaultRun:
 def fault_run(fault_stack: FaultStack, tmp_path: Path, request) -> Iterator[FaultRun]:
     from confluent_kafka.admin import AdminClient
 
-    from connectors.es_client import es_client
-    from connectors.setup import init_all
+    from streamdl.connectors.es_client import es_client
+    from streamdl.connectors.setup import init_all
 
     tag = f"f{uuid.uuid4().hex[:8]}"
-    own = fault_stack.settings.model_copy(update={
-        "topic_prefix": f"{tag}.", "index_prefix": f"{tag}-", "consumer_group": f"{tag}-workers",
-        "worker_agents": "images", "similarity_alerts": False, "max_batch_size": 64, "max_batch_duration_secs": 0.2})
+    own = fault_stack.settings.model_copy(
+        update={
+            "topic_prefix": f"{tag}.",
+            "index_prefix": f"{tag}-",
+            "consumer_group": f"{tag}-workers",
+            "worker_agents": "images",
+            "similarity_alerts": False,
+            "max_batch_size": 64,
+            "max_batch_duration_secs": 0.2,
+        }
+    )
     fault_stack.start()  # a test that failed half-way may have left a service stopped
     init_all(own)
     run = FaultRun(fault_stack, tmp_path, own)
@@ -204,13 +223,15 @@ def fault_results() -> Iterator[list[dict[str, str]]]:
 def _results_text() -> str:
     from tests.faults.harness import table
 
-    return (f"<!-- {COMMAND}, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs -->\n"
-            f"{table(_rows)}\n")
+    return f"<!-- {COMMAND}, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs -->\n{table(_rows)}\n"
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
     if _rows:
         terminalreporter.section("fault suite")
         terminalreporter.write_line(_results_text())
-        terminalreporter.write_line(f"(written to {RESULTS})" if len(_rows) == len(_selected) else
-                                    f"({len(_rows)} of {len(_selected)} fault tests reported: {RESULTS} not updated)")
+        terminalreporter.write_line(
+            f"(written to {RESULTS})"
+            if len(_rows) == len(_selected)
+            else f"({len(_rows)} of {len(_selected)} fault tests reported: {RESULTS} not updated)"
+        )

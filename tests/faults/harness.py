@@ -13,10 +13,10 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -32,7 +32,7 @@ def digit_pngs() -> tuple[list[bytes], list[int]]:
     """The 1,797 scikit-learn digits as the PNGs the sample producer sends, and their labels."""
     from sklearn.datasets import load_digits
 
-    from models.digits import digit_to_png
+    from streamdl.models.digits import digit_to_png
 
     digits = load_digits()
     return [digit_to_png(row) for row in digits.data], [int(t) for t in digits.target]
@@ -105,7 +105,7 @@ class PacedProducer(threading.Thread):
         self.finished_at: float | None = None
 
     def run(self) -> None:
-        from connectors.kafka_producer import Deliveries, make_producer
+        from streamdl.connectors.kafka_producer import Deliveries, make_producer
 
         try:
             deliveries = Deliveries(make_producer(self.settings, log_level=0))  # quiet through broker outages
@@ -172,8 +172,12 @@ class Monitor(threading.Thread):
     def _connect(self) -> None:
         from confluent_kafka import Consumer
 
-        quiet = {"bootstrap.servers": self.settings.kafka_bootstrap_servers, "log_level": 0,
-                 "socket.connection.setup.timeout.ms": 2000, "enable.auto.commit": False}
+        quiet = {
+            "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+            "log_level": 0,
+            "socket.connection.setup.timeout.ms": 2000,
+            "enable.auto.commit": False,
+        }
         self.consumer = Consumer({**quiet, "group.id": f"monitor-{uuid.uuid4().hex[:8]}"})
         # The workers' committed offsets, read with the group's id by a consumer that never joins the group
         # (AdminClient.list_consumer_group_offsets crashes librdkafka 2.x when the group is not there yet).
@@ -191,7 +195,10 @@ class Monitor(threading.Thread):
     def _ends(self, topic: str) -> int:
         from confluent_kafka import TopicPartition
 
-        return sum(self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=2, cached=False)[1] for p in self.parts)
+        return sum(
+            self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=2, cached=False)[1]
+            for p in self.parts
+        )
 
     def _committed(self) -> int:
         from confluent_kafka import TopicPartition
@@ -249,14 +256,18 @@ class Monitor(threading.Thread):
         deadline = time.monotonic() + timeout
         while self.committed() < at_least:
             alive()
-            assert time.monotonic() < deadline, f"only {self.committed()} committed after {timeout:.0f}s (waited for {at_least})"
+            assert time.monotonic() < deadline, (
+                f"only {self.committed()} committed after {timeout:.0f}s (waited for {at_least})"
+            )
             time.sleep(0.1)
 
     def wait_outputs(self, at_least: int, timeout: float, alive: Callable[[], None] = lambda: None) -> None:
         deadline = time.monotonic() + timeout
         while self.outputs() < at_least:
             alive()
-            assert time.monotonic() < deadline, f"only {self.outputs()} outputs after {timeout:.0f}s (waited for {at_least})"
+            assert time.monotonic() < deadline, (
+                f"only {self.outputs()} outputs after {timeout:.0f}s (waited for {at_least})"
+            )
             time.sleep(0.1)
 
     def resumed_after(self, t: float, base: int | None = None) -> float | None:
@@ -298,7 +309,7 @@ class SlowProxy:
     before forwarding it (a slow sink). Everything else passes straight through."""
 
     def __init__(self, target_url: str) -> None:
-        from infra.process import free_port
+        from streamdl.infra.process import free_port
 
         target = urlsplit(target_url)
         self.delay = 0.0
@@ -346,7 +357,7 @@ class SlowProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "SlowProxy":
+    def __enter__(self) -> SlowProxy:
         self.thread.start()
         return self
 
@@ -360,8 +371,14 @@ def read_all(settings: Settings, topic: str, timeout: float = 120.0) -> list:
     """Every message of ``topic`` up to its current end."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"reader-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "log_level": 0})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "log_level": 0,
+        }
+    )
     try:
         parts = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1] for p in parts}
@@ -385,19 +402,21 @@ def indexed_ids(settings: Settings) -> Counter:
     """How many documents each id has behind the images alias (across every index it names)."""
     from elasticsearch.helpers import scan
 
-    from connectors.es_client import es_client
+    from streamdl.connectors.es_client import es_client
 
     es = es_client(settings)
     try:
         alias = settings.alias("images")
         es.indices.refresh(index=alias)
-        return Counter(hit["_id"] for hit in scan(es, index=alias, query={"query": {"match_all": {}}}, _source=False, size=2000))
+        return Counter(
+            hit["_id"] for hit in scan(es, index=alias, query={"query": {"match_all": {}}}, _source=False, size=2000)
+        )
     finally:
         es.close()
 
 
 def es_count(settings: Settings) -> int:
-    from connectors.es_client import es_client
+    from streamdl.connectors.es_client import es_client
 
     es = es_client(settings)
     try:
@@ -427,8 +446,13 @@ class Accounting:
     dlq_reasons: Counter = field(default_factory=Counter)
 
 
-def account(settings: Settings, plan: StreamPlan, monitor: Monitor | None = None, timeout: float = 300.0,
-            alive: Callable[[], None] = lambda: None) -> Accounting:
+def account(
+    settings: Settings,
+    plan: StreamPlan,
+    monitor: Monitor | None = None,
+    timeout: float = 300.0,
+    alive: Callable[[], None] = lambda: None,
+) -> Accounting:
     """Wait until the stream settled (every message indexed or dead-lettered and the group's
     committed offsets at the end of the input topic), then account for every message by id."""
     expected = len(plan.good) + len(plan.bad)
@@ -454,7 +478,10 @@ def account(settings: Settings, plan: StreamPlan, monitor: Monitor | None = None
     versions = Counter(json.loads(m.value())["model_version"] for m in predictions)
     reasons = Counter(dict(m.headers() or []).get("dlq.reason_code", b"?").decode() for m in dead)
     good, bad = set(plan.good), set(plan.bad)
-    lost = sorted([i for i in good if not (i in ids and i in predicted) and i not in dead_ids] + [i for i in bad if i not in dead_ids])
+    lost = sorted(
+        [i for i in good if not (i in ids and i in predicted) and i not in dead_ids]
+        + [i for i in bad if i not in dead_ids]
+    )
     return Accounting(
         messages_in=expected,
         es_docs=sum(ids.values()),
@@ -476,22 +503,44 @@ def assert_accounted(acc: Accounting, plan: StreamPlan) -> None:
     """The suite's verdict: nothing lost, no duplicated document, nothing dead-lettered that was good."""
     assert acc.lost == [], f"{len(acc.lost)} messages lost, e.g. {acc.lost[:5]}"
     assert acc.duplicated_docs == 0, f"{acc.duplicated_docs} duplicated documents"
-    assert acc.unexpected_dead == [], f"{len(acc.unexpected_dead)} good messages were dead-lettered, e.g. {acc.unexpected_dead[:5]}"
+    assert acc.unexpected_dead == [], (
+        f"{len(acc.unexpected_dead)} good messages were dead-lettered, e.g. {acc.unexpected_dead[:5]}"
+    )
     assert acc.foreign == [], f"outputs for ids that were never sent: {acc.foreign[:5]}"
     assert acc.indexed == len(plan.good) and acc.es_docs == len(plan.good), (acc.indexed, acc.es_docs, len(plan.good))
     assert acc.predicted == len(plan.good), (acc.predicted, len(plan.good))
 
 
 # --- the table --------------------------------------------------------------------------------
-COLUMNS = ("test", "fault", "messages in", "indexed", "predictions", "dead letters", "lost", "duplicated docs",
-           "re-deliveries", "time to recover", "notes")
+COLUMNS = (
+    "test",
+    "fault",
+    "messages in",
+    "indexed",
+    "predictions",
+    "dead letters",
+    "lost",
+    "duplicated docs",
+    "re-deliveries",
+    "time to recover",
+    "notes",
+)
 
 
 def row(test: str, fault: str, acc: Accounting, recover: str, notes: str = "") -> dict[str, str]:
-    return {"test": test, "fault": fault, "messages in": f"{acc.messages_in:,}", "indexed": f"{acc.indexed:,}",
-            "predictions": f"{acc.predictions:,}", "dead letters": f"{acc.dlq:,}", "lost": str(len(acc.lost)),
-            "duplicated docs": str(acc.duplicated_docs), "re-deliveries": str(acc.redeliveries),
-            "time to recover": recover, "notes": notes}
+    return {
+        "test": test,
+        "fault": fault,
+        "messages in": f"{acc.messages_in:,}",
+        "indexed": f"{acc.indexed:,}",
+        "predictions": f"{acc.predictions:,}",
+        "dead letters": f"{acc.dlq:,}",
+        "lost": str(len(acc.lost)),
+        "duplicated docs": str(acc.duplicated_docs),
+        "re-deliveries": str(acc.redeliveries),
+        "time to recover": recover,
+        "notes": notes,
+    }
 
 
 def report(results: list[dict[str, str]], r: dict[str, str]) -> None:
@@ -501,8 +550,10 @@ def report(results: list[dict[str, str]], r: dict[str, str]) -> None:
 
 
 def table(rows: Iterable[dict[str, str]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join("---" if c in ("test", "fault", "notes") else "---:"
-                                                                   for c in COLUMNS) + " |"]
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "| " + " | ".join("---" if c in ("test", "fault", "notes") else "---:" for c in COLUMNS) + " |",
+    ]
     lines += ["| " + " | ".join(r.get(c, "") for c in COLUMNS) + " |" for r in rows]
     return "\n".join(lines)
 

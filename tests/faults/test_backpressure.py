@@ -9,9 +9,18 @@ import time
 
 import pytest
 
-from infra.process import rss_bytes
-from tests.faults.harness import (Monitor, PacedProducer, SlowProxy, account, assert_accounted, noise_stream, report, row,
-                                  seconds)
+from streamdl.infra.process import rss_bytes
+from tests.faults.harness import (
+    Monitor,
+    PacedProducer,
+    SlowProxy,
+    account,
+    assert_accounted,
+    noise_stream,
+    report,
+    row,
+    seconds,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -26,8 +35,11 @@ MiB = 2**20
 def test_a_slow_sink_does_not_grow_the_workers_memory(fault_run, fault_results):
     run = fault_run
     plan = noise_stream("bp", WARMUP + 2 * PHASE)
-    warmup, phase_a, phase_b = (plan.messages[:WARMUP], plan.messages[WARMUP:WARMUP + PHASE],
-                                plan.messages[WARMUP + PHASE:])
+    warmup, phase_a, phase_b = (
+        plan.messages[:WARMUP],
+        plan.messages[WARMUP : WARMUP + PHASE],
+        plan.messages[WARMUP + PHASE :],
+    )
     topic = run.settings.topic("images")
     with SlowProxy(run.settings.es_url) as proxy:
         worker = run.worker(es_url=proxy.url)
@@ -63,13 +75,20 @@ def test_a_slow_sink_does_not_grow_the_workers_memory(fault_run, fault_results):
     lag_b = next(s.lag for s in reversed(window(t_b, t_end)) if s.lag is not None)
     mb_a, mb_b = sum(len(m[1]) for m in phase_a) / MiB, sum(len(m[1]) for m in phase_b) / MiB
     backlog_mb = lag_b * (mb_b / PHASE)
-    r = row("backpressure", "ES slowed (2 s per bulk) while 2 x 2,600 large images (~64 KiB) arrive", acc,
-            f"drained in {seconds([t_drained - t_end])}",
-            f"worker RSS {baseline / MiB:.0f} MiB before, peak {peak_a / MiB:.0f} MiB after {mb_a:.0f} MB in, "
-            f"{peak_b / MiB:.0f} MiB after {mb_a + mb_b:.0f} MB in; consumer lag {lag_a:,} then {lag_b:,} "
-            f"(~{backlog_mb:.0f} MB waiting in Kafka)")
+    r = row(
+        "backpressure",
+        "ES slowed (2 s per bulk) while 2 x 2,600 large images (~64 KiB) arrive",
+        acc,
+        f"drained in {seconds([t_drained - t_end])}",
+        f"worker RSS {baseline / MiB:.0f} MiB before, peak {peak_a / MiB:.0f} MiB after {mb_a:.0f} MB in, "
+        f"{peak_b / MiB:.0f} MiB after {mb_a + mb_b:.0f} MB in; consumer lag {lag_a:,} then {lag_b:,} "
+        f"(~{backlog_mb:.0f} MB waiting in Kafka)",
+    )
     report(fault_results, r)
-    print("t (s), worker RSS (MiB), consumer lag:", "; ".join(f"{s.t:.0f} {s.rss / MiB:.0f} {s.lag}" for s in monitor.samples[::4]))
+    print(
+        "t (s), worker RSS (MiB), consumer lag:",
+        "; ".join(f"{s.t:.0f} {s.rss / MiB:.0f} {s.lag}" for s in monitor.samples[::4]),
+    )
     # The backlog grew by most of phase B: the worker did not take it in...
     assert lag_b > lag_a + PHASE // 2, (lag_a, lag_b)
     # ... and its memory did not grow with it. A consumer that took in what arrived would have grown by

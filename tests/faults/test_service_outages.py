@@ -31,9 +31,14 @@ def test_kafka_broker_stopped_for_20_seconds(fault_run, fault_results):
         t_back = monitor.now()
         producer.finish()
         acc = account(run.settings, plan, monitor, alive=run.alive)
-    r = row("kafka-outage", "Kafka broker stopped 20 s mid-stream", acc, recovery(monitor, t_back, 2 * run.settings.max_batch_size),
-            f"broker down {t_back - t_stop:.0f} s (stop {stopping:.1f} s, start {starting:.1f} s); worker stayed up; "
-            f"max consumer lag {monitor.max_lag(since=t_stop):,}")
+    r = row(
+        "kafka-outage",
+        "Kafka broker stopped 20 s mid-stream",
+        acc,
+        recovery(monitor, t_back, 2 * run.settings.max_batch_size),
+        f"broker down {t_back - t_stop:.0f} s (stop {stopping:.1f} s, start {starting:.1f} s); worker stayed up; "
+        f"max consumer lag {monitor.max_lag(since=t_stop):,}",
+    )
     report(fault_results, r)
     print(f"monitor: {len(monitor.errors)} failed samples, the last: {monitor.errors[-1:]}")
     assert worker.alive
@@ -57,10 +62,15 @@ def test_elasticsearch_stopped_for_30_seconds(fault_run, fault_results):
         acc = account(run.settings, plan, monitor, alive=run.alive)
     peak = monitor.max_lag(since=t_stop)
     drained = monitor.drained_after(t_back, below=2 * run.settings.max_batch_size)
-    r = row("es-outage", "Elasticsearch stopped 30 s mid-stream", acc, recovery(monitor, t_back, 2 * run.settings.max_batch_size),
-            f"ES down {t_back - t_stop:.0f} s (start {starting:.1f} s); worker paused: nothing committed while down; "
-            f"consumer lag {lag_before:,} before, max {peak:,}, back to <= {2 * run.settings.max_batch_size} {seconds([drained])} "
-            "after ES was back")
+    r = row(
+        "es-outage",
+        "Elasticsearch stopped 30 s mid-stream",
+        acc,
+        recovery(monitor, t_back, 2 * run.settings.max_batch_size),
+        f"ES down {t_back - t_stop:.0f} s (start {starting:.1f} s); worker paused: nothing committed while down; "
+        f"consumer lag {lag_before:,} before, max {peak:,}, back to <= {2 * run.settings.max_batch_size} {seconds([drained])} "
+        "after ES was back",
+    )
     report(fault_results, r)
     assert worker.alive
     # While Elasticsearch was down nothing was committed (the worker paused) and the lag grew.
@@ -92,9 +102,13 @@ def test_sigterm_while_elasticsearch_is_down_exits_in_bounded_time(fault_run, fa
         run.restart(worker)
         producer.finish()
         acc = account(run.settings, plan, monitor, alive=run.alive)
-    r = row("sigterm-es-down", "worker SIGTERMed while Elasticsearch is down, restarted after", acc,
-            recovery(monitor, t_back, 2 * run.settings.max_batch_size),
-            f"exit {code} in {took:.1f} s; at exit {stopped.outputs:,} outputs, {stopped.committed:,} committed")
+    r = row(
+        "sigterm-es-down",
+        "worker SIGTERMed while Elasticsearch is down, restarted after",
+        acc,
+        recovery(monitor, t_back, 2 * run.settings.max_batch_size),
+        f"exit {code} in {took:.1f} s; at exit {stopped.outputs:,} outputs, {stopped.committed:,} committed",
+    )
     report(fault_results, r)
     assert code == 0 and took < 30, (code, took, worker.tail(60))
     assert stopped.committed <= stopped.outputs, "offsets were committed for messages without output"

@@ -56,8 +56,13 @@ def test_sigkill_three_times_at_random_moments(fault_run, fault_results):
         acc = account(run.settings, plan, monitor, alive=run.alive)
     recover = [monitor.resumed_after(t, base) for t, base in zip(kills, bases)]
     at = bases
-    r = row("sigkill", "worker SIGKILLed 3x at random moments, restarted", acc, seconds(recover),
-            f"killed at {', '.join(f'{o:,}' for o in at)} outputs; restart (process up) {seconds(starts)}")
+    r = row(
+        "sigkill",
+        "worker SIGKILLed 3x at random moments, restarted",
+        acc,
+        seconds(recover),
+        f"killed at {', '.join(f'{o:,}' for o in at)} outputs; restart (process up) {seconds(starts)}",
+    )
     report(fault_results, r)
     assert all(o < COUNT for o in at), f"a kill came after the stream was done (outputs at each kill: {at})"
     assert_accounted(acc, plan)
@@ -77,8 +82,13 @@ def test_sigterm_finishes_the_batch_commits_and_exits(fault_run, fault_results):
         run.restart(worker)
         producer.finish()
         acc = account(run.settings, plan, monitor, alive=run.alive)
-    r = row("sigterm", "worker SIGTERMed mid-stream, restarted", acc, seconds([monitor.resumed_after(t_exit, stopped.outputs)]),
-            f"exit {code} in {took:.1f} s; at exit {stopped.outputs:,} outputs, {stopped.committed:,} committed")
+    r = row(
+        "sigterm",
+        "worker SIGTERMed mid-stream, restarted",
+        acc,
+        seconds([monitor.resumed_after(t_exit, stopped.outputs)]),
+        f"exit {code} in {took:.1f} s; at exit {stopped.outputs:,} outputs, {stopped.committed:,} committed",
+    )
     report(fault_results, r)
     assert code == 0, worker.tail(60)
     assert took < 30, f"SIGTERM took {took:.1f}s"
@@ -102,9 +112,14 @@ def test_a_second_worker_joins_and_leaves(fault_run, fault_results):
         t_left = monitor.now()
         producer.finish()
         acc = account(run.settings, plan, monitor, alive=lambda: run.alive(first))
-    r = row("rebalance", "2nd worker joins, then leaves (SIGTERM)", acc,
-            "longest stall " + seconds([monitor.longest_stall(t_join - 2, t_join + 15), monitor.longest_stall(t_leave, t_left + 15)]),
-            f"worker-2 processed {by_second:,.0f} while in the group; left with exit {code} in {t_left - t_leave:.1f} s")
+    r = row(
+        "rebalance",
+        "2nd worker joins, then leaves (SIGTERM)",
+        acc,
+        "longest stall "
+        + seconds([monitor.longest_stall(t_join - 2, t_join + 15), monitor.longest_stall(t_leave, t_left + 15)]),
+        f"worker-2 processed {by_second:,.0f} while in the group; left with exit {code} in {t_left - t_leave:.1f} s",
+    )
     report(fault_results, r)
     assert by_second > 0, "the second worker got no partition"
     assert code == 0

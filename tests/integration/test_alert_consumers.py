@@ -7,20 +7,20 @@ import io
 import json
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterator
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
-from connectors.kafka_admin import admin_client, ensure_topics
-from connectors.kafka_producer import produce_all
-from connectors.webhook import HEADER_ALERT_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, verify
-from infra.process import free_port
+from streamdl.connectors.kafka_admin import admin_client, ensure_topics
+from streamdl.connectors.kafka_producer import produce_all
+from streamdl.connectors.webhook import HEADER_ALERT_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, verify
+from streamdl.infra.process import free_port
+from streamdl.records import parse_dead_letter_headers
 from streamdl.settings import Settings
-from streams.records import parse_dead_letter_headers
 
 pytestmark = pytest.mark.integration
 
@@ -29,22 +29,43 @@ SECRET = "test-webhook-secret"
 
 # --- helpers ----------------------------------------------------------------------------------------
 
+
 def alert(subject: str, rule: str = "near_duplicate", severity: str = "warning", **extra) -> dict:
-    """An alert as the workers publish it (streams.alerts.Alert.as_json), built here so the test
+    """An alert as the workers publish it (streamdl.streams.pipelines.alerts.Alert.as_json), built here so the test
     pins the wire format rather than the class."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     window = now.replace(second=0, microsecond=0)
-    return {"alert_id": f"{rule}:{subject}:{int(window.timestamp())}", "rule": rule, "kind": rule, "severity": severity,
-            "subject_id": subject, "model_name": "digits-cnn", "model_version": "1",
-            "evidence": {"neighbours": [{"image_id": "digits-0005", "similarity": 0.99981}], "original": "digits-0005",
-                         "similarity": 0.99981, "threshold": 0.9995},
-            "suppressed": 0, "ts": now.isoformat(timespec="milliseconds"), "window_start": window.isoformat(),
-            "raised_at": now.isoformat(timespec="milliseconds"), **extra}
+    return {
+        "alert_id": f"{rule}:{subject}:{int(window.timestamp())}",
+        "rule": rule,
+        "kind": rule,
+        "severity": severity,
+        "subject_id": subject,
+        "model_name": "digits-cnn",
+        "model_version": "1",
+        "evidence": {
+            "neighbours": [{"image_id": "digits-0005", "similarity": 0.99981}],
+            "original": "digits-0005",
+            "similarity": 0.99981,
+            "threshold": 0.9995,
+        },
+        "suppressed": 0,
+        "ts": now.isoformat(timespec="milliseconds"),
+        "window_start": window.isoformat(),
+        "raised_at": now.isoformat(timespec="milliseconds"),
+        **extra,
+    }
 
 
 def produce(settings: Settings, *items: dict | bytes, key: str | None = None) -> None:
-    messages = [(key or (i["subject_id"] if isinstance(i, dict) else "junk"),
-                 json.dumps(i).encode() if isinstance(i, dict) else i, [("origin", b"test")]) for i in items]
+    messages = [
+        (
+            key or (i["subject_id"] if isinstance(i, dict) else "junk"),
+            json.dumps(i).encode() if isinstance(i, dict) else i,
+            [("origin", b"test")],
+        )
+        for i in items
+    ]
     assert produce_all(settings, settings.topic("alerts"), messages) == len(items)
 
 
@@ -67,12 +88,13 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with receiver.lock:
                     status = receiver.script.pop(0) if receiver.script else receiver.default
-                    receiver.requests.append({"headers": dict(self.headers), "body": body, "status": status,
-                                              "path": self.path})
+                    receiver.requests.append(
+                        {"headers": dict(self.headers), "body": body, "status": status, "path": self.path}
+                    )
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -98,9 +120,16 @@ class Receiver:
 def alerts_settings(stack: Settings, unique) -> Iterator[Settings]:
     """Settings with their own alerts/dlq topics and consumer group; the topics are deleted afterwards."""
     tag = unique("alerts")
-    settings = stack.model_copy(update={
-        "topic_prefix": f"{tag}.", "consumer_group": f"{tag}-g", "topic_partitions": 2,
-        "webhook_attempts": 4, "webhook_backoff_secs": 0.05, "webhook_timeout_secs": 5.0})
+    settings = stack.model_copy(
+        update={
+            "topic_prefix": f"{tag}.",
+            "consumer_group": f"{tag}-g",
+            "topic_partitions": 2,
+            "webhook_attempts": 4,
+            "webhook_backoff_secs": 0.05,
+            "webhook_timeout_secs": 5.0,
+        }
+    )
     made = ensure_topics(settings, ("alerts", "dlq"))
     yield settings
     admin = admin_client(settings)
@@ -123,7 +152,7 @@ def receiver_factory() -> Iterator[Callable[..., Receiver]]:
 
 class WebhookThread:
     def __init__(self, settings: Settings) -> None:
-        from streams.alert_consumers import run_webhook
+        from streamdl.streams.jobs.alert_consumers import run_webhook
 
         self.stop = threading.Event()
         self.report = None
@@ -149,7 +178,9 @@ class WebhookThread:
 
 def committed_total(settings: Settings) -> int:
     topic = settings.topic("alerts")
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"{settings.consumer_group}-webhook"})
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"{settings.consumer_group}-webhook"}
+    )
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         offsets = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=10)
@@ -159,6 +190,7 @@ def committed_total(settings: Settings) -> int:
 
 
 # --- the webhook ------------------------------------------------------------------------------------
+
 
 def test_webhook_signature_verifies_on_the_receiver(alerts_settings, receiver_factory):
     receiver = receiver_factory()
@@ -184,8 +216,9 @@ def test_webhook_signature_verifies_on_the_receiver(alerts_settings, receiver_fa
 
 def test_webhook_retries_5xx_and_delivers_exactly_once(alerts_settings, receiver_factory, read_topic):
     receiver = receiver_factory(script=[500, 500, 500])
-    settings = alerts_settings.model_copy(update={"webhook_url": receiver.url, "webhook_secret": SecretStr(SECRET),
-                                                  "webhook_attempts": 5})
+    settings = alerts_settings.model_copy(
+        update={"webhook_url": receiver.url, "webhook_secret": SecretStr(SECRET), "webhook_attempts": 5}
+    )
     sent = alert("img-retry")
     produce(settings, sent)
     sink = WebhookThread(settings)
@@ -195,8 +228,10 @@ def test_webhook_retries_5xx_and_delivers_exactly_once(alerts_settings, receiver
 
     assert [r["status"] for r in receiver.requests] == [500, 500, 500, 200]
     assert receiver.accepted(sent["alert_id"]) == 1
-    assert all(verify(SECRET, r["headers"][HEADER_TIMESTAMP], r["body"], r["headers"][HEADER_SIGNATURE])
-               for r in receiver.requests)  # every try is signed afresh
+    assert all(
+        verify(SECRET, r["headers"][HEADER_TIMESTAMP], r["body"], r["headers"][HEADER_SIGNATURE])
+        for r in receiver.requests
+    )  # every try is signed afresh
     assert (report.delivered, report.dead_lettered, report.attempts) == (1, 0, 4)
     assert read_topic(settings, settings.topic("dlq"), lambda got: len(got) >= 1, timeout=2) == []
     assert committed_total(settings) == 1
@@ -232,28 +267,37 @@ def test_webhook_failures_go_to_the_dead_letter_topic(alerts_settings, receiver_
 
 # --- the follower -----------------------------------------------------------------------------------
 
+
 class _Out(io.StringIO):
     def lines(self) -> list[str]:
         return [line for line in self.getvalue().splitlines() if line]
 
 
 def test_follow_sees_new_alerts_live_and_filters(alerts_settings):
-    from streams.alert_consumers import follow_alerts
+    from streamdl.streams.jobs.alert_consumers import follow_alerts
 
     settings = alerts_settings
     produce(settings, alert("img-old", severity="critical"))  # before the follower: not shown
     out, stop, ready = _Out(), threading.Event(), threading.Event()
     result: list[int] = []
-    follower = threading.Thread(target=lambda: result.append(follow_alerts(
-        settings, rule="near_duplicate", severity="warning", out=out, stop=stop, ready=ready)), daemon=True)
+    follower = threading.Thread(
+        target=lambda: result.append(
+            follow_alerts(settings, rule="near_duplicate", severity="warning", out=out, stop=stop, ready=ready)
+        ),
+        daemon=True,
+    )
     follower.start()
     assert ready.wait(30), "follower never became ready"
 
     start = time.monotonic()
     # Same key, same partition, in this order: when the last one shows, the others were judged.
-    produce(settings, alert("img-new", rule="novel", severity="critical"),         # other rule
-            alert("img-new", rule="near_duplicate", severity="info"),              # below warning
-            alert("img-new", rule="near_duplicate", severity="critical", suppressed=4), key="img-new")
+    produce(
+        settings,
+        alert("img-new", rule="novel", severity="critical"),  # other rule
+        alert("img-new", rule="near_duplicate", severity="info"),  # below warning
+        alert("img-new", rule="near_duplicate", severity="critical", suppressed=4),
+        key="img-new",
+    )
     wait_for(lambda: len(out.lines()) >= 1, timeout=20, what="the live alert")
     latency = time.monotonic() - start  # produce (acks=all) + fetch + print
     time.sleep(0.3)
@@ -269,11 +313,15 @@ def test_follow_sees_new_alerts_live_and_filters(alerts_settings):
 
 
 def test_alerts_since_without_follow_prints_and_returns(alerts_settings):
-    from streams.alert_consumers import follow_alerts
+    from streamdl.streams.jobs.alert_consumers import follow_alerts
 
     settings = alerts_settings
-    produce(settings, alert("a1", severity="info"), alert("a2", severity="warning"),
-            alert("a3", rule="novel", severity="critical"))
+    produce(
+        settings,
+        alert("a1", severity="info"),
+        alert("a2", severity="warning"),
+        alert("a3", rule="novel", severity="critical"),
+    )
     produce(settings, b"garbage", key="junk")
 
     out = _Out()
@@ -282,7 +330,10 @@ def test_alerts_since_without_follow_prints_and_returns(alerts_settings):
     assert len(lines) == 4 and sum("malformed alert" in line for line in lines) == 1
     assert follow_alerts(settings, since="5m", follow=False, severity="warning", out=_Out()) == 2
     assert follow_alerts(settings, since="5m", follow=False, rule="novel", out=_Out()) == 1
-    assert follow_alerts(settings, since="5m", follow=False, rule="near_duplicate,novel", severity="critical", out=_Out()) == 1
+    assert (
+        follow_alerts(settings, since="5m", follow=False, rule="near_duplicate,novel", severity="critical", out=_Out())
+        == 1
+    )
     # nothing since the future; no since at all: only new alerts, so none
     assert follow_alerts(settings, since="2099-01-01T00:00:00Z", follow=False, out=_Out()) == 0
     assert follow_alerts(settings, follow=False, out=_Out()) == 0

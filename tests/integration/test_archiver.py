@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
-from connectors.archive import FILE_RE, TMP_PREFIX, archive_root, list_files
-from connectors.archive_reader import archive_status, read_archive
+from streamdl.connectors.archive import FILE_RE, TMP_PREFIX, archive_root, list_files
+from streamdl.connectors.archive_reader import archive_status, read_archive
 from streamdl.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ EXTRA = 10  # a partition: 5 more after the restarts
 
 
 def start_archiver(settings: Settings, log: Path):
-    from streams.worker_process import WorkerProcess
+    from streamdl.streams.agents.worker_process import WorkerProcess
 
     return WorkerProcess(settings, log, command=("archive", "run")).start(timeout=60)
 
@@ -34,8 +34,12 @@ def start_archiver(settings: Settings, log: Path):
 def total(proc, sample: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
-    return sum(s.value for family in text_string_to_metric_families(proc.metrics() or "") for s in family.samples
-               if s.name == sample)
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(proc.metrics() or "")
+        for s in family.samples
+        if s.name == sample
+    )
 
 
 def wait_for(what: str, check, timeout: float, proc=None) -> None:
@@ -49,11 +53,19 @@ def wait_for(what: str, check, timeout: float, proc=None) -> None:
 def produce(settings: Settings, topic: str, indices: range, hour_ms: int) -> None:
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers, "enable.idempotence": True, "linger.ms": 5}
+    )
     for i in indices:
         # Timestamps cross an hour boundary half-way, so files are split by hour too.
-        producer.produce(topic, key=f"{topic}-{i}".encode(), value=b"v%d" % i + bytes(range(256)), partition=i % PARTITIONS,
-                         timestamp=hour_ms - PER_TOPIC // 2 + i, headers=[("i", str(i).encode())])
+        producer.produce(
+            topic,
+            key=f"{topic}-{i}".encode(),
+            value=b"v%d" % i + bytes(range(256)),
+            partition=i % PARTITIONS,
+            timestamp=hour_ms - PER_TOPIC // 2 + i,
+            headers=[("i", str(i).encode())],
+        )
     assert producer.flush(30) == 0
 
 
@@ -61,14 +73,22 @@ def produce(settings: Settings, topic: str, indices: range, hour_ms: int) -> Non
 def archive_settings(stack: Settings, tmp_path: Path):
     from confluent_kafka.admin import AdminClient
 
-    from connectors.kafka_admin import ensure_topics
-    from infra.process import free_port
+    from streamdl.connectors.kafka_admin import ensure_topics
+    from streamdl.infra.process import free_port
 
     tag = f"t{uuid.uuid4().hex[:8]}"
-    settings = stack.model_copy(update={
-        "topic_prefix": f"{tag}.", "consumer_group": f"{tag}-workers", "archive_url": str(tmp_path / "archive"),
-        "metrics_port": free_port(), "topic_partitions": PARTITIONS, "archive_topics": "images,events",
-        "archive_max_file_messages": FILE_MESSAGES, "archive_max_file_secs": 60.0})
+    settings = stack.model_copy(
+        update={
+            "topic_prefix": f"{tag}.",
+            "consumer_group": f"{tag}-workers",
+            "archive_url": str(tmp_path / "archive"),
+            "metrics_port": free_port(),
+            "topic_partitions": PARTITIONS,
+            "archive_topics": "images,events",
+            "archive_max_file_messages": FILE_MESSAGES,
+            "archive_max_file_secs": 60.0,
+        }
+    )
     ensure_topics(settings, ("images", "events"))
     yield settings
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
@@ -97,9 +117,15 @@ def test_killed_in_the_middle_of_a_file_then_restarted_archives_every_message_on
     first = start_archiver(settings, log)
     try:
         closed = len(topics) * PARTITIONS * 2 * FILE_MESSAGES
-        wait_for("two closed files a partition and one open",
-                 lambda: total(first, "streamdl_archive_messages_total") == closed
-                 and total(first, "streamdl_archive_open_messages") == len(topics) * FIRST_PHASE - closed, 30, first)
+        wait_for(
+            "two closed files a partition and one open",
+            lambda: (
+                total(first, "streamdl_archive_messages_total") == closed
+                and total(first, "streamdl_archive_open_messages") == len(topics) * FIRST_PHASE - closed
+            ),
+            30,
+            first,
+        )
         first.proc.kill()  # SIGKILL: no chance to close the open files
         first.proc.wait(10)
     finally:
@@ -113,9 +139,15 @@ def test_killed_in_the_middle_of_a_file_then_restarted_archives_every_message_on
     second = start_archiver(settings, log)
     try:
         tail = len(topics) * PARTITIONS * 150  # 1150..1299 of each partition
-        wait_for("all but the last files archived",
-                 lambda: total(second, "streamdl_archive_messages_total") == len(topics) * PER_TOPIC - closed - tail
-                 and total(second, "streamdl_archive_open_messages") == tail, 45, second)
+        wait_for(
+            "all but the last files archived",
+            lambda: (
+                total(second, "streamdl_archive_messages_total") == len(topics) * PER_TOPIC - closed - tail
+                and total(second, "streamdl_archive_open_messages") == tail
+            ),
+            45,
+            second,
+        )
         assert second.stop() == 0
     finally:
         second.stop()
@@ -123,15 +155,25 @@ def test_killed_in_the_middle_of_a_file_then_restarted_archives_every_message_on
 
     # 3. With its commits lost (a new consumer group), a restart archives only what is new, and a
     #    file closes after archive_max_file_secs even when no further message comes.
-    third = start_archiver(settings.model_copy(update={"consumer_group": f"{settings.consumer_group}-lost",
-                                                       "archive_max_file_secs": 1.5}), log)
+    third = start_archiver(
+        settings.model_copy(update={"consumer_group": f"{settings.consumer_group}-lost", "archive_max_file_secs": 1.5}),
+        log,
+    )
     try:
-        wait_for("the partitions assigned",
-                 lambda: total(third, "streamdl_archive_assigned_partitions") == len(topics) * PARTITIONS, 30, third)
+        wait_for(
+            "the partitions assigned",
+            lambda: total(third, "streamdl_archive_assigned_partitions") == len(topics) * PARTITIONS,
+            30,
+            third,
+        )
         for topic in topics:
             produce(settings, topic, range(PER_TOPIC, PER_TOPIC + EXTRA), hour_ms)
-        wait_for("the new messages archived", lambda: total(third, "streamdl_archive_messages_total") == len(topics) * EXTRA,
-                 20, third)
+        wait_for(
+            "the new messages archived",
+            lambda: total(third, "streamdl_archive_messages_total") == len(topics) * EXTRA,
+            20,
+            third,
+        )
         time.sleep(1)
         assert total(third, "streamdl_archive_messages_total") == len(topics) * EXTRA
         assert third.alive
@@ -152,8 +194,10 @@ def test_killed_in_the_middle_of_a_file_then_restarted_archives_every_message_on
             assert sorted(part["offset"].to_pylist()) == list(range(count // PARTITIONS))
         assert sorted(table["key"].to_pylist()) == sorted(f"{topic}-{i}".encode() for i in range(count))
         # Hive layout: each row lies in the folder of its timestamp's hour (the messages cross an hour).
-        hive = ds.dataset(f"{root}/{topic}", format="parquet", partitioning="hive").to_table(columns=["timestamp_ms", "hour"])
-        hours = [datetime.fromtimestamp(ts / 1000, timezone.utc).hour for ts in hive["timestamp_ms"].to_pylist()]
+        hive = ds.dataset(f"{root}/{topic}", format="parquet", partitioning="hive").to_table(
+            columns=["timestamp_ms", "hour"]
+        )
+        hours = [datetime.fromtimestamp(ts / 1000, UTC).hour for ts in hive["timestamp_ms"].to_pylist()]
         assert hours == hive["hour"].to_pylist() and len(set(hours)) == 2
     for path in Path(root).rglob("*"):
         if path.is_file():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from elasticsearch import helpers
 
-from connectors.es_client import ensure_index
-from connectors.es_mappings import images_index
+from streamdl.connectors.es_client import ensure_index
+from streamdl.connectors.es_mappings import images_index
 
 pytestmark = pytest.mark.integration
 
@@ -21,14 +21,24 @@ def test_knn_finds_each_vector_itself(es, index_factory):
 
     rng = np.random.default_rng(7)
     vectors = rng.normal(size=(300, 32)).astype("float32")
-    ok, errors = helpers.bulk(es, ({"_index": alias, "_id": f"img-{i}", "image_id": f"img-{i}", "embedding": v.tolist()}
-                                   for i, v in enumerate(vectors)), refresh="wait_for", raise_on_error=False)
+    ok, errors = helpers.bulk(
+        es,
+        (
+            {"_index": alias, "_id": f"img-{i}", "image_id": f"img-{i}", "embedding": v.tolist()}
+            for i, v in enumerate(vectors)
+        ),
+        refresh="wait_for",
+        raise_on_error=False,
+    )
     assert ok == 300 and not errors
     assert es.count(index=alias)["count"] == 300
 
     for i in (0, 17, 150, 299):
-        res = es.search(index=alias, knn={"field": "embedding", "query_vector": vectors[i].tolist(), "k": 5, "num_candidates": 50},
-                        source=False)
+        res = es.search(
+            index=alias,
+            knn={"field": "embedding", "query_vector": vectors[i].tolist(), "k": 5, "num_candidates": 50},
+            source=False,
+        )
         hits = res["hits"]["hits"]
         assert hits[0]["_id"] == f"img-{i}"
         assert hits[0]["_score"] == pytest.approx(1.0, abs=1e-4)  # cosine 1 -> score (1 + 1) / 2
@@ -47,7 +57,7 @@ def test_ensure_index_is_idempotent_and_moves_the_alias_only_when_asked(es, inde
 
 
 def test_bulk_index_hands_back_rejected_documents_and_indexes_the_rest(es, index_factory):
-    from connectors.es_bulk import bulk_index
+    from streamdl.connectors.es_bulk import bulk_index
 
     alias = index_factory("bulk")
     ensure_index(es, alias, "v1", images_index(dims=3))
@@ -78,7 +88,7 @@ class FailFirstCalls:
 
 
 def test_bulk_index_retries_connection_failures(es, index_factory):
-    from connectors.es_bulk import bulk_index
+    from streamdl.connectors.es_bulk import bulk_index
 
     alias = index_factory("retry")
     ensure_index(es, alias, "v1", images_index(dims=3))

@@ -16,13 +16,13 @@ import pytest
 from confluent_kafka import Producer
 from sklearn.datasets import load_digits
 
-from connectors.es_client import es_client
-from connectors.event_producer import EventItem, publish_events
-from connectors.kafka_producer import produce_all
-from connectors.sensor_sample import score_detections, sensor_anomalies, sensor_events
-from models.digits import digit_to_png
-from models.event_models import SENSOR_TRAIN_DAYS as SAMPLE_TRAINING_DAYS
-from streams.records import parse_dead_letter_headers, to_json
+from streamdl.connectors.es_client import es_client
+from streamdl.connectors.event_producer import EventItem, publish_events
+from streamdl.connectors.kafka_producer import produce_all
+from streamdl.models.digits import digit_to_png
+from streamdl.models.event_models import SENSOR_TRAIN_DAYS as SAMPLE_TRAINING_DAYS
+from streamdl.models.sensor_sample import score_detections, sensor_anomalies, sensor_events
+from streamdl.records import parse_dead_letter_headers, to_json
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +50,14 @@ def stream(stream_factory, tmp_path_factory):
     folder = tmp_path_factory.mktemp("events")
     rules = folder / "rules.yaml"
     rules.write_text(RULES)
-    with stream_factory(folder / "worker.log", alert_rules_file=rules, max_batch_size=256, max_batch_duration_secs=0.3,
-                        max_event_bytes=4096, similarity_alerts=False) as running:
+    with stream_factory(
+        folder / "worker.log",
+        alert_rules_file=rules,
+        max_batch_size=256,
+        max_batch_duration_secs=0.3,
+        max_event_bytes=4096,
+        similarity_alerts=False,
+    ) as running:
         yield running
 
 
@@ -86,25 +92,39 @@ def test_the_sensor_samples_injected_anomalies_are_found(stream):
     by_event = score_detections(flagged, episodes)
 
     es.indices.refresh(index=settings.alias("alerts"))
-    alerts = [h["_source"] for h in es.search(index=settings.alias("alerts"), query={"term": {"rule": "anomaly"}},
-                                              size=10_000)["hits"]["hits"]]
+    alerts = [
+        h["_source"]
+        for h in es.search(index=settings.alias("alerts"), query={"term": {"rule": "anomaly"}}, size=10_000)["hits"][
+            "hits"
+        ]
+    ]
     by_alert = score_detections([(a["subject_id"], _iso_ts(a["ts"])) for a in alerts], episodes)
     suppressed = sum(a["suppressed"] for a in alerts)
-    print(f"\n{len(events)} sensor events ({STREAMED_DAYS} days, {len(episodes)} injected episodes) in {seconds:.1f}s; "
-          f"threshold {ANOMALY_THRESHOLD}\n"
-          f"  readings flagged: {len(flagged)}  precision {by_event.precision:.3f}  recall {by_event.recall:.3f}\n"
-          f"  alerts raised:    {len(alerts)} (+{suppressed} suppressed)  precision {by_alert.precision:.3f}  "
-          f"recall {by_alert.recall:.3f}")
+    print(
+        f"\n{len(events)} sensor events ({STREAMED_DAYS} days, {len(episodes)} injected episodes) in {seconds:.1f}s; "
+        f"threshold {ANOMALY_THRESHOLD}\n"
+        f"  readings flagged: {len(flagged)}  precision {by_event.precision:.3f}  recall {by_event.recall:.3f}\n"
+        f"  alerts raised:    {len(alerts)} (+{suppressed} suppressed)  precision {by_alert.precision:.3f}  "
+        f"recall {by_alert.recall:.3f}"
+    )
     assert by_event.recall > 0.8 and by_event.precision > 0.5
     assert by_alert.recall > 0.8 and by_alert.precision > 0.5
     assert all(a["model_name"] == "sensors-ae" and a["model_version"] for a in alerts)
-    assert all(a["evidence"]["score"] >= ANOMALY_THRESHOLD and a["evidence"]["threshold"] == ANOMALY_THRESHOLD for a in alerts)
+    assert all(
+        a["evidence"]["score"] >= ANOMALY_THRESHOLD and a["evidence"]["threshold"] == ANOMALY_THRESHOLD for a in alerts
+    )
 
 
 def test_every_kind_of_bad_event_lands_in_the_dead_letter_topic_with_its_reason(stream, read_topic):
     settings, worker = stream
     now = time.time()
-    good = {"id": "good-1", "ts": now, "type": "sensor", "numeric": {"temperature": 60.0}, "categorical": {"machine": "m01"}}
+    good = {
+        "id": "good-1",
+        "ts": now,
+        "type": "sensor",
+        "numeric": {"temperature": 60.0},
+        "categorical": {"machine": "m01"},
+    }
     bad = {
         "invalid_json": b'{"id": "x", "ts": ',
         "wrong_type": json.dumps({**good, "id": "x", "numeric": {"temperature": "hot"}}).encode(),
@@ -121,7 +141,9 @@ def test_every_kind_of_bad_event_lands_in_the_dead_letter_topic_with_its_reason(
     messages += [("good-1", to_json(good), []), ("good-unknown-machine", to_json(unknown_category), [])]
     produce_all(settings, settings.topic("events"), messages)
 
-    letters = read_topic(settings, settings.topic("dlq"), lambda got: {m.key() for m in got} >= {f"bad-{n}".encode() for n in bad})
+    letters = read_topic(
+        settings, settings.topic("dlq"), lambda got: {m.key() for m in got} >= {f"bad-{n}".encode() for n in bad}
+    )
     found = {}
     for msg in letters:
         info = parse_dead_letter_headers(msg.headers())
@@ -174,7 +196,10 @@ def test_a_class_watch_rule_fires_on_an_image_of_its_class_once_per_throttle_win
     def watch_alerts(got: list) -> bool:
         return len([m for m in got if json.loads(m.value())["rule"] == "watch_sevens"]) >= 2
 
-    alerts = [json.loads(m.value()) for m in read_topic(settings, settings.topic("alerts"), watch_alerts, timeout=120, settle=3)]
+    alerts = [
+        json.loads(m.value())
+        for m in read_topic(settings, settings.topic("alerts"), watch_alerts, timeout=120, settle=3)
+    ]
     watch = sorted((a for a in alerts if a["rule"] == "watch_sevens"), key=lambda a: a["ts"])
     assert len(watch) == 2, watch
     assert [a["subject_id"] for a in watch] == ["7", "7"] and watch[0]["evidence"]["label"] == "7"
@@ -191,8 +216,12 @@ def test_a_class_watch_rule_fires_on_an_image_of_its_class_once_per_throttle_win
 
 
 def _flagged(es, alias: str) -> list[tuple[str, float]]:
-    hits = es.search(index=alias, query={"range": {"anomaly_score": {"gte": ANOMALY_THRESHOLD}}}, size=10_000,
-                     source=["categorical.machine", "ts"])["hits"]["hits"]
+    hits = es.search(
+        index=alias,
+        query={"range": {"anomaly_score": {"gte": ANOMALY_THRESHOLD}}},
+        size=10_000,
+        source=["categorical.machine", "ts"],
+    )["hits"]["hits"]
     return [(h["_source"]["categorical"]["machine"], _iso_ts(h["_source"]["ts"])) for h in hits]
 
 
@@ -204,4 +233,3 @@ def _iso_ts(value: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-

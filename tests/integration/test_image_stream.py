@@ -16,10 +16,10 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from PIL import Image
 
-from connectors.image_producer import iter_digits, publish
-from connectors.kafka_producer import produce_all
-from streams.records import parse_dead_letter_headers
-from streams.worker_process import WorkerProcess
+from streamdl.connectors.image_producer import iter_digits, publish
+from streamdl.connectors.kafka_producer import produce_all
+from streamdl.records import parse_dead_letter_headers
+from streamdl.streams.agents.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -29,24 +29,35 @@ MAX_BYTES = 300_000
 
 @pytest.fixture(scope="module")
 def stream(stream_factory, tmp_path_factory):
-    with stream_factory(tmp_path_factory.mktemp("worker") / "worker.log", max_message_bytes=MAX_BYTES,
-                        max_batch_size=64, max_batch_duration_secs=0.3) as running:
+    with stream_factory(
+        tmp_path_factory.mktemp("worker") / "worker.log",
+        max_message_bytes=MAX_BYTES,
+        max_batch_size=64,
+        max_batch_duration_secs=0.3,
+    ) as running:
         yield running
 
 
 def documents(settings, ids_prefix: str = "") -> dict[str, dict]:
-    from connectors.es_client import es_client
+    from streamdl.connectors.es_client import es_client
 
     es = es_client(settings)
     alias = settings.alias("images")
     es.indices.refresh(index=alias)
     query = {"prefix": {"image_id": ids_prefix}} if ids_prefix else {"match_all": {}}
-    hits = es.search(index=alias, query=query, size=10_000, version=True,
-                     source=["image_id", "label", "true_label", "model_name", "model_version", "kafka", "thumbnail"])
+    hits = es.search(
+        index=alias,
+        query=query,
+        size=10_000,
+        version=True,
+        source=["image_id", "label", "true_label", "model_name", "model_version", "kafka", "thumbnail"],
+    )
     return {h["_id"]: {**h["_source"], "_version": h["_version"]} for h in hits["hits"]["hits"]}
 
 
-def wait_for_count(settings, expected: int, prefix: str, worker: WorkerProcess, timeout: float = 300.0) -> dict[str, dict]:
+def wait_for_count(
+    settings, expected: int, prefix: str, worker: WorkerProcess, timeout: float = 300.0
+) -> dict[str, dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         docs = documents(settings, prefix)
@@ -58,7 +69,7 @@ def wait_for_count(settings, expected: int, prefix: str, worker: WorkerProcess, 
 
 
 def test_digits_sample_is_indexed_and_predicted(stream, read_topic):
-    from models.digits import held_out_ids
+    from streamdl.models.digits import held_out_ids
 
     settings, worker = stream
     report = publish(settings, iter_digits(), total=DIGITS, progress=False)
@@ -70,7 +81,9 @@ def test_digits_sample_is_indexed_and_predicted(stream, read_topic):
     assert len(versions) == 1 and None not in next(iter(versions))
     assert all(d["thumbnail"] and d["kafka"]["topic"] == settings.topic("images") for d in docs.values())
 
-    predictions = read_topic(settings, settings.topic("predictions"), lambda got: len(got) >= DIGITS, timeout=240, settle=2)
+    predictions = read_topic(
+        settings, settings.topic("predictions"), lambda got: len(got) >= DIGITS, timeout=240, settle=2
+    )
     by_id = {m.key().decode(): json.loads(m.value()) for m in predictions}
     assert len(predictions) == DIGITS and set(by_id) == set(docs)
     assert all((p["model_name"], p["model_version"]) in versions for p in by_id.values())
@@ -104,7 +117,11 @@ def bad_inputs() -> dict[str, tuple[bytes | None, bytes, set[str]]]:
     return {
         "empty": (b"bad-empty", b"", {"empty"}),
         "truncated": (b"bad-truncated", good[: len(good) // 2], {"truncated", "corrupt"}),
-        "corrupt": (b"bad-corrupt", good[:40] + bytes(rng.integers(0, 255, 200, np.uint8)) + good[-12:], {"corrupt", "truncated"}),
+        "corrupt": (
+            b"bad-corrupt",
+            good[:40] + bytes(rng.integers(0, 255, 200, np.uint8)) + good[-12:],
+            {"corrupt", "truncated"},
+        ),
         "not_an_image": (b"bad-text", b"hello, this is not an image at all", {"not_an_image"}),
         "oversized": (b"bad-oversized", oversized, {"too_large"}),
         "bomb": (b"bad-bomb", bomb.getvalue(), {"too_many_pixels"}),
@@ -117,7 +134,9 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(stre
     settings, worker = stream
     bad = bad_inputs()
     good = [(f"mixed-good-{i}", _png(np.full((32, 32), i * 10, np.uint8)), [("label", b"x")]) for i in range(10)]
-    messages = good[:5] + [(key, value, [("source", name.encode())]) for name, (key, value, _) in bad.items()] + good[5:]
+    messages = (
+        good[:5] + [(key, value, [("source", name.encode())]) for name, (key, value, _) in bad.items()] + good[5:]
+    )
     produce_all(settings, settings.topic("images"), messages)
 
     docs = wait_for_count(settings, 10, "mixed-good-", worker)
@@ -144,8 +163,13 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(stre
 
 def _committed_lag(settings) -> int:
     topic = settings.topic("images")
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": settings.consumer_group,
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": settings.consumer_group,
+            "enable.auto.commit": False,
+        }
+    )
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         committed = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=10)
@@ -173,8 +197,9 @@ def test_replay_from_the_start_duplicates_nothing(stream, tmp_path):
     parts = admin.list_topics(topic, timeout=10).topics[topic].partitions
     from confluent_kafka import ConsumerGroupTopicPartitions
 
-    admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(
-        settings.consumer_group, [TopicPartition(topic, p, 0) for p in parts])])[settings.consumer_group].result(30)
+    admin.alter_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(settings.consumer_group, [TopicPartition(topic, p, 0) for p in parts])]
+    )[settings.consumer_group].result(30)
     assert _committed_lag(settings) > DIGITS
 
     replayer = WorkerProcess(settings, tmp_path / "replay.log").start()
@@ -186,7 +211,9 @@ def test_replay_from_the_start_duplicates_nothing(stream, tmp_path):
         assert _committed_lag(settings) == 0
         after = documents(settings, "digits-")
         assert len(after) == DIGITS
-        assert all(after[i]["_version"] > before[i]["_version"] for i in after), "replayed documents should be overwritten"
+        assert all(after[i]["_version"] > before[i]["_version"] for i in after), (
+            "replayed documents should be overwritten"
+        )
         assert len(documents(settings)) == DIGITS + 10  # digits + the good images of the mixed batch, nothing more
     finally:
         replayer.stop()

@@ -19,12 +19,23 @@ def test_produce_consume_with_keys_and_headers(stack, topic_factory):
         key = f"id-{i}"
         value = uuid.uuid4().bytes * (i + 1)
         sent[key] = (value, [("content-type", b"image/png"), ("label", str(i % 10).encode())])
-        producer.produce(topic, key=key, value=value, headers=sent[key][1],
-                         on_delivery=lambda err, msg: errors.append(str(err)) if err else None)
+        producer.produce(
+            topic,
+            key=key,
+            value=value,
+            headers=sent[key][1],
+            on_delivery=lambda err, msg: errors.append(str(err)) if err else None,
+        )
     assert producer.flush(30) == 0 and not errors
 
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap_servers, "group.id": f"g-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.kafka_bootstrap_servers,
+            "group.id": f"g-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     got = {}
     try:
@@ -47,7 +58,7 @@ def test_produce_consume_with_keys_and_headers(stack, topic_factory):
 def test_init_creates_topics_idempotently(stack, unique):
     from confluent_kafka.admin import AdminClient
 
-    from connectors.kafka_admin import ensure_topics
+    from streamdl.connectors.kafka_admin import ensure_topics
     from streamdl.settings import TOPIC_NAMES
 
     settings = stack.model_copy(update={"topic_prefix": unique("init") + "."})

@@ -20,17 +20,17 @@ from collections import Counter
 import pytest
 from sklearn.datasets import load_digits
 
-from connectors.archive import archive_root
-from connectors.archive_reader import archive_status
-from connectors.es_client import es_client
-from connectors.kafka_producer import produce_all
-from infra.process import free_port
-from models.digits import digit_id, digit_to_png
-from models.registry import Registry
+from streamdl.connectors.archive import archive_root
+from streamdl.connectors.archive_reader import archive_status
+from streamdl.connectors.es_client import es_client
+from streamdl.connectors.kafka_producer import produce_all
+from streamdl.infra.process import free_port
+from streamdl.models.digits import digit_id, digit_to_png
+from streamdl.models.registry import Registry
+from streamdl.records import to_json
 from streamdl.settings import settings_env
-from streams.records import to_json
-from streams.retrain import TooFewLabels, retrain, retrain_lock
-from streams.worker_process import WorkerProcess
+from streamdl.streams.agents.worker_process import WorkerProcess
+from streamdl.streams.jobs.retrain import TooFewLabels, retrain, retrain_lock
 
 pytestmark = pytest.mark.integration
 
@@ -43,12 +43,23 @@ AFTER = 20
 @pytest.fixture(scope="module")
 def loop(stream_factory, tmp_path_factory):
     folder = tmp_path_factory.mktemp("retraining")
-    with stream_factory(folder / "worker.log", worker_agents="images", similarity_alerts=False, max_batch_size=64,
-                        max_batch_duration_secs=0.2, mlflow_tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
-                        archive_url=str(folder / "archive"), archive_max_file_secs=1.0, retrain_tolerance=0.05,
-                        retrain_min_labels=100) as (settings, worker):
-        archiver = WorkerProcess(settings.model_copy(update={"metrics_port": free_port()}), folder / "archiver.log",
-                                 command=("archive", "run")).start()
+    with stream_factory(
+        folder / "worker.log",
+        worker_agents="images",
+        similarity_alerts=False,
+        max_batch_size=64,
+        max_batch_duration_secs=0.2,
+        mlflow_tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+        archive_url=str(folder / "archive"),
+        archive_max_file_secs=1.0,
+        retrain_tolerance=0.05,
+        retrain_min_labels=100,
+    ) as (settings, worker):
+        archiver = WorkerProcess(
+            settings.model_copy(update={"metrics_port": free_port()}),
+            folder / "archiver.log",
+            command=("archive", "run"),
+        ).start()
         try:
             yield settings, worker, archiver
         finally:
@@ -62,8 +73,12 @@ def label_event(i: int, label: str, ts: float) -> tuple[str, bytes, list]:
 
 def publish_digits(settings, indices) -> None:
     digits = load_digits()
-    produce_all(settings, settings.topic("images"),
-                [(digit_id(i), digit_to_png(digits.data[i]), [("source", b"test")]) for i in indices], timeout=120)
+    produce_all(
+        settings,
+        settings.topic("images"),
+        [(digit_id(i), digit_to_png(digits.data[i]), [("source", b"test")]) for i in indices],
+        timeout=120,
+    )
 
 
 def stream_second_half(settings, swapped: threading.Event) -> None:
@@ -94,25 +109,40 @@ def test_retraining_promotes_a_version_and_the_running_worker_swaps_to_it(loop, 
     publish_digits(settings, range(FIRST_HALF))
     labelled = [i for i in range(FIRST_HALF) if i % 3]
     produce_all(settings, settings.topic("events"), [label_event(i, str(digits.target[i]), now) for i in labelled])
-    wait("the first half archived", lambda: archived_rows(settings, "images") >= FIRST_HALF
-         and archived_rows(settings, "events") >= len(labelled), alive=(worker, archiver))
+    wait(
+        "the first half archived",
+        lambda: archived_rows(settings, "images") >= FIRST_HALF and archived_rows(settings, "events") >= len(labelled),
+        alive=(worker, archiver),
+    )
 
     swapped = threading.Event()
     streaming = threading.Thread(target=stream_second_half, args=(settings, swapped))
     streaming.start()  # the second half streams while the model is retrained and swapped
     result = retrain(settings, say=print)
-    wait("the worker serving version 2", lambda: worker.metric("streamdl_model_loaded", "version", stream="images").get("2") == 1.0,
-         timeout=120, alive=(worker,))
+    wait(
+        "the worker serving version 2",
+        lambda: worker.metric("streamdl_model_loaded", "version", stream="images").get("2") == 1.0,
+        timeout=120,
+        alive=(worker,),
+    )
     swapped.set()
     streaming.join()
-    produce_all(settings, settings.topic("images"), [(f"after-swap-{i}", digit_to_png(digits.data[i]), []) for i in range(AFTER)])
+    produce_all(
+        settings,
+        settings.topic("images"),
+        [(f"after-swap-{i}", digit_to_png(digits.data[i]), []) for i in range(AFTER)],
+    )
 
-    print(f"\nretrain: {result.status} v{result.version}: {result.reason}; stages {result.seconds}; counters {result.counters}")
+    print(
+        f"\nretrain: {result.status} v{result.version}: {result.reason}; stages {result.seconds}; counters {result.counters}"
+    )
     assert result.status == "promoted" and result.version == "2", result
     assert result.counters["labelled_images"] == len(labelled) and result.counters.get("corrupt_files", 0) == 0
     registry = Registry.from_settings(settings)
     v2 = registry.show(settings.model_name, "2")
-    assert v2.champion and v2.kind == "head" and v2.metrics["test_accuracy"] >= result.metrics["current_accuracy"] - 0.05
+    assert (
+        v2.champion and v2.kind == "head" and v2.metrics["test_accuracy"] >= result.metrics["current_accuracy"] - 0.05
+    )
     run = registry.client.get_run(v2.run_id)
     assert run.data.params["arch"] in ("softmax", "mlp") and run.data.tags["git_commit"]
     assert {"confusion.png", "search.json", "head"} <= {a.path for a in registry.client.list_artifacts(v2.run_id)}
@@ -127,7 +157,9 @@ def test_retraining_promotes_a_version_and_the_running_worker_swaps_to_it(loop, 
         return es.count(index=alias)["count"]
 
     wait("every image indexed", lambda: indexed() >= TOTAL + AFTER, alive=(worker,))
-    predictions = read_topic(settings, settings.topic("predictions"), lambda got: len(got) >= TOTAL + AFTER, timeout=120, settle=3)
+    predictions = read_topic(
+        settings, settings.topic("predictions"), lambda got: len(got) >= TOTAL + AFTER, timeout=120, settle=3
+    )
     keys = Counter(m.key() for m in predictions)
     versions = Counter(json.loads(m.value())["model_version"] for m in predictions)
     print(f"predictions by version: {dict(versions)}")
@@ -138,9 +170,11 @@ def test_retraining_promotes_a_version_and_the_running_worker_swaps_to_it(loop, 
     for m in sorted(predictions, key=lambda m: (m.partition(), m.offset())):
         by_partition.setdefault(m.partition(), []).append(json.loads(m.value())["model_version"])
     for seq in by_partition.values():  # once a partition saw version 2, it never goes back
-        assert "1" not in seq[seq.index("2"):] if "2" in seq else True
+        assert "1" not in seq[seq.index("2") :] if "2" in seq else True
     assert indexed() == TOTAL + AFTER
-    docs = es.search(index=alias, size=0, aggs={"v": {"terms": {"field": "model_version"}}})["aggregations"]["v"]["buckets"]
+    docs = es.search(index=alias, size=0, aggs={"v": {"terms": {"field": "model_version"}}})["aggregations"]["v"][
+        "buckets"
+    ]
     assert {b["key"] for b in docs} == {"1", "2"} and sum(b["doc_count"] for b in docs) == TOTAL + AFTER
     assert worker.metric("streamdl_model_loaded", "version", stream="images").get("2") == 1.0
 
@@ -153,8 +187,14 @@ def test_a_worse_model_is_registered_but_not_promoted(loop):
     shuffled = [str(d) for d in load_digits().target[labelled]]
     rng.shuffle(shuffled)
     before = archived_rows(settings, "events")
-    produce_all(settings, settings.topic("events"), [label_event(i, label, later) for i, label in zip(labelled, shuffled)])
-    wait("the shuffled labels archived", lambda: archived_rows(settings, "events") >= before + len(labelled), alive=(archiver,))
+    produce_all(
+        settings, settings.topic("events"), [label_event(i, label, later) for i, label in zip(labelled, shuffled)]
+    )
+    wait(
+        "the shuffled labels archived",
+        lambda: archived_rows(settings, "events") >= before + len(labelled),
+        alive=(archiver,),
+    )
     result = retrain(settings, say=print)
     print(f"\nshuffled labels: {result.status} v{result.version}: {result.reason}")
     assert result.status == "registered" and "below the current version" in result.reason
@@ -180,17 +220,26 @@ def test_a_second_run_says_the_first_is_running(loop, tmp_path):
     settings, _, _ = loop
     with retrain_lock(settings.state_dir):
         env = {**settings_env(settings), "PATH": "/usr/bin:/bin"}
-        done = subprocess.run([sys.executable, "-m", "streams", "retrain"], env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "streamdl", "retrain"], env=env, capture_output=True, text=True, timeout=120
+        )
     assert done.returncode == 3, done.stderr[-2000:]
     assert "another retraining run is in progress (pid" in done.stderr
 
 
 def test_a_version_that_cannot_load_is_refused_with_an_alert(loop, read_topic):
     settings, worker, _ = loop
-    produce_all(settings, settings.topic("model-updates"), [(settings.model_name, to_json({"name": settings.model_name,
-                                                                                            "version": "99"}), [])])
-    alerts = read_topic(settings, settings.topic("alerts"), lambda got: any(
-        json.loads(m.value())["rule"] == "model_refused" for m in got), timeout=60)
+    produce_all(
+        settings,
+        settings.topic("model-updates"),
+        [(settings.model_name, to_json({"name": settings.model_name, "version": "99"}), [])],
+    )
+    alerts = read_topic(
+        settings,
+        settings.topic("alerts"),
+        lambda got: any(json.loads(m.value())["rule"] == "model_refused" for m in got),
+        timeout=60,
+    )
     refused = [json.loads(m.value()) for m in alerts if json.loads(m.value())["rule"] == "model_refused"]
     assert refused and refused[0]["evidence"]["refused_version"] == "99" and refused[0]["severity"] == "critical"
     assert worker.alive and worker.metric("streamdl_model_loaded", "version", stream="images").get("2") == 1.0

@@ -29,39 +29,44 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from cryptography import x509
 
-from connectors.es_client import check_elasticsearch, es_client
-from connectors.event_producer import iter_sensors, publish_events
-from connectors.kafka_admin import admin_client, check_kafka
-from connectors.kafka_producer import produce_all
-from infra.fetch import fetch_kafka, find_java
-from infra.process import free_port, stop_process, tail
-from infra.services import kafka_cluster_id
+from streamdl.connectors.es_client import check_elasticsearch, es_client
+from streamdl.connectors.event_producer import iter_sensors, publish_events
+from streamdl.connectors.kafka_admin import admin_client, check_kafka
+from streamdl.connectors.kafka_producer import produce_all
 from streamdl.errors import ServiceUnavailable, SettingsError, StreamdlError
+from streamdl.infra.fetch import fetch_kafka, find_java
+from streamdl.infra.process import free_port, stop_process, tail
+from streamdl.infra.services import kafka_cluster_id
 from streamdl.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 
 KAFKA_USER, KAFKA_PASSWORD = "alice", f"kafka-{uuid.uuid4().hex}"
-ES_USER, ES_PASSWORD, ES_API_KEY = "streamdl", f"es-{uuid.uuid4().hex}", base64.b64encode(f"id1:{uuid.uuid4().hex}".encode()).decode()
+ES_USER, ES_PASSWORD, ES_API_KEY = (
+    "streamdl",
+    f"es-{uuid.uuid4().hex}",
+    base64.b64encode(f"id1:{uuid.uuid4().hex}".encode()).decode(),
+)
 SECRETS = (KAFKA_PASSWORD, ES_PASSWORD, ES_API_KEY)
 
 
 # --- certificates ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Pki:
-    ca: Path            # the CA that signed the servers' certificate (PEM)
-    other_ca: Path      # a CA that signed nothing here (an untrusted certificate, seen from a client)
-    cert: Path          # the servers' certificate, for 127.0.0.1 and localhost (PEM)
-    key: Path           # its private key (PEM, PKCS#8)
-    keystore: Path      # both, as the broker's PKCS#12 keystore
+    ca: Path  # the CA that signed the servers' certificate (PEM)
+    other_ca: Path  # a CA that signed nothing here (an untrusted certificate, seen from a client)
+    cert: Path  # the servers' certificate, for 127.0.0.1 and localhost (PEM)
+    key: Path  # its private key (PEM, PKCS#8)
+    keystore: Path  # both, as the broker's PKCS#12 keystore
     store_password: str
 
 
@@ -72,16 +77,33 @@ def _ca(folder: Path, name: str):
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"streamdl test {name}")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     path = folder / f"{name}.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return key, cert, path
@@ -97,23 +119,35 @@ def make_pki(folder: Path) -> Pki:
     ca_key, ca_cert, ca = _ca(folder, "ca")
     _, _, other = _ca(folder, "other-ca")
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     cert_path, key_path, store = folder / "server.crt", folder / "server.key", folder / "server.p12"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     password = uuid.uuid4().hex
-    store.write_bytes(pkcs12.serialize_key_and_certificates(b"server", key, cert, [ca_cert],
-                                                            serialization.BestAvailableEncryption(password.encode())))
+    store.write_bytes(
+        pkcs12.serialize_key_and_certificates(
+            b"server", key, cert, [ca_cert], serialization.BestAvailableEncryption(password.encode())
+        )
+    )
     return Pki(ca, other, cert_path, key_path, store, password)
 
 
@@ -138,51 +172,90 @@ class SecureKafka:
         """The broker's internal PLAINTEXT listener (to show a client speaking SSL to it fails clearly)."""
         return f"127.0.0.1:{self.internal_port}"
 
-    def start(self, timeout: float = 120.0) -> "SecureKafka":
+    def start(self, timeout: float = 120.0) -> SecureKafka:
         libs = fetch_kafka(self.dist, self.version, print)
         java, _ = find_java()
         self.home.mkdir(parents=True, exist_ok=True)
         config, log4j = self.home / "server.properties", self.home / "log4j.properties"
-        log4j.write_text("log4j.rootLogger=INFO, stdout\nlog4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
-                         "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
-                         "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n")
+        log4j.write_text(
+            "log4j.rootLogger=INFO, stdout\nlog4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
+            "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
+            "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+        )
         host = "127.0.0.1"
-        config.write_text("\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@{host}:{self.controller_port}",
-            f"listeners=SASL_SSL://{host}:{self.port},CONTROLLER://{host}:{self.controller_port},INTERNAL://{host}:{self.internal_port}",
-            f"advertised.listeners=SASL_SSL://{host}:{self.port},INTERNAL://{host}:{self.internal_port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=INTERNAL",
-            "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT",
-            "sasl.enabled.mechanisms=SCRAM-SHA-512",
-            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;",
-            "ssl.keystore.type=PKCS12",
-            f"ssl.keystore.location={self.pki.keystore}",
-            f"ssl.keystore.password={self.pki.store_password}",
-            f"ssl.key.password={self.pki.store_password}",
-            "ssl.client.auth=none",
-            f"log.dirs={self.home / 'data'}",
-            "num.partitions=2",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=4",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=true",
-            "message.max.bytes=16777216",
-            "",
-        ]))
-        scram = [arg for name, password in self.users.items()
-                 for arg in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")]
-        formatted = subprocess.run([str(java), "-cp", f"{libs}/*", f"-Dlog4j.configuration=file:{log4j}", "kafka.tools.StorageTool",
-                                    "format", "-t", kafka_cluster_id(), "-c", str(config), *scram], capture_output=True, text=True)
+        config.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@{host}:{self.controller_port}",
+                    f"listeners=SASL_SSL://{host}:{self.port},CONTROLLER://{host}:{self.controller_port},INTERNAL://{host}:{self.internal_port}",
+                    f"advertised.listeners=SASL_SSL://{host}:{self.port},INTERNAL://{host}:{self.internal_port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=INTERNAL",
+                    "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT",
+                    "sasl.enabled.mechanisms=SCRAM-SHA-512",
+                    "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;",
+                    "ssl.keystore.type=PKCS12",
+                    f"ssl.keystore.location={self.pki.keystore}",
+                    f"ssl.keystore.password={self.pki.store_password}",
+                    f"ssl.key.password={self.pki.store_password}",
+                    "ssl.client.auth=none",
+                    f"log.dirs={self.home / 'data'}",
+                    "num.partitions=2",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=4",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=true",
+                    "message.max.bytes=16777216",
+                    "",
+                ]
+            )
+        )
+        scram = [
+            arg
+            for name, password in self.users.items()
+            for arg in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")
+        ]
+        formatted = subprocess.run(
+            [
+                str(java),
+                "-cp",
+                f"{libs}/*",
+                f"-Dlog4j.configuration=file:{log4j}",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                kafka_cluster_id(),
+                "-c",
+                str(config),
+                *scram,
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert formatted.returncode == 0, formatted.stdout + formatted.stderr
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([str(java), "-Xms256m", "-Xmx256m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-                                          f"-Dlog4j.configuration=file:{log4j}", "-cp", f"{libs}/*", "kafka.Kafka", str(config)],
-                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [
+                    str(java),
+                    "-Xms256m",
+                    "-Xmx256m",
+                    "-XX:+UseG1GC",
+                    "-Djava.awt.headless=true",
+                    f"-Dlog4j.configuration=file:{log4j}",
+                    "-cp",
+                    f"{libs}/*",
+                    "kafka.Kafka",
+                    str(config),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while "Kafka Server started" not in self.log.read_text(errors="replace"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -197,8 +270,18 @@ class SecureKafka:
 
 
 # --- HTTPS in front of the shared Elasticsearch ------------------------------------------------------
-_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer", "content-length",
-        "authorization", "host"}
+_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "content-length",
+    "authorization",
+    "host",
+}
 
 
 class EsTlsProxy:
@@ -223,21 +306,31 @@ class EsTlsProxy:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def _any(self) -> None:  # noqa: N802
+            def _any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 if not proxy.authorized(self.headers.get("Authorization")):
                     with proxy.lock:
                         proxy.refused += 1
-                    return self._reply(401, [("Content-Type", "application/json"), ("X-Elastic-Product", "Elasticsearch"),
-                                             ("WWW-Authenticate", 'Basic realm="security", ApiKey')],
-                                       b'{"error":{"type":"security_exception","reason":"unable to authenticate"},"status":401}')
+                    return self._reply(
+                        401,
+                        [
+                            ("Content-Type", "application/json"),
+                            ("X-Elastic-Product", "Elasticsearch"),
+                            ("WWW-Authenticate", 'Basic realm="security", ApiKey'),
+                        ],
+                        b'{"error":{"type":"security_exception","reason":"unable to authenticate"},"status":401}',
+                    )
                 with proxy.lock:
                     proxy.served += 1
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 try:
-                    conn.request(self.command, self.path, body=body,
-                                 headers={k: v for k, v in self.headers.items() if k.lower() not in _HOP})
+                    conn.request(
+                        self.command,
+                        self.path,
+                        body=body,
+                        headers={k: v for k, v in self.headers.items() if k.lower() not in _HOP},
+                    )
                     resp = conn.getresponse()
                     data = resp.read()
                 finally:
@@ -293,8 +386,9 @@ def pki(tmp_path_factory) -> Pki:
 def broker(settings: Settings, pki: Pki, tmp_path_factory) -> Iterator[SecureKafka]:
     dist = settings.state_dir.resolve() / "dist"
     dist.mkdir(parents=True, exist_ok=True)
-    kafka = SecureKafka(tmp_path_factory.mktemp("secure-kafka"), dist, settings.kafka_version, pki,
-                        {KAFKA_USER: KAFKA_PASSWORD}).start()
+    kafka = SecureKafka(
+        tmp_path_factory.mktemp("secure-kafka"), dist, settings.kafka_version, pki, {KAFKA_USER: KAFKA_PASSWORD}
+    ).start()
     yield kafka
     kafka.stop()
     shutil.rmtree(kafka.home, ignore_errors=True)
@@ -316,14 +410,24 @@ def clean_env(monkeypatch) -> None:
             monkeypatch.delenv(key)
 
 
-def secure(base: Settings, broker: SecureKafka, pki: Pki, proxy: EsTlsProxy | None = None, **overrides: Any) -> Settings:
+def secure(
+    base: Settings, broker: SecureKafka, pki: Pki, proxy: EsTlsProxy | None = None, **overrides: Any
+) -> Settings:
     """``base`` pointed at the SASL_SSL broker (and at the HTTPS proxy, when given), on its own names."""
     tag = f"sec{uuid.uuid4().hex[:8]}"
     values: dict[str, Any] = {
-        "state_dir": base.state_dir, "kafka_bootstrap_servers": broker.bootstrap, "kafka_security_protocol": "SASL_SSL",
-        "kafka_sasl_mechanism": "SCRAM-SHA-512", "kafka_username": KAFKA_USER, "kafka_password": KAFKA_PASSWORD,
-        "kafka_ssl_ca_file": pki.ca, "topic_prefix": f"{tag}.", "index_prefix": f"{tag}-", "consumer_group": f"{tag}-workers",
-        "topic_partitions": 2, "es_url": base.es_url,
+        "state_dir": base.state_dir,
+        "kafka_bootstrap_servers": broker.bootstrap,
+        "kafka_security_protocol": "SASL_SSL",
+        "kafka_sasl_mechanism": "SCRAM-SHA-512",
+        "kafka_username": KAFKA_USER,
+        "kafka_password": KAFKA_PASSWORD,
+        "kafka_ssl_ca_file": pki.ca,
+        "topic_prefix": f"{tag}.",
+        "index_prefix": f"{tag}-",
+        "consumer_group": f"{tag}-workers",
+        "topic_partitions": 2,
+        "es_url": base.es_url,
     }
     if proxy is not None:
         values.update(es_url=proxy.url, es_ca_file=pki.ca, es_username=ES_USER, es_password=ES_PASSWORD)
@@ -337,7 +441,9 @@ def without(settings: Settings, *fields: str, **updates: Any) -> Settings:
     for name in fields:
         values.pop(name, None)
     values.update(updates)
-    values = {k: (v.get_secret_value() if hasattr(v, "get_secret_value") else v) for k, v in values.items() if v is not None}
+    values = {
+        k: (v.get_secret_value() if hasattr(v, "get_secret_value") else v) for k, v in values.items() if v is not None
+    }
     return load_settings(values, env_file=None)
 
 
@@ -367,11 +473,20 @@ def wait_for_count(es, index: str, expected: int, worker, timeout: float = 120.0
 def test_producers_and_worker_work_over_sasl_ssl_and_https(settings, broker, pki, proxy, tmp_path):
     from itertools import islice
 
-    from connectors.setup import init_all
-    from streams.worker_process import WorkerProcess
+    from streamdl.connectors.setup import init_all
+    from streamdl.streams.agents.worker_process import WorkerProcess
 
-    s = secure(settings, broker, pki, proxy, worker_agents="events", similarity_alerts=False, hot_swap=False,
-               metrics_port=free_port(), max_batch_duration_secs=0.2)
+    s = secure(
+        settings,
+        broker,
+        pki,
+        proxy,
+        worker_agents="events",
+        similarity_alerts=False,
+        hot_swap=False,
+        metrics_port=free_port(),
+        max_batch_duration_secs=0.2,
+    )
     init_all(s)
     log = tmp_path / "worker.log"
     served_before = proxy.served
@@ -403,8 +518,8 @@ def test_producers_and_worker_work_over_sasl_ssl_and_https(settings, broker, pki
 
 def test_a_wrong_password_fails_fast_and_says_so(settings, broker, pki, tmp_path, clean_env, monkeypatch, capsys):
     from streamdl.settings import settings_env
-    from streams.cli import main
-    from streams.worker_process import WorkerProcess
+    from streamdl.streams.agents.worker_process import WorkerProcess
+    from streamdl.streams.cli.main import main
 
     wrong = "not-the-password"
     bad = secure(settings, broker, pki, kafka_password=wrong, worker_agents="events", metrics_port=free_port())
@@ -413,11 +528,18 @@ def test_a_wrong_password_fails_fast_and_says_so(settings, broker, pki, tmp_path
     err = error_of(lambda: check_kafka(admin_client(bad), bad))
     assert time.monotonic() - start < 8
     message = str(err)
-    assert isinstance(err, SettingsError) and "refused the credentials" in message and "STREAMDL_KAFKA_PASSWORD" in message and KAFKA_USER in message
+    assert (
+        isinstance(err, SettingsError)
+        and "refused the credentials" in message
+        and "STREAMDL_KAFKA_PASSWORD" in message
+        and KAFKA_USER in message
+    )
     assert wrong not in message and KAFKA_PASSWORD not in message
 
     err = error_of(produce_all, bad, bad.topic("events"), [("k", b"{}", [])], timeout=60)
-    assert isinstance(err, SettingsError) and "refused the credentials" in str(err)  # fast, not after the delivery timeout
+    assert isinstance(err, SettingsError) and "refused the credentials" in str(
+        err
+    )  # fast, not after the delivery timeout
 
     # the CLI, configured through the environment with the password in a file
     secret_file = tmp_path / "kafka-password"
@@ -439,7 +561,7 @@ def test_a_wrong_password_fails_fast_and_says_so(settings, broker, pki, tmp_path
 
 
 def test_an_untrusted_certificate_fails_fast_and_says_so(settings, broker, pki, tmp_path):
-    from streams.worker_process import WorkerProcess
+    from streamdl.streams.agents.worker_process import WorkerProcess
 
     for ca in (pki.other_ca, None):  # a CA that did not sign the broker's certificate; the system's CAs
         bad = secure(settings, broker, pki, kafka_ssl_ca_file=ca)
@@ -449,7 +571,9 @@ def test_an_untrusted_certificate_fails_fast_and_says_so(settings, broker, pki, 
         err = error_of(produce_all, bad, bad.topic("events"), [("k", b"{}", [])], timeout=60)
         assert isinstance(err, SettingsError) and "not trusted" in str(err)
 
-    bad = secure(settings, broker, pki, kafka_ssl_ca_file=pki.other_ca, worker_agents="events", metrics_port=free_port())
+    bad = secure(
+        settings, broker, pki, kafka_ssl_ca_file=pki.other_ca, worker_agents="events", metrics_port=free_port()
+    )
     log = tmp_path / "worker.log"
     with pytest.raises(StreamdlError, match="exited with 2"):
         WorkerProcess(bad, log).start(timeout=150)
@@ -457,13 +581,27 @@ def test_an_untrusted_certificate_fails_fast_and_says_so(settings, broker, pki, 
 
 
 def test_a_wrong_protocol_or_mechanism_is_named(settings, broker, pki):
-    plaintext = secure(settings, broker, pki, kafka_security_protocol="PLAINTEXT", kafka_username=None, kafka_password=None,
-                       kafka_ssl_ca_file=None)
+    plaintext = secure(
+        settings,
+        broker,
+        pki,
+        kafka_security_protocol="PLAINTEXT",
+        kafka_username=None,
+        kafka_password=None,
+        kafka_ssl_ca_file=None,
+    )
     err = error_of(lambda: check_kafka(admin_client(plaintext), plaintext, timeout=3))
     assert isinstance(err, ServiceUnavailable) and "STREAMDL_KAFKA_SECURITY_PROTOCOL (PLAINTEXT)" in str(err)
 
-    tls_to_plaintext = secure(settings, broker, pki, kafka_bootstrap_servers=broker.plaintext_bootstrap,
-                              kafka_security_protocol="SSL", kafka_username=None, kafka_password=None)
+    tls_to_plaintext = secure(
+        settings,
+        broker,
+        pki,
+        kafka_bootstrap_servers=broker.plaintext_bootstrap,
+        kafka_security_protocol="SSL",
+        kafka_username=None,
+        kafka_password=None,
+    )
     err = error_of(lambda: check_kafka(admin_client(tls_to_plaintext), tls_to_plaintext))
     assert isinstance(err, SettingsError) and "does not speak SSL on that port" in str(err)
     assert "STREAMDL_KAFKA_SECURITY_PROTOCOL" in str(err)
@@ -476,14 +614,20 @@ def test_a_wrong_protocol_or_mechanism_is_named(settings, broker, pki):
 
 def test_turning_kafka_verification_off_works_and_warns(settings, broker, pki, caplog):
     loose = secure(settings, broker, pki, kafka_ssl_ca_file=None, kafka_ssl_verify=False)
-    with caplog.at_level(logging.WARNING, logger="connectors.kafka_config"):
+    with caplog.at_level(logging.WARNING, logger="streamdl.connectors.kafka_config"):
         check_kafka(admin_client(loose), loose)
     assert any("verification for Kafka is OFF" in r.getMessage() for r in caplog.records)
 
 
 def test_elasticsearch_over_https_with_a_ca_and_credentials(stack, pki, proxy, caplog):
     def es(**overrides: Any) -> Settings:
-        values = {"es_url": proxy.url, "es_ca_file": pki.ca, "es_username": ES_USER, "es_password": ES_PASSWORD, **overrides}
+        values = {
+            "es_url": proxy.url,
+            "es_ca_file": pki.ca,
+            "es_username": ES_USER,
+            "es_password": ES_PASSWORD,
+            **overrides,
+        }
         return load_settings({k: v for k, v in values.items() if v is not None}, env_file=None)
 
     def check(s: Settings) -> str:
@@ -511,7 +655,7 @@ def test_elasticsearch_over_https_with_a_ca_and_credentials(stack, pki, proxy, c
         assert "TLS failed" in str(err.value) and "STREAMDL_ES_CA_FILE" in str(err.value)
         assert "certificate verify failed" in str(err.value).lower()
 
-    with caplog.at_level(logging.WARNING, logger="connectors.es_client"):
+    with caplog.at_level(logging.WARNING, logger="streamdl.connectors.es_client"):
         assert check(es(es_ca_file=None, es_verify_certs=False)) in ("green", "yellow")
     assert any("verification for Elasticsearch is OFF" in r.getMessage() for r in caplog.records)
 

@@ -16,12 +16,12 @@ from confluent_kafka import Consumer
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from connectors.es_client import ensure_index, es_client
-from connectors.es_mappings import images_index
-from connectors.image_producer import iter_digits, publish
-from connectors.kafka_producer import produce_all
-from connectors.search import Filters, NotFound, SearchError, SimilaritySearch
-from models.digits import digit_id, digit_to_png, digits_model_dir
+from streamdl.connectors.es_client import ensure_index, es_client
+from streamdl.connectors.es_mappings import images_index
+from streamdl.connectors.image_producer import iter_digits, publish
+from streamdl.connectors.kafka_producer import produce_all
+from streamdl.models.digits import digit_id, digit_to_png, digits_model_dir
+from streamdl.streams.search import Filters, NotFound, SearchError, SimilaritySearch
 
 pytestmark = pytest.mark.integration
 
@@ -30,8 +30,9 @@ COUNT = 1000  # digits 0..999 are indexed; 1500.. are queries the index never sa
 
 @pytest.fixture(scope="module")
 def indexed(stream_factory, tmp_path_factory):
-    with stream_factory(tmp_path_factory.mktemp("worker") / "worker.log", max_batch_duration_secs=0.3,
-                        novelty_min_images=COUNT // 2) as (settings, worker):
+    with stream_factory(
+        tmp_path_factory.mktemp("worker") / "worker.log", max_batch_duration_secs=0.3, novelty_min_images=COUNT // 2
+    ) as (settings, worker):
         publish(settings, iter_digits(COUNT), total=COUNT, progress=False)
         es = es_client(settings)
         deadline = time.monotonic() + 240
@@ -53,7 +54,9 @@ def test_neighbours_of_indexed_digits_mostly_share_their_label(indexed):
     for i in rng.choice(COUNT, 50, replace=False):
         result = search.by_id(digit_id(int(i)), k=10)
         assert digit_id(int(i)) not in [n.image_id for n in result.neighbours]
-        assert [n.similarity for n in result.neighbours] == sorted((n.similarity for n in result.neighbours), reverse=True)
+        assert [n.similarity for n in result.neighbours] == sorted(
+            (n.similarity for n in result.neighbours), reverse=True
+        )
         same += sum(n.true_label == str(labels[i]) for n in result.neighbours)
         total += len(result.neighbours)
     rate = same / total
@@ -110,14 +113,25 @@ def test_bad_queries_get_clear_errors(indexed):
 def test_an_index_built_by_another_model_version_is_refused_for_image_queries(indexed, index_factory, es):
     settings, _ = indexed
     alias = index_factory("otherversion")
-    ensure_index(es, alias, "v", images_index(64, {"model_name": "digits-cnn", "model_version": "999", "model_ref": "digits-cnn"}))
+    ensure_index(
+        es,
+        alias,
+        "v",
+        images_index(64, {"model_name": "digits-cnn", "model_version": "999", "model_ref": "digits-cnn"}),
+    )
     with pytest.raises(SearchError, match="version 999.*loads version 1"):
         SimilaritySearch(settings, alias=alias).by_image(digit_to_png(load_digits().data[0]))
 
 
 def _alerts(settings, timeout: float = 20.0) -> list[dict]:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"alerts-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"alerts-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([settings.topic("alerts")])
     out, end = [], time.monotonic() + timeout
     try:
@@ -134,7 +148,9 @@ def test_a_republished_copy_raises_exactly_one_near_duplicate_alert(indexed):
     settings, worker = indexed
     original = digit_id(5)
     copy_id = f"copy-of-{original}"
-    produce_all(settings, settings.topic("images"), [(copy_id, digit_to_png(load_digits().data[5]), [("source", b"copy")])])
+    produce_all(
+        settings, settings.topic("images"), [(copy_id, digit_to_png(load_digits().data[5]), [("source", b"copy")])]
+    )
     es = es_client(settings)
     deadline = time.monotonic() + 60
     while not es.options(ignore_status=404).get(index=settings.alias("images"), id=copy_id).get("found"):
@@ -166,14 +182,18 @@ def test_an_image_unlike_any_digit_raises_a_novel_alert_and_digits_mostly_do_not
     novel = [a for a in _alerts(settings, timeout=10) if a["rule"] == "novel"]
     assert [a["subject_id"] for a in novel if a["subject_id"] == "bars"] == ["bars"]
     evidence = next(a for a in novel if a["subject_id"] == "bars")["evidence"]
-    assert evidence["mean_similarity"] < settings.novelty_threshold and len(evidence["neighbours"]) == settings.neighbour_k
+    assert (
+        evidence["mean_similarity"] < settings.novelty_threshold and len(evidence["neighbours"]) == settings.neighbour_k
+    )
     digits_flagged = [a for a in novel if a["subject_id"].startswith("digits-")]
-    print(f"\ndigits flagged novel after the index held {settings.novelty_min_images}: {len(digits_flagged)} of {COUNT}")
+    print(
+        f"\ndigits flagged novel after the index held {settings.novelty_min_images}: {len(digits_flagged)} of {COUNT}"
+    )
     assert len(digits_flagged) < COUNT * 0.02  # before the warm-up, an almost empty index flagged ~5%
 
 
 def test_reindex_to_another_model_version_switches_the_alias_without_a_failed_search(indexed, tmp_path):
-    from streams.reindex import reindex
+    from streamdl.streams.jobs.reindex import reindex
 
     settings, _ = indexed
     model_file = tmp_path / "digits-copy.keras"  # the same network as a file: another model version (its content hash)
@@ -205,10 +225,12 @@ def test_reindex_to_another_model_version_switches_the_alias_without_a_failed_se
     assert not failures, failures[:3]
     assert report.index != old_index and report.indexed >= COUNT
     assert old_index in seen and report.index in seen and "(no hits)" not in seen
-    assert old_index not in seen[seen.index(report.index):], "after the switch, searches must see only the new index"
+    assert old_index not in seen[seen.index(report.index) :], "after the switch, searches must see only the new index"
     assert list(es.indices.get_alias(name=alias)) == [report.index]
     mapping_meta = es.indices.get_mapping(index=report.index)[report.index]["mappings"]["_meta"]
-    assert mapping_meta["model_ref"] == str(model_file.resolve()) and mapping_meta["model_version"] == report.model_version
+    assert (
+        mapping_meta["model_ref"] == str(model_file.resolve()) and mapping_meta["model_version"] == report.model_version
+    )
     # Image queries now use the new index's model (loaded from its file), and still find the right digits.
     result = SimilaritySearch(settings).by_image(digit_to_png(load_digits().data[1500]), k=5)
     assert result.index == report.index and result.model_version == report.model_version

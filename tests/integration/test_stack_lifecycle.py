@@ -4,15 +4,15 @@ stale pid files, a taken port. (The session's shared stack is left alone.)"""
 from __future__ import annotations
 
 import shutil
-import time
 import socket
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from infra.stack import LocalStack
 from streamdl.errors import StackError
+from streamdl.infra.stack import LocalStack
 from streamdl.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -34,8 +34,16 @@ def new_state_dir(settings) -> Path:
 def own_stack(settings):
     """A second stack in a fresh state folder (sharing the unpacked distributions), always stopped after."""
     state = new_state_dir(settings)
-    own = load_settings({"state_dir": state, "kafka_bootstrap_servers": f"127.0.0.1:{KAFKA_PORT}",
-                         "es_url": f"http://127.0.0.1:{ES_PORT}", "es_heap": "512m", "kafka_heap": "256m"}, env_file=None)
+    own = load_settings(
+        {
+            "state_dir": state,
+            "kafka_bootstrap_servers": f"127.0.0.1:{KAFKA_PORT}",
+            "es_url": f"http://127.0.0.1:{ES_PORT}",
+            "es_heap": "512m",
+            "kafka_heap": "256m",
+        },
+        env_file=None,
+    )
     stack = LocalStack(own, say=print)
     yield stack
     stack.down()
@@ -95,8 +103,15 @@ def test_unhealthy_service_times_out_with_its_log(settings, stack):
     state = new_state_dir(settings)
     try:
         # Kafka's heap far too small for the broker: it starts, then dies or never answers.
-        bad = load_settings({"state_dir": state, "kafka_bootstrap_servers": "127.0.0.1:29192", "kafka_heap": "8m",
-                             "stack_timeout_secs": 30}, env_file=None)
+        bad = load_settings(
+            {
+                "state_dir": state,
+                "kafka_bootstrap_servers": "127.0.0.1:29192",
+                "kafka_heap": "8m",
+                "stack_timeout_secs": 30,
+            },
+            env_file=None,
+        )
         bad_stack = LocalStack(bad)
         kafka = bad_stack.service("kafka")
         kafka.prepare()
@@ -109,7 +124,7 @@ def test_unhealthy_service_times_out_with_its_log(settings, stack):
 
 
 def test_missing_java_or_maven_is_named(monkeypatch, tmp_path):
-    from infra import fetch
+    from streamdl.infra import fetch
 
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("JAVA_HOME", raising=False)

@@ -1,5 +1,5 @@
 """``streamdl serve`` end to end: a real worker indexes 300 digits, the server runs as its own
-process (``python -m streams serve``), and headless Chromium (Debian's, driven by Playwright)
+process (``python -m streamdl serve``), and headless Chromium (Debian's, driven by Playwright)
 uses the page; the JSON API's error paths are checked over plain HTTP.
 
 The screenshot of a search is kept at ``.streamdl/artifacts/web-page.png``.
@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from connectors.image_producer import iter_digits, publish
-from infra.process import free_port
-from streams.worker_process import WorkerProcess
+from streamdl.connectors.image_producer import iter_digits, publish
+from streamdl.infra.process import free_port
+from streamdl.streams.agents.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +34,20 @@ QUERY_DIGIT = 1500
 """A sample digit that is not among the published ones: a new image for the index."""
 MAX_BYTES = 300_000
 BODY_LIMIT = MAX_BYTES + 64 * 1024
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def indexed(settings) -> int:
-    from connectors.es_client import es_client
+    from streamdl.connectors.es_client import es_client
 
     es = es_client(settings)
     alias = settings.alias("images")
@@ -50,12 +58,14 @@ def indexed(settings) -> int:
 
 
 class Server(WorkerProcess):
-    """``python -m streams serve`` with the module's settings, on a free port."""
+    """``python -m streamdl serve`` with the module's settings, on a free port."""
 
     def __init__(self, settings, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__(settings, log, ("serve", "--host", "127.0.0.1", "--port", str(self.port)), f"{self.url}/api/index")
+        super().__init__(
+            settings, log, ("serve", "--host", "127.0.0.1", "--port", str(self.port)), f"{self.url}/api/index"
+        )
         self.start(timeout=60)
 
 
@@ -63,13 +73,17 @@ class Server(WorkerProcess):
 def web(stream_factory, tmp_path_factory):
     """A worker that indexed the first 300 digits, and the web server over its index."""
     logs = tmp_path_factory.mktemp("web")
-    with stream_factory(logs / "worker.log", max_message_bytes=MAX_BYTES, max_batch_size=64, max_batch_duration_secs=0.3) as (settings, worker):
+    with stream_factory(
+        logs / "worker.log", max_message_bytes=MAX_BYTES, max_batch_size=64, max_batch_duration_secs=0.3
+    ) as (settings, worker):
         report = publish(settings, iter_digits(PUBLISHED), total=PUBLISHED, progress=False)
         assert report.sent == PUBLISHED
         deadline = time.monotonic() + 300
         while indexed(settings) < PUBLISHED:
             assert worker.alive, f"worker died:\n{worker.tail()}"
-            assert time.monotonic() < deadline, f"only {indexed(settings)} of {PUBLISHED} indexed after 300s\n{worker.tail()}"
+            assert time.monotonic() < deadline, (
+                f"only {indexed(settings)} of {PUBLISHED} indexed after 300s\n{worker.tail()}"
+            )
             time.sleep(1)
         server = Server(settings, logs / "server.log")
         try:
@@ -84,7 +98,7 @@ def query_digit(tmp_path_factory) -> tuple[Path, str]:
     """Digit 1500 (not published) as a PNG file, and its label."""
     from sklearn.datasets import load_digits
 
-    from models.digits import digit_to_png
+    from streamdl.models.digits import digit_to_png
 
     digits = load_digits()
     path = tmp_path_factory.mktemp("query") / f"digit-{QUERY_DIGIT}.png"
@@ -96,8 +110,10 @@ def query_digit(tmp_path_factory) -> tuple[Path, str]:
 def chromium_path() -> str:
     path = os.environ.get("STREAMDL_TEST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
-        pytest.fail("Chromium is needed for the browser tests: 'make install' installs Debian's package "
-                    "(apt-get install chromium), or set STREAMDL_TEST_CHROMIUM to a Chromium binary")
+        pytest.fail(
+            "Chromium is needed for the browser tests: 'make install' installs Debian's package "
+            "(apt-get install chromium), or set STREAMDL_TEST_CHROMIUM to a Chromium binary"
+        )
     return path
 
 
@@ -116,8 +132,14 @@ def page(browser, web):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     messages: list[str] = []
-    page.on("console", lambda m: messages.append(f"{m.type}: {m.text}")
-            if m.type in ("error", "warning") and not m.text.startswith("Failed to load resource") else None)  # 4xx are tested
+    page.on(
+        "console",
+        lambda m: (
+            messages.append(f"{m.type}: {m.text}")
+            if m.type in ("error", "warning") and not m.text.startswith("Failed to load resource")
+            else None
+        ),
+    )  # 4xx are tested
     page.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
@@ -134,7 +156,8 @@ def tiles(page) -> list[dict]:
         "#grid .tile",
         "ts => ts.map(t => ({id: t.dataset.id, similarity: Number(t.dataset.similarity), label: t.dataset.label, "
         "text: t.innerText, img: t.querySelector('img') ? t.querySelector('img').src.slice(0, 23) : null, "
-        "shown: !!t.querySelector('img') && t.querySelector('img').complete && t.querySelector('img').naturalWidth > 0}))")
+        "shown: !!t.querySelector('img') && t.querySelector('img').complete && t.querySelector('img').naturalWidth > 0}))",
+    )
 
 
 def test_search_by_uploaded_image_shows_similar_digits(page, query_digit):
@@ -155,7 +178,9 @@ def test_search_by_uploaded_image_shows_similar_digits(page, query_digit):
     assert all(f"{t['similarity']:.3f}" in t["text"] and t["id"] in t["text"] for t in got)
     assert page.is_hidden("#error")
     query = page.locator("#grid > :first-child")
-    assert query.get_attribute("class") == "query" and query.locator("img").get_attribute("src").startswith("data:image/png;base64,")
+    assert query.get_attribute("class") == "query" and query.locator("img").get_attribute("src").startswith(
+        "data:image/png;base64,"
+    )
     assert "neighbours in" in page.inner_text("#status")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
@@ -188,7 +213,9 @@ def test_unknown_id_shows_the_reason_in_the_error_box(page):
 
 
 # --- the JSON API over plain HTTP -------------------------------------------------------------
-def call(url: str, data: bytes | None = None, headers: dict[str, str] | None = None, method: str | None = None) -> tuple[int, dict]:
+def call(
+    url: str, data: bytes | None = None, headers: dict[str, str] | None = None, method: str | None = None
+) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(request, timeout=60) as resp:
@@ -292,7 +319,14 @@ def test_api_body_over_the_limit_is_413(web):
 
 def test_only_the_known_routes_exist(web):
     _, server = web
-    for path in ("/../../etc/passwd", "/etc/passwd", "/static/../../streams/web.py", "/%2e%2e/%2e%2e/etc/passwd", "/api", "/api/"):
+    for path in (
+        "/../../etc/passwd",
+        "/etc/passwd",
+        "/static/../../streams/web.py",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/api",
+        "/api/",
+    ):
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         conn.request("GET", path)
         resp = conn.getresponse()

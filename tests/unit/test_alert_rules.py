@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from streams.alert_rules import DEFAULT_RULES_FILE, RulesError, load_rules, parse_rules
-from streams.alerts import AlertEngine, Scored
+from streamdl.alert_rules import DEFAULT_RULES_FILE, RulesError, load_rules, parse_rules
+from streamdl.streams.pipelines.alerts import AlertEngine, Scored
 
 RULES = textwrap.dedent("""\
     version: 1
@@ -50,22 +50,37 @@ def test_a_rules_file_parses_with_defaults():
     assert dead.window_secs == 60 and dead.min_messages == 10
 
 
-@pytest.mark.parametrize("text, line, words", [
-    ("rules:\n  - name: a\n    severity: loud\n    finding: novel\n", 3, "severity"),
-    ("rules:\n  - name: a\n    severity: info\n", 2, "exactly one condition"),
-    ("rules:\n  - name: a\n    severity: info\n    finding: novel\n    class_in: [1]\n", 2, "exactly one condition"),
-    ("rules:\n  - name: a\n    severity: info\n    finding: odd\n", 4, "finding"),
-    ("rules:\n  - name: a\n    severity: info\n    finding: novel\n    throttle: soon\n", 5, "duration"),
-    ("rules:\n  - name: a\n    severity: info\n    anomaly_score_at_least: -1\n", 4, "anomaly_score_at_least"),
-    ("rules:\n  - name: a\n    severity: info\n    class_in: [1]\n    probability_at_least: 2\n", 5, "probability_at_least"),
-    ("rules:\n  - name: a\n    severity: info\n    finding: novel\n    colour: red\n", 5, "unknown key 'colour'"),
-    ("rules:\n  - name: a\n    severity: info\n    finding: novel\n    subject: numeric.x\n", 5, "subject"),
-    ("rules:\n  - name: a\n    severity: info\n    finding: novel\n  - name: a\n    severity: info\n    finding: novel\n", 5, "twice"),
-    ("rules:\n  - name: a b\n    severity: info\n    finding: novel\n", 2, "name"),
-    ("rules:\n  - name: a\n    severity: info\n    finding: [novel\n", 5, "not valid YAML"),
-    ("rulez: []\n", 1, "rules:"),
-    ("version: 2\nrules: []\n", 1, "version"),
-])
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        ("rules:\n  - name: a\n    severity: loud\n    finding: novel\n", 3, "severity"),
+        ("rules:\n  - name: a\n    severity: info\n", 2, "exactly one condition"),
+        (
+            "rules:\n  - name: a\n    severity: info\n    finding: novel\n    class_in: [1]\n",
+            2,
+            "exactly one condition",
+        ),
+        ("rules:\n  - name: a\n    severity: info\n    finding: odd\n", 4, "finding"),
+        ("rules:\n  - name: a\n    severity: info\n    finding: novel\n    throttle: soon\n", 5, "duration"),
+        ("rules:\n  - name: a\n    severity: info\n    anomaly_score_at_least: -1\n", 4, "anomaly_score_at_least"),
+        (
+            "rules:\n  - name: a\n    severity: info\n    class_in: [1]\n    probability_at_least: 2\n",
+            5,
+            "probability_at_least",
+        ),
+        ("rules:\n  - name: a\n    severity: info\n    finding: novel\n    colour: red\n", 5, "unknown key 'colour'"),
+        ("rules:\n  - name: a\n    severity: info\n    finding: novel\n    subject: numeric.x\n", 5, "subject"),
+        (
+            "rules:\n  - name: a\n    severity: info\n    finding: novel\n  - name: a\n    severity: info\n    finding: novel\n",
+            5,
+            "twice",
+        ),
+        ("rules:\n  - name: a b\n    severity: info\n    finding: novel\n", 2, "name"),
+        ("rules:\n  - name: a\n    severity: info\n    finding: [novel\n", 5, "not valid YAML"),
+        ("rulez: []\n", 1, "rules:"),
+        ("version: 2\nrules: []\n", 1, "version"),
+    ],
+)
 def test_a_bad_rules_file_fails_with_the_line_and_the_reason(text, line, words):
     with pytest.raises(RulesError) as info:
         parse_rules(text, 300, source="rules.yaml")
@@ -78,12 +93,16 @@ def test_a_missing_rules_file_names_the_setting(tmp_path):
 
 
 def image(image_id: str, ts: float, label: str, p: float, **findings) -> Scored:
-    return Scored(image_id, ts, "digits-cnn", "1", {"image_id": image_id}, [(label, p), ("0", 1 - p)], findings=findings)
+    return Scored(
+        image_id, ts, "digits-cnn", "1", {"image_id": image_id}, [(label, p), ("0", 1 - p)], findings=findings
+    )
 
 
 def test_a_class_watch_rule_fires_once_per_window_and_counts_the_rest():
     engine = AlertEngine(rules(), "images", "t.images")
-    first = engine.evaluate([image("a", 1000.0, "7", 0.95), image("b", 1001.0, "7", 0.5), image("c", 1002.0, "3", 0.99)], now=5)
+    first = engine.evaluate(
+        [image("a", 1000.0, "7", 0.95), image("b", 1001.0, "7", 0.5), image("c", 1002.0, "3", 0.99)], now=5
+    )
     assert [(a.rule, a.subject_id) for a in first.new] == [("watch_sevens", "a")]
     alert = first.new[0]
     assert alert.evidence == {"label": "7", "probability": 0.95, "threshold": 0.9, "watch": ["7", "9"]}
@@ -107,8 +126,15 @@ def event(event_id: str, ts: float, machine: str, score: float) -> Scored:
 
 def test_anomaly_rules_throttle_by_their_subject():
     engine = AlertEngine(rules(), "events", "t.events")
-    out = engine.evaluate([event("e1", 0, "m1", 5.0), event("e2", 60, "m1", 4.0), event("e3", 60, "m2", 3.0),
-                           event("e4", 120, "m3", 2.9), event("e5", 700, "m1", 9.0)])
+    out = engine.evaluate(
+        [
+            event("e1", 0, "m1", 5.0),
+            event("e2", 60, "m1", 4.0),
+            event("e3", 60, "m2", 3.0),
+            event("e4", 120, "m3", 2.9),
+            event("e5", 700, "m1", 9.0),
+        ]
+    )
     assert [(a.subject_id, a.evidence["score"]) for a in out.new] == [("m1", 5.0), ("m2", 3.0), ("m1", 9.0)]
     assert [a.subject_id for a in out.updated] == ["m1"]
 
@@ -134,7 +160,13 @@ def test_rules_apply_only_to_their_streams():
 
 def test_late_firings_count_in_their_own_window():
     engine = AlertEngine(rules(), "images", "t.images")
-    out = engine.evaluate([image("a", 1100.0, "7", 0.95), image("a", 1000.0, "7", 0.95), image("a", 1001.0, "7", 0.95),
-                           image("a", 1101.0, "7", 0.95)])
+    out = engine.evaluate(
+        [
+            image("a", 1100.0, "7", 0.95),
+            image("a", 1000.0, "7", 0.95),
+            image("a", 1001.0, "7", 0.95),
+            image("a", 1101.0, "7", 0.95),
+        ]
+    )
     assert [a.alert_id for a in out.new] == ["watch_sevens:a:1080", "watch_sevens:a:960"]
     assert {a.alert_id: a.suppressed for a in out.to_index} == {"watch_sevens:a:1080": 1, "watch_sevens:a:960": 1}

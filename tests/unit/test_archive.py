@@ -5,18 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from connectors.archive import SCHEMA, archived_high_water, list_files, list_topics
-from connectors.archive_reader import archive_status, compact, format_status, read_archive
-from connectors.archive_writer import ArchiveWriter
+from streamdl.connectors.archive import SCHEMA, archived_high_water, list_files, list_topics
+from streamdl.connectors.archive_reader import archive_status, compact, format_status, read_archive
+from streamdl.connectors.archive_writer import ArchiveWriter
 
-T0 = int(datetime(2024, 5, 1, 10, 59, 0, tzinfo=timezone.utc).timestamp() * 1000)  # a minute before 11:00
+T0 = int(datetime(2024, 5, 1, 10, 59, 0, tzinfo=UTC).timestamp() * 1000)  # a minute before 11:00
 TOPIC = "p.images"
 
 
@@ -29,8 +29,13 @@ class Clock:
 
 
 def writer(root, clock=None, **kw) -> ArchiveWriter:
-    return ArchiveWriter(str(root), max_file_messages=kw.pop("max_file_messages", 100), max_file_secs=kw.pop("max_file_secs", 60),
-                         clock=clock or Clock(), **kw)
+    return ArchiveWriter(
+        str(root),
+        max_file_messages=kw.pop("max_file_messages", 100),
+        max_file_secs=kw.pop("max_file_secs", 60),
+        clock=clock or Clock(),
+        **kw,
+    )
 
 
 def feed(w: ArchiveWriter, partition: int, offsets, ts=lambda o: T0 + o * 1000, topic=TOPIC):
@@ -56,7 +61,15 @@ def test_round_trip_keeps_every_byte_and_header(tmp_path):
     table = read_archive(str(tmp_path), TOPIC).to_table()
     assert table.schema == SCHEMA
     rows = table.to_pylist()
-    assert rows[0] == {"topic": TOPIC, "partition": 0, "offset": 5, "timestamp_ms": T0, "key": None, "value": None, "headers": []}
+    assert rows[0] == {
+        "topic": TOPIC,
+        "partition": 0,
+        "offset": 5,
+        "timestamp_ms": T0,
+        "key": None,
+        "value": None,
+        "headers": [],
+    }
     assert rows[1]["key"] == b"\x00key" and rows[1]["value"] == b"\xff\xd8value"
     assert rows[1]["headers"] == [{"key": "content-type", "value": b"image/png"}]
     assert rows[2]["timestamp_ms"] is None and rows[2]["value"] == b""
@@ -69,8 +82,11 @@ def test_files_are_partitioned_by_topic_and_hour_with_offsets_in_the_name(tmp_pa
     closed += feed(w, 1, range(0, 3))
     closed += w.close_all()
     names = sorted(str(Path(f.path).relative_to(tmp_path)) for f in closed)
-    assert names == [f"{TOPIC}/date=2024-05-01/hour=10/0-0-59.parquet", f"{TOPIC}/date=2024-05-01/hour=10/1-0-2.parquet",
-                     f"{TOPIC}/date=2024-05-01/hour=11/0-60-119.parquet"]
+    assert names == [
+        f"{TOPIC}/date=2024-05-01/hour=10/0-0-59.parquet",
+        f"{TOPIC}/date=2024-05-01/hour=10/1-0-2.parquet",
+        f"{TOPIC}/date=2024-05-01/hour=11/0-60-119.parquet",
+    ]
     assert archived_high_water(str(tmp_path), TOPIC) == {0: 119, 1: 2}
     # A Hive-partitioned dataset for pyarrow (and Beam/Spark): date and hour come from the folders.
     table = ds.dataset(str(tmp_path / TOPIC), format="parquet", partitioning="hive").to_table()
@@ -94,7 +110,7 @@ def test_since_until_prunes_hours_and_filters_rows(tmp_path):
     w = writer(tmp_path, max_file_messages=1000)
     feed(w, 0, range(0, 7200, 60), ts=lambda o: T0 + o * 1000)  # 10:59 .. 12:58, one a minute
     w.close_all()
-    since = datetime(2024, 5, 1, 11, 30, tzinfo=timezone.utc)
+    since = datetime(2024, 5, 1, 11, 30, tzinfo=UTC)
     until = datetime(2024, 5, 1, 12, 0)  # naive = UTC
     assert [f.hour.hour for f in list_files(str(tmp_path), TOPIC, since=since, until=until)] == [11]
     rows, report = all_rows(tmp_path, since=since, until=until)
@@ -153,7 +169,7 @@ def test_compaction_merges_small_files_of_closed_hours_and_keeps_every_row_once(
     feed(w, 1, range(0, 30), ts=lambda o: T0)
     w.close_all()
     before, _ = all_rows(tmp_path)
-    now = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)  # hour 10 ended 1.5 h ago, hour 11 only 0.5 h ago
+    now = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)  # hour 10 ended 1.5 h ago, hour 11 only 0.5 h ago
     report = compact(str(tmp_path), TOPIC, older_than_hours=1, now=now)
     assert report.files_out == 2 and report.rows == 90 and report.corrupt == 0
     names = sorted(f"{f.hour.hour}/{Path(f.path).name}" for f in list_files(str(tmp_path), TOPIC))
@@ -171,13 +187,15 @@ def test_compaction_interrupted_before_deleting_loses_and_doubles_nothing(tmp_pa
     w = writer(tmp_path, max_file_messages=5)
     files = feed(w, 0, range(20), ts=lambda o: T0)
     kept = {f.path: Path(f.path).read_bytes() for f in files}
-    compact(str(tmp_path), TOPIC, older_than_hours=0, now=datetime(2024, 5, 2, tzinfo=timezone.utc))
+    compact(str(tmp_path), TOPIC, older_than_hours=0, now=datetime(2024, 5, 2, tzinfo=UTC))
     for path, data in kept.items():  # as if it crashed after writing the merged file, before deleting
         Path(path).write_bytes(data)
     rows, report = all_rows(tmp_path)
     assert rows == [(0, o) for o in range(20)] and report.duplicates == 20
-    report = compact(str(tmp_path), TOPIC, older_than_hours=0, now=datetime(2024, 5, 2, tzinfo=timezone.utc))
-    assert report.duplicates == 20 and [Path(f.path).name for f in list_files(str(tmp_path), TOPIC)] == ["0-0-19.parquet"]
+    report = compact(str(tmp_path), TOPIC, older_than_hours=0, now=datetime(2024, 5, 2, tzinfo=UTC))
+    assert report.duplicates == 20 and [Path(f.path).name for f in list_files(str(tmp_path), TOPIC)] == [
+        "0-0-19.parquet"
+    ]
     rows, report = all_rows(tmp_path)
     assert rows == [(0, o) for o in range(20)] and report.duplicates == 0
 
@@ -186,7 +204,7 @@ def test_compaction_leaves_corrupt_files_alone(tmp_path):
     w = writer(tmp_path, max_file_messages=5)
     files = feed(w, 0, range(15), ts=lambda o: T0)
     Path(files[1].path).write_bytes(b"junk")
-    report = compact(str(tmp_path), TOPIC, older_than_hours=0, now=datetime(2024, 5, 2, tzinfo=timezone.utc))
+    report = compact(str(tmp_path), TOPIC, older_than_hours=0, now=datetime(2024, 5, 2, tzinfo=UTC))
     assert report.corrupt == 1 and report.files_in == 2
     assert Path(files[1].path).exists()
     rows, read = all_rows(tmp_path)
@@ -204,7 +222,7 @@ def test_status_summarises_each_topic(tmp_path):
     assert (images.topic, images.files, images.rows, images.hours) == (TOPIC, 5, 130, 2)
     assert images.last_offsets == {0: 119, 1: 9}
     assert images.first_timestamp_ms == T0 and images.last_timestamp_ms == T0 + 119_000
-    assert images.first_hour == datetime(2024, 5, 1, 10, tzinfo=timezone.utc) and images.bytes > 0
+    assert images.first_hour == datetime(2024, 5, 1, 10, tzinfo=UTC) and images.bytes > 0
     assert (events.files, events.rows) == (1, 5)
     text = format_status([events, images])
     assert TOPIC in text and "0:119, 1:9" in text and "2024-05-01 10:59:00" in text
@@ -219,12 +237,12 @@ def test_object_store_urls_through_fsspec():
     rows, report = all_rows(root)
     assert rows == [(0, o) for o in range(25)] and report.files == 3
     assert archived_high_water(root, TOPIC) == {0: 24}
-    assert compact(root, TOPIC, older_than_hours=0, now=datetime(2024, 5, 2, tzinfo=timezone.utc)).files_out == 1
+    assert compact(root, TOPIC, older_than_hours=0, now=datetime(2024, 5, 2, tzinfo=UTC)).files_out == 1
     assert all_rows(root)[0] == rows
 
 
 def test_a_failing_store_keeps_the_file_open(tmp_path, monkeypatch):
-    import connectors.archive_writer as archive_writer
+    import streamdl.connectors.archive_writer as archive_writer
 
     w = writer(tmp_path, max_file_messages=100, attempts=2, backoff_secs=0)
     feed(w, 0, range(5), ts=lambda o: T0)
@@ -242,7 +260,7 @@ def test_a_failing_store_keeps_the_file_open(tmp_path, monkeypatch):
 
 
 def test_archive_topics_setting(settings):
-    from connectors.archive import archive_root, archive_topics
+    from streamdl.connectors.archive import archive_root, archive_topics
     from streamdl.errors import SettingsError
 
     s = settings.model_copy(update={"topic_prefix": "x.", "archive_topics": "images, events,images"})
@@ -256,7 +274,7 @@ def test_archive_topics_setting(settings):
 def test_archive_commands_parse():
     import argparse
 
-    from streams.cli_archive import add_archive_parsers
+    from streamdl.streams.cli.archive import add_archive_parsers
 
     parser = argparse.ArgumentParser()
     add_archive_parsers(parser.add_subparsers(dest="command"), argparse.ArgumentParser(add_help=False))
@@ -266,8 +284,9 @@ def test_archive_commands_parse():
 
 
 def test_archive_status_command(tmp_path, settings, capsys):
-    from streams.cli_archive import cmd_archive
     import argparse
+
+    from streamdl.streams.cli.archive import cmd_archive
 
     s = settings.model_copy(update={"archive_url": str(tmp_path)})
     assert cmd_archive(argparse.Namespace(action="status", topic=None), s) == 0
@@ -290,7 +309,9 @@ def test_reading_some_columns_only(tmp_path):
     w2.close_all()
     scan = read_archive(str(tmp_path), TOPIC, columns=["key"])
     table = scan.to_table()
-    assert table.column_names == ["key"] and sorted(table["key"].to_pylist()) == sorted(f"k{o}".encode() for o in range(15))
+    assert table.column_names == ["key"] and sorted(table["key"].to_pylist()) == sorted(
+        f"k{o}".encode() for o in range(15)
+    )
     assert scan.report.duplicates == 7
     with pytest.raises(ValueError, match="unknown archive columns"):
         read_archive(str(tmp_path), TOPIC, columns=["label"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.cli import build_parser, main
+from streamdl.streams.cli.main import build_parser, main
 
 
 def test_help_lists_the_commands(capsys):
@@ -12,14 +12,39 @@ def test_help_lists_the_commands(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for command in ("stack", "init", "worker", "produce", "train", "alerts", "webhook", "archive", "retrain", "models",
-                    "similar", "serve", "index", "settings", "demo"):
+    for command in (
+        "stack",
+        "init",
+        "worker",
+        "produce",
+        "train",
+        "alerts",
+        "webhook",
+        "archive",
+        "retrain",
+        "models",
+        "similar",
+        "serve",
+        "index",
+        "settings",
+        "demo",
+    ):
         assert command in out
 
 
-@pytest.mark.parametrize("argv", [["stack", "up", "--help"], ["produce", "images", "--help"], ["worker", "--help"],
-                                  ["produce", "events", "--help"], ["train", "events", "--help"], ["retrain", "--help"],
-                                  ["models", "list", "--help"], ["alerts", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["stack", "up", "--help"],
+        ["produce", "images", "--help"],
+        ["worker", "--help"],
+        ["produce", "events", "--help"],
+        ["train", "events", "--help"],
+        ["retrain", "--help"],
+        ["models", "list", "--help"],
+        ["alerts", "--help"],
+    ],
+)
 def test_subcommand_help_names_the_settings_variables(argv, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(argv)
@@ -29,7 +54,9 @@ def test_subcommand_help_names_the_settings_variables(argv, capsys):
 def test_worker_with_missing_weights_says_which_file_to_put_where(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     # An unreachable broker: the model check must fail first, with the exact file and folder.
-    code = main(["worker", "--model", "MobileNetV2", "--bootstrap-servers", "127.0.0.1:1", "--state-dir", str(tmp_path)])
+    code = main(
+        ["worker", "--model", "MobileNetV2", "--bootstrap-servers", "127.0.0.1:1", "--state-dir", str(tmp_path)]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5" in err
@@ -37,7 +64,10 @@ def test_worker_with_missing_weights_says_which_file_to_put_where(tmp_path, monk
 
 
 def test_worker_with_an_unknown_model_lists_the_known_ones(tmp_path, capsys):
-    assert main(["worker", "--model", "NoSuchNet", "--bootstrap-servers", "127.0.0.1:1", "--state-dir", str(tmp_path)]) == 2
+    assert (
+        main(["worker", "--model", "NoSuchNet", "--bootstrap-servers", "127.0.0.1:1", "--state-dir", str(tmp_path)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "NoSuchNet" in err and "MobileNetV2" in err and "digits-cnn" in err
 

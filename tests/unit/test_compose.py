@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from streamdl.settings import Settings, load_settings
-from streams.cli import build_parser
+from streamdl.streams.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -1,4 +1,4 @@
-"""Unit tests of models.decode; every image is made here, in memory, with Pillow."""
+"""Unit tests of streamdl.models.decode; every image is made here, in memory, with Pillow."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from models.decode import (
+from streamdl.errors import StreamdlError
+from streamdl.models.decode import (
     DECODE_REASONS,
     SUPPORTED_FORMATS,
     DecodeError,
@@ -23,7 +24,6 @@ from models.decode import (
     sniff_content_type,
     thumbnail_jpeg,
 )
-from streamdl.errors import StreamdlError
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 MIME = {
@@ -336,9 +336,7 @@ def test_decode_error_pickles_and_checks_reason() -> None:
 # --- thumbnails and sniffing ----------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "shape", [(300, 120, 3), (120, 300, 3), (50, 50, 1), (90, 40), (10, 20, 3)]
-)
+@pytest.mark.parametrize("shape", [(300, 120, 3), (120, 300, 3), (50, 50, 1), (90, 40), (10, 20, 3)])
 def test_thumbnail_jpeg(shape: tuple[int, ...]) -> None:
     array = np.random.default_rng(4).integers(0, 255, shape, dtype=np.uint8)
     data = thumbnail_jpeg(array, max_side=64)

@@ -11,17 +11,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from connectors.sensor_sample import QUIET_DAYS, score_detections, sensor_anomalies, sensor_events
-from models.errors import ModelNotFound
-from models.event_features import UNKNOWN, EventFeatures, EventRecord
-from models.event_handler import EventModelHandler, load_event_handler
-from models.event_models import (
+from streamdl.models.errors import ModelNotFound
+from streamdl.models.event_features import UNKNOWN, EventFeatures, EventRecord
+from streamdl.models.event_handler import EventModelHandler, load_event_handler
+from streamdl.models.event_models import (
     DEFAULT_ANOMALY_THRESHOLD,
     DEFAULT_EVENT_MODEL,
     event_models,
     model_versions,
     train_event_model,
 )
+from streamdl.models.sensor_sample import QUIET_DAYS, score_detections, sensor_anomalies, sensor_events
 
 pytestmark = pytest.mark.filterwarnings(  # raised inside keras' model.save with numpy 2, not by streamdl
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
@@ -76,7 +76,13 @@ def test_features_standardise_flag_missing_and_one_hot() -> None:
     x = features.transform(train)
     names = features.feature_names
     assert names[:6] == ["num:a", "num:b", "num:c", "missing:a", "missing:b", "missing:c"]
-    assert names[6:] == ["cat:colour=green", "cat:colour=red", f"cat:colour={UNKNOWN}", "time:hour_sin", "time:hour_cos"]
+    assert names[6:] == [
+        "cat:colour=green",
+        "cat:colour=red",
+        f"cat:colour={UNKNOWN}",
+        "time:hour_sin",
+        "time:hour_cos",
+    ]
     assert x.dtype == np.float32 and x.shape == (101, len(names))
     a = x[:100, 0]
     assert abs(a.mean()) < 0.05 and abs(a.std() - 1) < 0.05
@@ -119,7 +125,12 @@ def test_records_come_from_tuples_events_and_json() -> None:
 # --- The default anomaly model ------------------------------------------------------------------
 def test_the_default_model_finds_the_sample_anomalies(sensors: EventModelHandler) -> None:
     info = sensors.info()
-    assert (info.name, info.version, info.kind, info.threshold) == (DEFAULT_EVENT_MODEL, "1", "autoencoder", DEFAULT_ANOMALY_THRESHOLD)
+    assert (info.name, info.version, info.kind, info.threshold) == (
+        DEFAULT_EVENT_MODEL,
+        "1",
+        "autoencoder",
+        DEFAULT_ANOMALY_THRESHOLD,
+    )
     assert info.extra["train_records"] == 6 * QUIET_DAYS * 1440 and info.extra["train_seconds"] < 120
     events = list(sensor_events())[6 * QUIET_DAYS * 1440 :]  # the days after the training days
     records = [EventRecord.of(e) for e in events]
@@ -137,7 +148,9 @@ def test_the_default_model_finds_the_sample_anomalies(sensors: EventModelHandler
 def test_batches_of_any_size_agree_and_never_retrace(sensors: EventModelHandler) -> None:
     records = [EventRecord.of(e) for e in sensor_events(days=0.05)][:360]
     whole = sensors.score_batch(records).anomaly
-    parts = np.concatenate([sensors.score_batch(records[i : i + n]).anomaly for i, n in ((0, 1), (1, 7), (8, 300), (308, 52))])
+    parts = np.concatenate(
+        [sensors.score_batch(records[i : i + n]).anomaly for i, n in ((0, 1), (1, 7), (8, 300), (308, 52))]
+    )
     assert np.allclose(whole, parts, atol=1e-5)
     assert sensors.score_batch([]).anomaly.shape == (0,) and sensors.score_batch([]).probabilities is None
     out: list[np.ndarray] = []
@@ -198,7 +211,9 @@ def test_versions_increment_and_load_by_reference(tmp_path: Path) -> None:
     second = train_event_model(records, kind="autoencoder", name="tiny", state_dir=tmp_path, epochs=2)
     assert (first.name, second.name) == ("1", "2") and model_versions("tiny", tmp_path) == ["1", "2"]
     saved = json.loads((second / "info.json").read_text())
-    assert saved["version"] == "2" and saved["kind"] == "autoencoder" and saved["threshold"] == DEFAULT_ANOMALY_THRESHOLD
+    assert (
+        saved["version"] == "2" and saved["kind"] == "autoencoder" and saved["threshold"] == DEFAULT_ANOMALY_THRESHOLD
+    )
     assert {"train_records", "metrics", "versions", "seed", "train_seconds"} <= set(saved)
     assert sorted(p.name for p in first.iterdir()) == ["features.json", "info.json", "model.keras"]
     latest, pinned = load_event_handler("tiny", tmp_path), load_event_handler("tiny:1", tmp_path)

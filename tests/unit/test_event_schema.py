@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
-from streams.event_schema import EVENT_REASONS, Event, InvalidEvent, parse_event
+from streamdl.event_schema import EVENT_REASONS, Event, InvalidEvent, parse_event
 
 NOW = 1_800_000_000.0
 
@@ -29,9 +29,15 @@ def refused(value) -> str:
 
 
 def test_a_full_event_parses_and_round_trips():
-    event = parse(ok(numeric={"t": 71.5, "rpm": 1500, "gone": None}, categorical={"machine": "m01", "code": 7},
-                     text="hello", schema=1))
-    assert event.ts == datetime(2027, 1, 15, 8, tzinfo=timezone.utc).timestamp()
+    event = parse(
+        ok(
+            numeric={"t": 71.5, "rpm": 1500, "gone": None},
+            categorical={"machine": "m01", "code": 7},
+            text="hello",
+            schema=1,
+        )
+    )
+    assert event.ts == datetime(2027, 1, 15, 8, tzinfo=UTC).timestamp()
     assert event.numeric == {"t": 71.5, "rpm": 1500.0, "gone": None}
     assert event.categorical == {"machine": "m01", "code": "7"}
     assert not event.is_label
@@ -39,7 +45,7 @@ def test_a_full_event_parses_and_round_trips():
 
 
 def test_timestamps_in_iso_with_or_without_zone_and_epoch_seconds_agree():
-    instant = datetime(2027, 1, 15, 8, tzinfo=timezone.utc).timestamp()
+    instant = datetime(2027, 1, 15, 8, tzinfo=UTC).timestamp()
     for ts in ("2027-01-15T08:00:00Z", "2027-01-15T08:00:00", "2027-01-15T09:00:00+01:00", instant, int(instant)):
         assert parse(ok(ts=ts)).ts == instant, ts
 
@@ -50,17 +56,20 @@ def test_label_events_need_an_image_id_and_a_label():
     assert refused(ok(type="label", image_id="img-1")) == "missing_field"
 
 
-@pytest.mark.parametrize("raw, reason", [
-    (b"", "invalid_json"),
-    (b"{not json", "invalid_json"),
-    (b"\xff\xfe{}", "invalid_json"),
-    (b"[" * 100_000 + b"]" * 100_000, "too_large"),
-    (b"[1, 2]", "not_an_object"),
-    (b'"text"', "not_an_object"),
-    (b'{"id": "e", "ts": 1, "type": "t", "numeric": {"x": NaN}}', "non_finite"),
-    (b'{"id": "e", "ts": 1, "type": "t", "numeric": {"x": Infinity}}', "non_finite"),
-    (b'{"id": "e", "ts": 1, "type": "t", "numeric": {"x": 1e999}}', "non_finite"),
-])
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b"", "invalid_json"),
+        (b"{not json", "invalid_json"),
+        (b"\xff\xfe{}", "invalid_json"),
+        (b"[" * 100_000 + b"]" * 100_000, "too_large"),
+        (b"[1, 2]", "not_an_object"),
+        (b'"text"', "not_an_object"),
+        (b'{"id": "e", "ts": 1, "type": "t", "numeric": {"x": NaN}}', "non_finite"),
+        (b'{"id": "e", "ts": 1, "type": "t", "numeric": {"x": Infinity}}', "non_finite"),
+        (b'{"id": "e", "ts": 1, "type": "t", "numeric": {"x": 1e999}}', "non_finite"),
+    ],
+)
 def test_bad_bytes_are_refused_with_a_reason(raw, reason):
     assert refused(raw) == reason
 
@@ -73,30 +82,33 @@ def test_deeply_nested_json_is_refused_not_crashing(depth):
     assert info.value.reason == "invalid_json" and "nested too deeply" in str(info.value)
 
 
-@pytest.mark.parametrize("event, reason", [
-    ({"ts": 1, "type": "t"}, "missing_field"),
-    ({"id": "e", "type": "t"}, "missing_field"),
-    ({"id": "e", "ts": 1}, "missing_field"),
-    (ok(id=None), "missing_field"),
-    (ok(id=5), "wrong_type"),
-    (ok(id="  "), "wrong_type"),
-    (ok(id="x" * 600), "wrong_type"),
-    (ok(type="has space"), "wrong_type"),
-    (ok(ts=True), "wrong_type"),
-    (ok(ts="yesterday"), "bad_timestamp"),
-    (ok(ts=1_800_000_000_000), "bad_timestamp"),
-    (ok(ts=-5), "bad_timestamp"),
-    (ok(ts=NOW + 3600), "future_timestamp"),
-    (ok(numeric=[1, 2]), "wrong_type"),
-    (ok(numeric={"x": "1.5"}), "wrong_type"),
-    (ok(numeric={"x": True}), "wrong_type"),
-    (ok(numeric={"x": 10 ** 400}), "non_finite"),
-    (ok(categorical={"m": 1.5}), "wrong_type"),
-    (ok(categorical={"m": ["a"]}), "wrong_type"),
-    (ok(text=5), "wrong_type"),
-    (ok(numerics={"x": 1}), "unknown_field"),
-    (ok(schema=2), "unsupported_schema"),
-])
+@pytest.mark.parametrize(
+    "event, reason",
+    [
+        ({"ts": 1, "type": "t"}, "missing_field"),
+        ({"id": "e", "type": "t"}, "missing_field"),
+        ({"id": "e", "ts": 1}, "missing_field"),
+        (ok(id=None), "missing_field"),
+        (ok(id=5), "wrong_type"),
+        (ok(id="  "), "wrong_type"),
+        (ok(id="x" * 600), "wrong_type"),
+        (ok(type="has space"), "wrong_type"),
+        (ok(ts=True), "wrong_type"),
+        (ok(ts="yesterday"), "bad_timestamp"),
+        (ok(ts=1_800_000_000_000), "bad_timestamp"),
+        (ok(ts=-5), "bad_timestamp"),
+        (ok(ts=NOW + 3600), "future_timestamp"),
+        (ok(numeric=[1, 2]), "wrong_type"),
+        (ok(numeric={"x": "1.5"}), "wrong_type"),
+        (ok(numeric={"x": True}), "wrong_type"),
+        (ok(numeric={"x": 10**400}), "non_finite"),
+        (ok(categorical={"m": 1.5}), "wrong_type"),
+        (ok(categorical={"m": ["a"]}), "wrong_type"),
+        (ok(text=5), "wrong_type"),
+        (ok(numerics={"x": 1}), "unknown_field"),
+        (ok(schema=2), "unsupported_schema"),
+    ],
+)
 def test_events_breaking_the_contract_are_refused_with_a_reason(event, reason):
     assert refused(event) == reason
 

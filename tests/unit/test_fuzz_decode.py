@@ -1,4 +1,4 @@
-"""Fuzzing models.decode.decode_image: thousands of generated inputs, none may crash, hang or escape.
+"""Fuzzing streamdl.models.decode.decode_image: thousands of generated inputs, none may crash, hang or escape.
 
 Every input is either decoded to exactly ``(height, width, channels)`` uint8 or refused with a
 :class:`DecodeError` whose reason is in :data:`DECODE_REASONS` and whose message is not empty.
@@ -22,10 +22,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from PIL import Image
 
-from models.decode import DECODE_REASONS, DecodeError, DecodeLimits, decode_image
+from streamdl.models.decode import DECODE_REASONS, DecodeError, DecodeLimits, decode_image
 from tests.unit.fuzzing import DEADLINE_MS, fuzz, note
 
 # Pillow warns (and does not raise) about corrupt EXIF and about images between its own two
@@ -38,9 +37,6 @@ pytestmark = [
 FUZZ_LIMITS = DecodeLimits(max_bytes=1 << 20, max_pixels=1_000_000)
 """Mutated headers may claim up to a million pixels: real decoding work, bounded memory."""
 DEFAULT_LIMITS = DecodeLimits()
-
-
-
 
 
 # --- the property ----------------------------------------------------------------
@@ -124,25 +120,27 @@ def _seeds() -> dict[str, tuple[str, bytes]]:
     exif[0x0112] = 6
     rgb = picture("RGB", (40, 32))
     p = picture("P", (13, 9))
-    seeds.update({
-        "PNG-P-tRNS": ("PNG", encode(p, "PNG", transparency=0)),
-        "PNG-RGB-tRNS": ("PNG", encode(picture("RGB", (13, 9)), "PNG", transparency=(0, 0, 0))),
-        "PNG-APNG": ("PNG", animation("PNG")),
-        "PNG-exif": ("PNG", encode(rgb, "PNG", exif=exif.tobytes())),
-        "JPEG-progressive": ("JPEG", encode(rgb, "JPEG", progressive=True, quality=90)),
-        "JPEG-exif6": ("JPEG", encode(rgb, "JPEG", exif=exif.tobytes())),
-        "JPEG-optimize-444": ("JPEG", encode(rgb, "JPEG", optimize=True, subsampling=0)),
-        "JPEG-MPO": ("JPEG", animation("MPO")),
-        "WEBP-lossy": ("WEBP", encode(rgb, "WEBP", quality=50)),
-        "WEBP-lossless": ("WEBP", encode(rgb, "WEBP", lossless=True)),
-        "WEBP-exif": ("WEBP", encode(picture("RGBA", (13, 9)), "WEBP", exif=exif.tobytes())),
-        "WEBP-anim": ("WEBP", animation("WEBP")),
-        "GIF-tRNS": ("GIF", encode(p, "GIF", transparency=0)),
-        "GIF-anim": ("GIF", animation("GIF", loop=0)),
-        "BMP-RLE8": ("BMP", rle8_bmp(13, 9)),
-        "TIFF-multipage": ("TIFF", animation("TIFF")),
-        "TIFF-exif": ("TIFF", encode(rgb, "TIFF", exif=exif.tobytes())),
-    })
+    seeds.update(
+        {
+            "PNG-P-tRNS": ("PNG", encode(p, "PNG", transparency=0)),
+            "PNG-RGB-tRNS": ("PNG", encode(picture("RGB", (13, 9)), "PNG", transparency=(0, 0, 0))),
+            "PNG-APNG": ("PNG", animation("PNG")),
+            "PNG-exif": ("PNG", encode(rgb, "PNG", exif=exif.tobytes())),
+            "JPEG-progressive": ("JPEG", encode(rgb, "JPEG", progressive=True, quality=90)),
+            "JPEG-exif6": ("JPEG", encode(rgb, "JPEG", exif=exif.tobytes())),
+            "JPEG-optimize-444": ("JPEG", encode(rgb, "JPEG", optimize=True, subsampling=0)),
+            "JPEG-MPO": ("JPEG", animation("MPO")),
+            "WEBP-lossy": ("WEBP", encode(rgb, "WEBP", quality=50)),
+            "WEBP-lossless": ("WEBP", encode(rgb, "WEBP", lossless=True)),
+            "WEBP-exif": ("WEBP", encode(picture("RGBA", (13, 9)), "WEBP", exif=exif.tobytes())),
+            "WEBP-anim": ("WEBP", animation("WEBP")),
+            "GIF-tRNS": ("GIF", encode(p, "GIF", transparency=0)),
+            "GIF-anim": ("GIF", animation("GIF", loop=0)),
+            "BMP-RLE8": ("BMP", rle8_bmp(13, 9)),
+            "TIFF-multipage": ("TIFF", animation("TIFF")),
+            "TIFF-exif": ("TIFF", encode(rgb, "TIFF", exif=exif.tobytes())),
+        }
+    )
     for compression in ("tiff_lzw", "tiff_deflate", "packbits", "jpeg"):
         seeds[f"TIFF-{compression}"] = ("TIFF", encode(rgb, "TIFF", compression=compression))
     seeds["TIFF-group4"] = ("TIFF", encode(picture("1", (40, 32)), "TIFF", compression="group4"))
@@ -154,8 +152,17 @@ def _big_endian_tiff(img: Image.Image) -> bytes:
     """A minimal uncompressed big-endian ("MM") grayscale TIFF, written by hand."""
     w, h = img.size
     pixels = img.tobytes()
-    entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 8 << 16), (259, 3, 1, 1 << 16), (262, 3, 1, 1 << 16),
-               (273, 4, 1, 0), (277, 3, 1, 1 << 16), (278, 4, 1, h), (279, 4, 1, len(pixels))]
+    entries = [
+        (256, 4, 1, w),
+        (257, 4, 1, h),
+        (258, 3, 1, 8 << 16),
+        (259, 3, 1, 1 << 16),
+        (262, 3, 1, 1 << 16),
+        (273, 4, 1, 0),
+        (277, 3, 1, 1 << 16),
+        (278, 4, 1, h),
+        (279, 4, 1, len(pixels)),
+    ]
     ifd_size = 2 + 12 * len(entries) + 4
     data_at = 8 + ifd_size
     entries[5] = (273, 4, 1, data_at)
@@ -179,7 +186,7 @@ class Field:
 
 
 def _u(data: bytes, at: int, width: int, order: str) -> int:
-    return int.from_bytes(data[at:at + width], order)
+    return int.from_bytes(data[at : at + width], order)
 
 
 def png_chunks(data: bytes) -> list[tuple[int, int, bytes]]:
@@ -189,7 +196,7 @@ def png_chunks(data: bytes) -> list[tuple[int, int, bytes]]:
         n = _u(data, pos, 4, "big")
         if pos + 12 + n > len(data):
             break
-        out.append((pos, n, data[pos + 4:pos + 8]))
+        out.append((pos, n, data[pos + 4 : pos + 8]))
         pos += 12 + n
     return out
 
@@ -198,15 +205,17 @@ def png_fix_crcs(data: bytes) -> bytes:
     """Recompute every chunk's CRC so that Pillow believes the (mutated) chunk."""
     out = bytearray(data)
     for pos, n, _ in png_chunks(data):
-        out[pos + 8 + n:pos + 12 + n] = struct.pack(">I", zlib.crc32(bytes(out[pos + 4:pos + 8 + n])))
+        out[pos + 8 + n : pos + 12 + n] = struct.pack(">I", zlib.crc32(bytes(out[pos + 4 : pos + 8 + n])))
     return bytes(out)
 
 
 def png_fields(data: bytes) -> list[Field]:
-    layouts = {b"IHDR": [(0, 4), (4, 4), (8, 1), (9, 1), (10, 1), (11, 1), (12, 1)],
-               b"acTL": [(0, 4), (4, 4)],
-               b"fcTL": [(0, 4), (4, 4), (8, 4), (12, 4), (16, 4), (20, 2), (22, 2), (24, 1), (25, 1)],
-               b"pHYs": [(0, 4), (4, 4), (8, 1)]}
+    layouts = {
+        b"IHDR": [(0, 4), (4, 4), (8, 1), (9, 1), (10, 1), (11, 1), (12, 1)],
+        b"acTL": [(0, 4), (4, 4)],
+        b"fcTL": [(0, 4), (4, 4), (8, 4), (12, 4), (16, 4), (20, 2), (22, 2), (24, 1), (25, 1)],
+        b"pHYs": [(0, 4), (4, 4), (8, 1)],
+    }
     out = []
     for pos, n, kind in png_chunks(data):
         out.append(Field(pos, 4, "big"))
@@ -232,7 +241,12 @@ def jpeg_fields(data: bytes) -> list[Field]:
         out.append(Field(pos + 2, 2, "big"))
         body = pos + 4
         if marker in (0xC0, 0xC1, 0xC2):  # precision, height, width, components, then 3 bytes each
-            out += [Field(body, 1, "big"), Field(body + 1, 2, "big"), Field(body + 3, 2, "big"), Field(body + 5, 1, "big")]
+            out += [
+                Field(body, 1, "big"),
+                Field(body + 1, 2, "big"),
+                Field(body + 3, 2, "big"),
+                Field(body + 5, 1, "big"),
+            ]
             out += [Field(body + 6 + i, 1, "big") for i in range(min(9, n - 8))]
         elif marker == 0xDA:
             out += [Field(body + i, 1, "big") for i in range(min(n - 2, 10))]
@@ -277,7 +291,12 @@ def tiff_fields(data: bytes) -> list[Field]:
         out.append(Field(ifd, 2, order))
         for i in range(n):
             entry = ifd + 2 + 12 * i
-            out += [Field(entry, 2, order), Field(entry + 2, 2, order), Field(entry + 4, 4, order), Field(entry + 8, 4, order)]
+            out += [
+                Field(entry, 2, order),
+                Field(entry + 2, 2, order),
+                Field(entry + 4, 4, order),
+                Field(entry + 8, 4, order),
+            ]
             if _u(data, entry, 2, order) in (256, 257) and _u(data, entry + 2, 2, order) == 3:
                 out.append(Field(entry + 8, 2, order))  # a SHORT value sits first
         out.append(Field(ifd + 2 + 12 * n, 4, order))
@@ -289,7 +308,7 @@ def webp_chunks(data: bytes) -> list[tuple[int, int, bytes]]:
     out, pos = [], 12
     while pos + 8 <= len(data):
         n = _u(data, pos + 4, 4, "little")
-        out.append((pos, n, data[pos:pos + 4]))
+        out.append((pos, n, data[pos : pos + 4]))
         pos += 8 + n + (n & 1)
     return out
 
@@ -312,8 +331,14 @@ def webp_fields(data: bytes) -> list[Field]:
     return [f for f in out if f.offset + f.width <= len(data)]
 
 
-FIELDS = {"PNG": png_fields, "JPEG": jpeg_fields, "GIF": gif_fields, "BMP": bmp_fields, "TIFF": tiff_fields,
-          "WEBP": webp_fields}
+FIELDS = {
+    "PNG": png_fields,
+    "JPEG": jpeg_fields,
+    "GIF": gif_fields,
+    "BMP": bmp_fields,
+    "TIFF": tiff_fields,
+    "WEBP": webp_fields,
+}
 SEED_FIELDS = {name: FIELDS[fmt](data) for name, (fmt, data) in SEEDS.items()}
 
 
@@ -333,8 +358,34 @@ def spans(fmt: str, data: bytes) -> list[tuple[int, int]]:
 
 def field_values(width: int) -> st.SearchStrategy[int]:
     top = (1 << (8 * width)) - 1
-    edges = sorted({v & top for v in (0, 1, 2, 3, 7, 8, 15, 16, 255, 256, 0x7FFF, 0x8000, 50_000, 0xFFFF, 0x10000,
-                                      0x3FFF, 0xFFFFFF, 0x7FFFFFFF, 0x80000000, top, top - 1)})
+    edges = sorted(
+        {
+            v & top
+            for v in (
+                0,
+                1,
+                2,
+                3,
+                7,
+                8,
+                15,
+                16,
+                255,
+                256,
+                0x7FFF,
+                0x8000,
+                50_000,
+                0xFFFF,
+                0x10000,
+                0x3FFF,
+                0xFFFFFF,
+                0x7FFFFFFF,
+                0x80000000,
+                top,
+                top - 1,
+            )
+        }
+    )
     return st.one_of(st.sampled_from(edges), st.integers(0, top))
 
 
@@ -351,7 +402,7 @@ def set_fields(draw, name: str, data: bytearray) -> None:
     for _ in range(draw(st.integers(1, 3))):
         f = draw(st.sampled_from(fields))
         if f.offset + f.width <= len(data):
-            data[f.offset:f.offset + f.width] = draw(field_values(f.width)).to_bytes(f.width, f.order)
+            data[f.offset : f.offset + f.width] = draw(field_values(f.width)).to_bytes(f.width, f.order)
 
 
 MAGIC_LENGTH = {"PNG": 8, "JPEG": 3, "GIF": 6, "BMP": 2, "TIFF": 4, "WEBP": 12}
@@ -376,21 +427,37 @@ def mutated(draw, formats: tuple[str, ...] | None = None, ops: tuple[str, ...] =
             else:
                 data[pos] = draw(st.integers(0, 255))
     if "dup" in applied:  # a chunk/segment repeated, else any slice
-        units = spans(fmt, bytes(data)) or [(a, min(len(data), a + 1 + draw(st.integers(0, 63))))
-                                            for a in [draw(st.integers(0, len(data) - 1))]]
+        units = spans(fmt, bytes(data)) or [
+            (a, min(len(data), a + 1 + draw(st.integers(0, 63)))) for a in [draw(st.integers(0, len(data) - 1))]
+        ]
         start, end = draw(st.sampled_from(units))
         at = draw(st.sampled_from([end, start, len(data)]))
         data[at:at] = data[start:end] * draw(st.integers(1, 3))
     if fmt == "PNG" and draw(st.booleans(), label="fix CRCs"):
         data = bytearray(png_fix_crcs(bytes(data)))
     if "truncate" in applied:
-        data = data[:max(1, anywhere(draw, len(data)))]
+        data = data[: max(1, anywhere(draw, len(data)))]
     return bytes(data)
 
 
-MAGICS = [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", b"RIFF\x00\x01\x00\x00WEBPVP8 ",
-          b"RIFF\x20\x00\x00\x00WEBPVP8L", b"RIFF\x40\x00\x00\x00WEBPVP8X", b"GIF89a", b"GIF87a", b"BM", b"II*\x00",
-          b"MM\x00*", b"II+\x00", b"\x00\x00\x01\x00", b"P6\n", b"%!PS-Adobe-3.0 EPSF-3.0\n", b"\x00\x00\x00\x0cjP  "]
+MAGICS = [
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",
+    b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",
+    b"RIFF\x00\x01\x00\x00WEBPVP8 ",
+    b"RIFF\x20\x00\x00\x00WEBPVP8L",
+    b"RIFF\x40\x00\x00\x00WEBPVP8X",
+    b"GIF89a",
+    b"GIF87a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"II+\x00",
+    b"\x00\x00\x01\x00",
+    b"P6\n",
+    b"%!PS-Adobe-3.0 EPSF-3.0\n",
+    b"\x00\x00\x00\x0cjP  ",
+]
 
 
 # --- (a) random bytes ------------------------------------------------------------------
@@ -461,7 +528,7 @@ def claim_size(fmt: str, data: bytes, w: int, h: int) -> bytes:
     if fmt == "JPEG":
         for pos, marker, _ in jpeg_segments(data):
             if marker in (0xC0, 0xC1, 0xC2):
-                d[pos + 5:pos + 9] = struct.pack(">HH", h, w)
+                d[pos + 5 : pos + 9] = struct.pack(">HH", h, w)
         return bytes(d)
     if fmt == "GIF":
         d[6:10] = struct.pack("<HH", w, h)
@@ -476,19 +543,25 @@ def claim_size(fmt: str, data: bytes, w: int, h: int) -> bytes:
             entry = ifd + 2 + 12 * i
             tag = _u(data, entry, 2, order)
             if tag in (256, 257):
-                d[entry + 2:entry + 8] = (4).to_bytes(2, order) + (1).to_bytes(4, order)  # LONG x 1
-                d[entry + 8:entry + 12] = (w if tag == 256 else h).to_bytes(4, order)
+                d[entry + 2 : entry + 8] = (4).to_bytes(2, order) + (1).to_bytes(4, order)  # LONG x 1
+                d[entry + 8 : entry + 12] = (w if tag == 256 else h).to_bytes(4, order)
         return bytes(d)
     if fmt == "WEBP":  # lossless: 14-bit sizes, so at most 16384 x 16384
         pos = data.index(b"VP8L") + 9
         bits = _u(data, pos, 4, "little") & ~0xFFFFFFF | (w - 1) & 0x3FFF | ((h - 1) & 0x3FFF) << 14
-        d[pos:pos + 4] = bits.to_bytes(4, "little")
+        d[pos : pos + 4] = bits.to_bytes(4, "little")
         return bytes(d)
     raise AssertionError(fmt)
 
 
-BOMB_SEEDS = {"PNG": "PNG-RGB-13x9", "JPEG": "JPEG-RGB-13x9", "GIF": "GIF-P-13x9", "BMP": "BMP-RGB-13x9",
-              "TIFF": "TIFF-RGB-13x9", "WEBP": "WEBP-lossless"}
+BOMB_SEEDS = {
+    "PNG": "PNG-RGB-13x9",
+    "JPEG": "JPEG-RGB-13x9",
+    "GIF": "GIF-P-13x9",
+    "BMP": "BMP-RGB-13x9",
+    "TIFF": "TIFF-RGB-13x9",
+    "WEBP": "WEBP-lossless",
+}
 MAX_SIDE = {"PNG": 2**31 - 1, "TIFF": 2**32 - 1, "BMP": 2**31 - 1, "JPEG": 0xFFFF, "GIF": 0xFFFF, "WEBP": 16384}
 
 
@@ -527,7 +600,8 @@ def test_fifty_thousand_squared_is_refused_without_allocating(fmt: str, w: int, 
 
 def _png(chunks: list[tuple[bytes, bytes]]) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + b"".join(
-        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body)) for kind, body in chunks)
+        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body)) for kind, body in chunks
+    )
 
 
 def _nasty() -> dict[str, bytes]:
@@ -539,7 +613,7 @@ def _nasty() -> dict[str, bytes]:
     looped_tiff = bytearray(tiff)
     n = _u(tiff, _u(tiff, 4, 4, "little"), 2, "little")
     next_at = _u(tiff, 4, 4, "little") + 2 + 12 * n
-    looped_tiff[next_at:next_at + 4] = tiff[4:8]  # the next IFD is this one again
+    looped_tiff[next_at : next_at + 4] = tiff[4:8]  # the next IFD is this one again
     return {
         "magic only png": b"\x89PNG\r\n\x1a\n",
         "magic only jpeg": b"\xff\xd8\xff",
@@ -559,7 +633,9 @@ def _nasty() -> dict[str, bytes]:
         "gif zero screen": gif[:6] + b"\x00\x00\x00\x00" + gif[10:],
         "bmp negative width": SEEDS["BMP-RGB-13x9"][1][:18] + struct.pack("<i", -13) + SEEDS["BMP-RGB-13x9"][1][22:],
         "bmp top-down": SEEDS["BMP-RGB-13x9"][1][:22] + struct.pack("<i", -9) + SEEDS["BMP-RGB-13x9"][1][26:],
-        "bmp int32 min height": SEEDS["BMP-RGB-13x9"][1][:22] + struct.pack("<i", -2**31) + SEEDS["BMP-RGB-13x9"][1][26:],
+        "bmp int32 min height": SEEDS["BMP-RGB-13x9"][1][:22]
+        + struct.pack("<i", -(2**31))
+        + SEEDS["BMP-RGB-13x9"][1][26:],
         "tiff IFD loop": bytes(looped_tiff),
         "tiff IFD at end": tiff[:4] + struct.pack("<I", len(tiff)) + tiff[8:],
         "jpeg only markers": b"\xff\xd8" + b"\xff\xe0\x00\x02" * 5000 + b"\xff\xd9",
@@ -581,8 +657,17 @@ def test_nasty_cases(name: str, channels: int) -> None:
 
 
 def test_nasty_cases_are_refused_with_the_right_reasons() -> None:
-    reasons = {name: check(NASTY[name]) for name in ("magic only png", "png zero size", "png huge chunk length",
-                                                    "single zero byte", "random 64 KiB", "png without IDAT")}
+    reasons = {
+        name: check(NASTY[name])
+        for name in (
+            "magic only png",
+            "png zero size",
+            "png huge chunk length",
+            "single zero byte",
+            "random 64 KiB",
+            "png without IDAT",
+        )
+    }
     assert reasons["single zero byte"] == reasons["random 64 KiB"] == "not_an_image"
     assert reasons["png zero size"] in ("corrupt", "truncated")
     assert reasons["magic only png"] in ("corrupt", "truncated")

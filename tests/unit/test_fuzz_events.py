@@ -1,4 +1,4 @@
-"""Fuzzing streams.event_schema.parse_event: thousands of generated messages, none may crash or hang.
+"""Fuzzing streamdl.event_schema.parse_event: thousands of generated messages, none may crash or hang.
 
 Every message is either an :class:`Event` that keeps the contract (and survives the JSON the
 workers write next: UTF-8, read back as the same event) or refused with an
@@ -16,13 +16,13 @@ import dataclasses
 import json
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.event_schema import (
+from streamdl.event_schema import (
     EVENT_REASONS,
     MAX_FEATURES,
     MAX_ID_BYTES,
@@ -32,7 +32,7 @@ from streams.event_schema import (
     InvalidEvent,
     parse_event,
 )
-from streams.records import to_json
+from streamdl.records import to_json
 from tests.unit.fuzzing import fuzz, note
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -40,7 +40,6 @@ MAX_FUTURE = 300.0
 MAX_BYTES = 1_048_576
 TYPE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 FIELDS = ("schema", "id", "ts", "type", "numeric", "categorical", "text", "image_id", "label")
-
 
 
 # --- the property ----------------------------------------------------------------
@@ -69,8 +68,10 @@ def assert_contract(ev: Event, now: float = NOW) -> None:
     assert isinstance(ev.id, str) and ev.id.strip() and len(ev.id.encode()) <= MAX_ID_BYTES, ev.id
     assert type(ev.ts) is float and math.isfinite(ev.ts) and 0 <= ev.ts <= now + MAX_FUTURE, ev.ts
     assert isinstance(ev.type, str) and TYPE.fullmatch(ev.type), ev.type
-    for features, valid in ((ev.numeric, lambda v: type(v) is float and math.isfinite(v)),
-                            (ev.categorical, lambda v: isinstance(v, str))):
+    for features, valid in (
+        (ev.numeric, lambda v: type(v) is float and math.isfinite(v)),
+        (ev.categorical, lambda v: isinstance(v, str)),
+    ):
         assert isinstance(features, dict) and len(features) <= MAX_FEATURES
         for name, value in features.items():
             assert isinstance(name, str) and 1 <= len(name) <= MAX_NAME_CHARS, name
@@ -93,13 +94,38 @@ class Raw(str):
     """A JSON token written verbatim: a number too long for ``int``, a lone surrogate escape..."""
 
 
-RAW_TOKENS = [Raw(t) for t in (
-    "NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1e-999", "-0", "0.0e+0", "1E400", "-2.5e-400",
-    "9" * 400, "9" * 4300, "9" * 4301, "-" + "9" * 5000, "1" + "0" * 5000 + ".5", "0." + "0" * 5000 + "1",
-    "1.7976931348623157e308", "1.7976931348623159e308", "123456789012345678901234567890",
-    '"\\ud800"', '"x\\udfff"', '"\\udc00\\ud800"', '"\\ud83d\\ude00"', '"\\u0000"', '"\\u2028\\u2029"',
-    '"\\ud800\\u0041"', '"\\/\\b\\f\\n\\r\\t"',
-)]
+RAW_TOKENS = [
+    Raw(t)
+    for t in (
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "1e999",
+        "-1e999",
+        "1e-999",
+        "-0",
+        "0.0e+0",
+        "1E400",
+        "-2.5e-400",
+        "9" * 400,
+        "9" * 4300,
+        "9" * 4301,
+        "-" + "9" * 5000,
+        "1" + "0" * 5000 + ".5",
+        "0." + "0" * 5000 + "1",
+        "1.7976931348623157e308",
+        "1.7976931348623159e308",
+        "123456789012345678901234567890",
+        '"\\ud800"',
+        '"x\\udfff"',
+        '"\\udc00\\ud800"',
+        '"\\ud83d\\ude00"',
+        '"\\u0000"',
+        '"\\u2028\\u2029"',
+        '"\\ud800\\u0041"',
+        '"\\/\\b\\f\\n\\r\\t"',
+    )
+]
 LONE_SURROGATES = [Raw('"\\ud800"'), Raw('"x\\udfff"'), Raw('"\\udc00\\ud800"'), Raw('"\\ud800\\u0041"')]
 
 
@@ -110,7 +136,11 @@ def dumps(value, ensure_ascii: bool = True, sep: str = ",") -> str:
     if isinstance(value, list):
         return "[" + sep.join(dumps(v, ensure_ascii, sep) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + sep.join(f"{dumps(k, ensure_ascii, sep)}:{dumps(v, ensure_ascii, sep)}" for k, v in value.items()) + "}"
+        return (
+            "{"
+            + sep.join(f"{dumps(k, ensure_ascii, sep)}:{dumps(v, ensure_ascii, sep)}" for k, v in value.items())
+            + "}"
+        )
     return json.dumps(value, allow_nan=True, ensure_ascii=ensure_ascii)
 
 
@@ -124,12 +154,19 @@ def encoded(value, draw) -> bytes | str:
 
 big_ints = st.integers(0, 4000).map(lambda n: 10**n - 1)
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), big_ints, big_ints.map(lambda v: -v),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20), st.sampled_from(RAW_TOKENS),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    big_ints,
+    big_ints.map(lambda v: -v),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.sampled_from(RAW_TOKENS),
 )
 keys = st.one_of(st.sampled_from(FIELDS), st.text(max_size=12), st.sampled_from(LONE_SURROGATES))
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=6) | st.dictionaries(keys, inner, max_size=6), max_leaves=30)
+    scalars, lambda inner: st.lists(inner, max_size=6) | st.dictionaries(keys, inner, max_size=6), max_leaves=30
+)
 
 
 @st.composite
@@ -166,10 +203,19 @@ types = st.one_of(st.sampled_from(["sensor", "log", "a", "A.b-c_9", "x" * 64]), 
 names = st.one_of(st.text(min_size=1, max_size=16), st.sampled_from(["x" * MAX_NAME_CHARS, "😀" * MAX_NAME_CHARS]))
 finite = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(10**300), 10**300))
 categories = st.one_of(st.text(max_size=30), st.integers(-(10**30), 10**30))
-zones = st.one_of(st.none(), st.just(timezone.utc),
-                  st.integers(-(24 * 60 - 1), 24 * 60 - 1).map(lambda m: timezone(timedelta(minutes=m))))
-PRECISION = {"hours": {"minute": 0, "second": 0, "microsecond": 0}, "minutes": {"second": 0, "microsecond": 0},
-             "seconds": {"microsecond": 0}, "milliseconds": {}, "microseconds": {}, "date": {}}
+zones = st.one_of(
+    st.none(),
+    st.just(UTC),
+    st.integers(-(24 * 60 - 1), 24 * 60 - 1).map(lambda m: timezone(timedelta(minutes=m))),
+)
+PRECISION = {
+    "hours": {"minute": 0, "second": 0, "microsecond": 0},
+    "minutes": {"second": 0, "microsecond": 0},
+    "seconds": {"microsecond": 0},
+    "milliseconds": {},
+    "microseconds": {},
+    "date": {},
+}
 
 
 @st.composite
@@ -181,12 +227,12 @@ def iso_times(draw, low=datetime(1970, 1, 2), high=datetime(2027, 1, 13)) -> tup
     if spec == "milliseconds":
         moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
     if spec == "date":
-        text, moment = moment.date().isoformat(), datetime.combine(moment.date(), datetime.min.time(), timezone.utc)
+        text, moment = moment.date().isoformat(), datetime.combine(moment.date(), datetime.min.time(), UTC)
     else:
         text = moment.isoformat(sep=draw(st.sampled_from("T ")), timespec=spec)
         if moment.utcoffset() == timedelta(0) and draw(st.booleans()):
             text = text.replace("+00:00", draw(st.sampled_from("Zz")))
-    expected = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    expected = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
     return draw(st.sampled_from(["", " ", "\t"])) + text + draw(st.sampled_from(["", " ", "\n"])), expected
 
 
@@ -207,9 +253,12 @@ def valid_events(draw) -> tuple[dict, dict]:
     if draw(st.booleans()):
         value["schema"] = draw(st.sampled_from([1, 1.0]))
     if draw(st.booleans()):
-        value["numeric"] = draw(st.one_of(
-            st.dictionaries(names, st.none() | finite, max_size=8),
-            st.just({f"f{i}": float(i) for i in range(MAX_FEATURES)})))
+        value["numeric"] = draw(
+            st.one_of(
+                st.dictionaries(names, st.none() | finite, max_size=8),
+                st.just({f"f{i}": float(i) for i in range(MAX_FEATURES)}),
+            )
+        )
     if draw(st.booleans()):
         value["categorical"] = draw(st.dictionaries(names, st.none() | categories, max_size=8))
     if draw(st.booleans()):
@@ -217,10 +266,14 @@ def valid_events(draw) -> tuple[dict, dict]:
     if event_type == "label" or draw(st.booleans()):
         value["image_id"], value["label"] = draw(ids), draw(ids)
     expected = {
-        "id": value["id"], "ts": expected_ts, "type": event_type,
+        "id": value["id"],
+        "ts": expected_ts,
+        "type": event_type,
         "numeric": {k: None if v is None else float(v) for k, v in value.get("numeric", {}).items()},
         "categorical": {k: None if v is None else str(v) for k, v in value.get("categorical", {}).items()},
-        "text": value.get("text"), "image_id": value.get("image_id"), "label": value.get("label"),
+        "text": value.get("text"),
+        "image_id": value.get("image_id"),
+        "label": value.get("label"),
     }
     return value, expected
 
@@ -236,13 +289,34 @@ def test_valid_events_are_accepted_as_they_are(case, ensure_ascii: bool, sep: st
 
 bad_times = st.one_of(
     iso_times(low=datetime(1, 1, 1), high=datetime(9999, 12, 31, 23, 59, 59)).map(lambda t: t[0]),
-    st.sampled_from(["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "0001-01-01T00:00:00-01:00",
-                     "1969-12-31T23:59:59Z", "2027-01-15T08:05:01Z", "2027-01-15T08:00:00+24:00", "2027-02-30",
-                     "20270115T080000Z", "2027-W03-5", "2027-01-15T08:00:00.123456789Z", "yesterday", "", " ",
-                     "1800000000", "2027-01-15T08:00:00Z\u0000", "２０２７-01-15", "NaN"]),
-    st.floats(allow_nan=False, allow_infinity=True), st.integers(), big_ints, big_ints.map(lambda v: -v),
+    st.sampled_from(
+        [
+            "9999-12-31T23:59:59-23:59",
+            "0001-01-01T00:00:00+23:59",
+            "0001-01-01T00:00:00-01:00",
+            "1969-12-31T23:59:59Z",
+            "2027-01-15T08:05:01Z",
+            "2027-01-15T08:00:00+24:00",
+            "2027-02-30",
+            "20270115T080000Z",
+            "2027-W03-5",
+            "2027-01-15T08:00:00.123456789Z",
+            "yesterday",
+            "",
+            " ",
+            "1800000000",
+            "2027-01-15T08:00:00Z\u0000",
+            "２０２７-01-15",
+            "NaN",
+        ]
+    ),
+    st.floats(allow_nan=False, allow_infinity=True),
+    st.integers(),
+    big_ints,
+    big_ints.map(lambda v: -v),
     st.floats(NOW - 1000, NOW + 1000).map(lambda t: t * 1000),  # milliseconds as seconds
-    st.sampled_from(RAW_TOKENS), st.text(max_size=40),
+    st.sampled_from(RAW_TOKENS),
+    st.text(max_size=40),
 )
 
 
@@ -250,8 +324,24 @@ bad_times = st.one_of(
 def perturbed_events(draw):
     value = dict(draw(valid_events())[0])
     for _ in range(draw(st.integers(1, 3))):
-        how = draw(st.sampled_from(["drop", "retype", "extra", "many features", "name length", "long id",
-                                    "long type", "long text", "ts", "schema", "label", "surrogate"]))
+        how = draw(
+            st.sampled_from(
+                [
+                    "drop",
+                    "retype",
+                    "extra",
+                    "many features",
+                    "name length",
+                    "long id",
+                    "long type",
+                    "long text",
+                    "ts",
+                    "schema",
+                    "label",
+                    "surrogate",
+                ]
+            )
+        )
         if how == "drop" and value:
             del value[draw(st.sampled_from(sorted(value)))]
         elif how == "retype":
@@ -307,8 +397,20 @@ def test_timestamps_in_many_forms(ts, kind) -> None:
 
 # --- (c) raw bytes -------------------------------------------------------------------------
 
-BAD_UTF8 = [b"\xff", b"\xfe", b"\x80", b"\xc3", b"\xc0\xaf", b"\xe0\x80\xaf", b"\xed\xa0\x80", b"\xed\xbf\xbf",
-            b"\xf4\x90\x80\x80", b"\xf8\x88\x80\x80\x80", b"\xef\xbb\xbf", b"\x00"]
+BAD_UTF8 = [
+    b"\xff",
+    b"\xfe",
+    b"\x80",
+    b"\xc3",
+    b"\xc0\xaf",
+    b"\xe0\x80\xaf",
+    b"\xed\xa0\x80",
+    b"\xed\xbf\xbf",
+    b"\xf4\x90\x80\x80",
+    b"\xf8\x88\x80\x80\x80",
+    b"\xef\xbb\xbf",
+    b"\x00",
+]
 
 
 @fuzz(300)
@@ -349,7 +451,9 @@ def test_broken_bytes_of_valid_events(raw: bytes) -> None:
 
 
 @fuzz(100)
-@given(st.text(max_size=30), st.sampled_from(["\ud800", "\udfff", "\udc00\ud800"]), st.sampled_from(["id", "text", "ts"]))
+@given(
+    st.text(max_size=30), st.sampled_from(["\ud800", "\udfff", "\udc00\ud800"]), st.sampled_from(["id", "text", "ts"])
+)
 def test_text_messages_holding_lone_surrogates(prefix: str, surrogate: str, field: str) -> None:
     value = {"id": "e-1", "ts": NOW, "type": "sensor", field: prefix + surrogate}
     check(json.dumps(value, ensure_ascii=False))  # a str message: surrogates as they are, not escaped
@@ -413,7 +517,7 @@ def test_json_at_and_past_max_bytes(case) -> None:
 
 
 @fuzz(20, deadline=5000)
-@given(st.integers(MAX_BYTES - 3, MAX_BYTES + 3), st.sampled_from(["[", "{", '"', "1", "{\"a\":["]))
+@given(st.integers(MAX_BYTES - 3, MAX_BYTES + 3), st.sampled_from(["[", "{", '"', "1", '{"a":[']))
 def test_megabyte_of_junk_at_the_default_limit(size: int, unit: str) -> None:
     raw = (unit * (size // len(unit) + 1)).encode()[:size]
     reason = check(raw)
@@ -423,23 +527,27 @@ def test_megabyte_of_junk_at_the_default_limit(size: int, unit: str) -> None:
 # --- regressions the fuzzing found --------------------------------------------------------
 
 
-@pytest.mark.parametrize(("raw", "reason"), ids=lambda v: v if isinstance(v, str) else None, argvalues=[
-    # an integer of more than 4300 digits: json.loads raised a bare ValueError (int max_str_digits)
-    (b'{"id": "e", "ts": 1, "type": "t", "numeric": {"x": ' + b"1" * 5000 + b"}}", "invalid_json"),
-    # an integer ts too large for a float: math.isfinite raised OverflowError
-    (b'{"id": "e", "ts": ' + b"9" * 400 + b', "type": "t"}', "bad_timestamp"),
-    # an ISO ts past 9999-12-31 UTC: formatting it for the message raised ValueError (year 10000)
-    (b'{"id": "e", "ts": "9999-12-31T23:59:59-05:00", "type": "t"}', "bad_timestamp"),
-    # an ISO ts before year 1 UTC was accepted, then Event.as_json raised ValueError (year 0)
-    (b'{"id": "e", "ts": "0001-01-01T00:00:00+05:00", "type": "t"}', "bad_timestamp"),
-    # a lone surrogate escape in id: len(id.encode()) raised UnicodeEncodeError
-    (b'{"id": "\\ud800", "ts": 1, "type": "t"}', "wrong_type"),
-    # ... and anywhere else it was accepted, then the worker's UTF-8 JSON (to_json) raised
-    (b'{"id": "e", "ts": 1, "type": "t", "text": "a\\udfff"}', "wrong_type"),
-    (b'{"id": "e", "ts": 1, "type": "t", "categorical": {"\\ud800": "x"}}', "wrong_type"),
-    (b'{"id": "e", "ts": 1, "type": "t", "categorical": {"c": "\\ud800"}}', "wrong_type"),
-    # type "t\n" passed [A-Za-z0-9_.-]{1,64}$ ($ matches before a final newline)
-    (b'{"id": "e", "ts": 1, "type": "t\\n"}', "wrong_type"),
-])
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    ids=lambda v: v if isinstance(v, str) else None,
+    argvalues=[
+        # an integer of more than 4300 digits: json.loads raised a bare ValueError (int max_str_digits)
+        (b'{"id": "e", "ts": 1, "type": "t", "numeric": {"x": ' + b"1" * 5000 + b"}}", "invalid_json"),
+        # an integer ts too large for a float: math.isfinite raised OverflowError
+        (b'{"id": "e", "ts": ' + b"9" * 400 + b', "type": "t"}', "bad_timestamp"),
+        # an ISO ts past 9999-12-31 UTC: formatting it for the message raised ValueError (year 10000)
+        (b'{"id": "e", "ts": "9999-12-31T23:59:59-05:00", "type": "t"}', "bad_timestamp"),
+        # an ISO ts before year 1 UTC was accepted, then Event.as_json raised ValueError (year 0)
+        (b'{"id": "e", "ts": "0001-01-01T00:00:00+05:00", "type": "t"}', "bad_timestamp"),
+        # a lone surrogate escape in id: len(id.encode()) raised UnicodeEncodeError
+        (b'{"id": "\\ud800", "ts": 1, "type": "t"}', "wrong_type"),
+        # ... and anywhere else it was accepted, then the worker's UTF-8 JSON (to_json) raised
+        (b'{"id": "e", "ts": 1, "type": "t", "text": "a\\udfff"}', "wrong_type"),
+        (b'{"id": "e", "ts": 1, "type": "t", "categorical": {"\\ud800": "x"}}', "wrong_type"),
+        (b'{"id": "e", "ts": 1, "type": "t", "categorical": {"c": "\\ud800"}}', "wrong_type"),
+        # type "t\n" passed [A-Za-z0-9_.-]{1,64}$ ($ matches before a final newline)
+        (b'{"id": "e", "ts": 1, "type": "t\\n"}', "wrong_type"),
+    ],
+)
 def test_regressions(raw: bytes, reason: str) -> None:
     assert check(raw) == reason

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.handler import BatchResult, ModelInfo
+from streamdl.models.handler import BatchResult, ModelInfo
+from streamdl.records import InMessage, dead_letter, parse_dead_letter_headers
 from streamdl.settings import load_settings
-from streams.image_pipeline import ImagePipeline
-from streams.records import InMessage, dead_letter, parse_dead_letter_headers
+from streamdl.streams.pipelines.images import ImagePipeline
 
 INFO = ModelInfo(name="fake", version="7", input_size=(8, 8), channels=1, embedding_size=3, labels=("dark", "light"))
 
@@ -45,8 +45,15 @@ def png(value: int, size: int = 8) -> bytes:
 
 
 def msg(key: bytes | None, value: bytes, offset: int, **headers: str) -> InMessage:
-    return InMessage(key=key, value=value, topic="t.images", partition=0, offset=offset, timestamp_ms=1_700_000_000_000,
-                     headers={k: v.encode() for k, v in headers.items()})
+    return InMessage(
+        key=key,
+        value=value,
+        topic="t.images",
+        partition=0,
+        offset=offset,
+        timestamp_ms=1_700_000_000_000,
+        headers={k: v.encode() for k, v in headers.items()},
+    )
 
 
 @pytest.fixture
@@ -86,7 +93,14 @@ def test_bad_input_becomes_dead_letters_and_the_rest_goes_on(pipeline):
     out = pipeline.compute(batch)
     assert [d for d, _ in out.docs] == ["ok-1", "ok-2"]
     reasons = {m.offset: code for m, code, _, _ in out.dead}
-    assert reasons == {1: "missing_key", 2: "missing_key", 3: "missing_key", 4: "empty", 5: "too_large", 6: "not_an_image"}
+    assert reasons == {
+        1: "missing_key",
+        2: "missing_key",
+        3: "missing_key",
+        4: "empty",
+        5: "too_large",
+        6: "not_an_image",
+    }
     assert all(reason for _, _, reason, _ in out.dead)
 
 

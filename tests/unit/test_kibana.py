@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from connectors.es_mappings import alerts_index, events_index, images_index
+from streamdl.connectors.es_mappings import alerts_index, events_index, images_index
 from streamdl.settings import ALIAS_NAMES, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,8 +24,22 @@ IMPORT_PATH = "/api/saved_objects/_import"
 INDEX_REF = "kibanaSavedObjectMeta.searchSourceJSON.index"
 TIME_FIELDS = {"images": "processed_time", "events": "ts", "alerts": "ts"}
 # Field types Kibana can aggregate and sort on (not text, binary, dense_vector or disabled objects).
-AGGREGATABLE = {"keyword", "date", "date_nanos", "boolean", "ip", "long", "integer", "short", "byte",
-                "double", "float", "half_float", "scaled_float", "unsigned_long"}
+AGGREGATABLE = {
+    "keyword",
+    "date",
+    "date_nanos",
+    "boolean",
+    "ip",
+    "long",
+    "integer",
+    "short",
+    "byte",
+    "double",
+    "float",
+    "half_float",
+    "scaled_float",
+    "unsigned_long",
+}
 
 
 # --- Helpers --------------------------------------------------------------------------------------
@@ -174,9 +188,13 @@ def field_problems(objects: list[dict], settings) -> list[str]:
             used += [("column", field) for field in obj["attributes"].get("columns", [])]
         for kind, field in used:
             if field not in fields:
-                problems.append(f"{where}: {kind} on {field!r}, not in the mapping of {view and view['attributes']['title']}")
+                problems.append(
+                    f"{where}: {kind} on {field!r}, not in the mapping of {view and view['attributes']['title']}"
+                )
             elif kind != "column" and not aggregatable(fields[field]):
-                problems.append(f"{where}: {kind} on {field!r}, a {field_type(fields[field])} field Kibana cannot aggregate")
+                problems.append(
+                    f"{where}: {kind} on {field!r}, a {field_type(fields[field])} field Kibana cannot aggregate"
+                )
     return problems
 
 
@@ -201,11 +219,18 @@ def dashboard_problems(objects: list[dict]) -> list[str]:
         grid = panel.get("gridData", {})
         if grid.get("i") != index:
             problems.append(f"panel {index}: gridData.i is {grid.get('i')!r}")
-        if not (0 <= grid.get("x", -1) and grid.get("w", 0) > 0 and grid.get("h", 0) > 0
-                and grid["x"] + grid["w"] <= 48 and grid.get("y", -1) >= 0):
+        if not (
+            0 <= grid.get("x", -1)
+            and grid.get("w", 0) > 0
+            and grid.get("h", 0) > 0
+            and grid["x"] + grid["w"] <= 48
+            and grid.get("y", -1) >= 0
+        ):
             problems.append(f"panel {index}: gridData {grid} is outside the 48-column grid")
             continue
-        mine = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
+        mine = {
+            (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
+        }
         if mine & cells:
             problems.append(f"panel {index}: overlaps another panel")
         cells |= mine
@@ -278,11 +303,16 @@ def test_dashboard_shows_predictions_alerts_recent_alerts_and_dead_letters(objec
         charts.append((view and view["attributes"]["title"], state["type"], buckets))
 
     images, alerts = settings.alias("images"), settings.alias("alerts")
-    assert any(title == images and ("date_histogram", "processed_time") in buckets and ("terms", "label") in buckets
-               for title, _, buckets in charts), f"no predictions-per-label chart on {images}: {charts}"
-    assert any(title == alerts and ("date_histogram", "ts") in buckets
-               and {("terms", "kind"), ("terms", "rule")} & set(buckets)
-               for title, _, buckets in charts), f"no alerts-over-time chart split by kind or rule: {charts}"
+    assert any(
+        title == images and ("date_histogram", "processed_time") in buckets and ("terms", "label") in buckets
+        for title, _, buckets in charts
+    ), f"no predictions-per-label chart on {images}: {charts}"
+    assert any(
+        title == alerts
+        and ("date_histogram", "ts") in buckets
+        and {("terms", "kind"), ("terms", "rule")} & set(buckets)
+        for title, _, buckets in charts
+    ), f"no alerts-over-time chart split by kind or rule: {charts}"
 
     searches = [s for s in by_type(panels, "search") if data_view_of(s, objects)["attributes"]["title"] == alerts]
     assert searches, "no saved search of alerts on the dashboard"
@@ -290,13 +320,18 @@ def test_dashboard_shows_predictions_alerts_recent_alerts_and_dead_letters(objec
 
 
 def test_dead_letters_are_a_note_not_an_index(objects, settings):
-    from streams.metrics import DEAD_LETTERS
+    from streamdl.streams.pipelines.metrics import DEAD_LETTERS
 
     metric = f"{DEAD_LETTERS.describe()[0].name}_total"
-    notes = [vis_state(v) for v in by_type(dashboard_objects(objects), "visualization") if vis_state(v)["type"] == "markdown"]
-    assert any(settings.topic("dlq") in n["params"]["markdown"] and metric in n["params"]["markdown"]
-               and "/metrics" in n["params"]["markdown"] for n in notes), \
-        f"no markdown panel naming {settings.topic('dlq')} and {metric}"
+    notes = [
+        vis_state(v) for v in by_type(dashboard_objects(objects), "visualization") if vis_state(v)["type"] == "markdown"
+    ]
+    assert any(
+        settings.topic("dlq") in n["params"]["markdown"]
+        and metric in n["params"]["markdown"]
+        and "/metrics" in n["params"]["markdown"]
+        for n in notes
+    ), f"no markdown panel naming {settings.topic('dlq')} and {metric}"
     for view in by_type(objects, "index-pattern"):
         assert "dlq" not in view["attributes"]["title"], "dead letters are not in Elasticsearch"
 
@@ -327,7 +362,7 @@ def test_compose_kibana_setup_imports_the_file_once_kibana_is_healthy():
 # --- The checks catch broken files ----------------------------------------------------------------
 def test_parse_ndjson_rejects_blank_lines_and_non_objects():
     assert parse_ndjson('{"a":1}\n{"b":2}\n') == [{"a": 1}, {"b": 2}]
-    for bad in ('{"a":1}\n\n{"b":2}\n', '{"a":1}\n\n', '[1]\n', '{"a":\n'):
+    for bad in ('{"a":1}\n\n{"b":2}\n', '{"a":1}\n\n', "[1]\n", '{"a":\n'):
         with pytest.raises(ValueError):
             parse_ndjson(bad)
 
@@ -351,15 +386,20 @@ def test_checks_catch_broken_copies(objects, settings):
 
     assert structure_problems(broken(lambda o: o[0].pop("references")))
     assert structure_problems(broken(lambda o: o.append(copy.deepcopy(o[0]))))
-    assert data_view_problems(broken(lambda o: one(o, "index-pattern")["attributes"].update(title="streamdl-image")), settings)
-    assert data_view_problems(broken(lambda o: one(o, "index-pattern", settings.alias("alerts"))
-                                     ["attributes"].update(timeFieldName="kind")), settings)
+    assert data_view_problems(
+        broken(lambda o: one(o, "index-pattern")["attributes"].update(title="streamdl-image")), settings
+    )
+    assert data_view_problems(
+        broken(lambda o: one(o, "index-pattern", settings.alias("alerts"))["attributes"].update(timeFieldName="kind")),
+        settings,
+    )
     assert reference_problems(broken(lambda o: one(o, "dashboard")["references"][0].update(id="nope")))
     assert reference_problems(broken(lambda o: one(o, "search")["references"][0].update(name="other")))
     assert field_problems(broken(lambda o: set_vis_field(o, "label", "predicted_label")), settings)
     assert field_problems(broken(lambda o: set_vis_field(o, "label", "thumbnail")), settings)  # binary
-    assert field_problems(broken(lambda o: one(o, "search")["attributes"].update(sort=[["processed_time", "desc"]])),
-                          settings)  # not an alerts field
+    assert field_problems(
+        broken(lambda o: one(o, "search")["attributes"].update(sort=[["processed_time", "desc"]])), settings
+    )  # not an alerts field
     assert dashboard_problems(broken(lambda o: one(o, "dashboard")["references"][0].update(name="panel_x")))
 
     def overlap(items):

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.catalog import available_models, load_handler
-from models.digits import digit_to_array, digit_to_png, digits_model_dir, ensure_digits_model, split_digits
-from models.errors import ModelNotFound
-from models.handler import ModelHandler
-from models.handlers import KerasImageHandler
-from models.keras_apps import APPLICATIONS, imagenet_labels
 from streamdl.errors import StreamdlError
+from streamdl.models.catalog import available_models, load_handler
+from streamdl.models.digits import digit_to_array, digit_to_png, digits_model_dir, ensure_digits_model, split_digits
+from streamdl.models.errors import ModelNotFound
+from streamdl.models.handler import ModelHandler
+from streamdl.models.keras_apps import APPLICATIONS, imagenet_labels
+from streamdl.models.keras_handler import KerasImageHandler
 
 RNG = np.random.default_rng(1)
 PROGRESS: list[tuple[int, int]] = []
@@ -109,7 +109,13 @@ def test_digit_png_decodes_to_the_training_pixels() -> None:
 def test_handler_shapes_and_probabilities(digits_handler: KerasImageHandler, holdout) -> None:
     assert isinstance(digits_handler, ModelHandler)
     info = digits_handler.info()
-    assert (info.name, info.version, info.input_size, info.channels, info.embedding_size) == ("digits-cnn", "1", (32, 32), 1, 64)
+    assert (info.name, info.version, info.input_size, info.channels, info.embedding_size) == (
+        "digits-cnn",
+        "1",
+        (32, 32),
+        1,
+        64,
+    )
     assert info.labels == tuple("0123456789")
     images, labels = holdout
     result = digits_handler.predict_batch(images)
@@ -177,7 +183,9 @@ def test_handler_needs_load(state_dir: Path) -> None:
         load_handler("digits-cnn", state_dir=state_dir, batch_size=0)
 
 
-def test_digits_featurizer_with_a_head_file(state_dir: Path, digits_handler: KerasImageHandler, holdout, tmp_path: Path) -> None:
+def test_digits_featurizer_with_a_head_file(
+    state_dir: Path, digits_handler: KerasImageHandler, holdout, tmp_path: Path
+) -> None:
     images = holdout[0][:6]
     featurizer = load_handler("digits-cnn", state_dir=state_dir, batch_size=8, mode="featurize")
     featurizer.load()
@@ -226,7 +234,7 @@ def test_mobilenet_v3_small_predictor_probabilities(state_dir: Path, keras_home:
 
 def test_split_predictor_equals_the_whole_application() -> None:
     """The predictor split at its pooling (embedding, then head) computes what the unsplit model does."""
-    from models.keras_apps import split_at_pooling
+    from streamdl.models.keras_apps import split_at_pooling
 
     for build in (keras.applications.MobileNetV3Small, keras.applications.MobileNetV2):
         whole = build(input_shape=(224, 224, 3), weights=None, include_top=True)
@@ -234,19 +242,25 @@ def test_split_predictor_equals_the_whole_application() -> None:
         x = np.random.default_rng(1).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
         embedding = featurizer.predict(x, verbose=0)
         assert embedding.ndim == 2 and embedding.shape[0] == 2
-        np.testing.assert_allclose(head.predict(embedding, verbose=0), whole.predict(x, verbose=0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            head.predict(embedding, verbose=0), whole.predict(x, verbose=0), rtol=1e-4, atol=1e-6
+        )
 
 
 def test_imagenet_labels_from_the_keras_cache(keras_home: Path) -> None:
     keras_home.mkdir(parents=True)
-    (keras_home / "imagenet_class_index.json").write_text(json.dumps({str(i): [f"n{i:08d}", f"class{i}"] for i in range(1000)}))
+    (keras_home / "imagenet_class_index.json").write_text(
+        json.dumps({str(i): [f"n{i:08d}", f"class{i}"] for i in range(1000)})
+    )
     labels = imagenet_labels()
     assert len(labels) == 1000 and labels[0] == "class0" and labels[999] == "class999"
 
 
 def test_imagenet_weights_come_from_the_keras_cache(state_dir: Path, keras_home: Path, tmp_path: Path) -> None:
     """A weights file in $KERAS_HOME/models is loaded without any download, same for a path."""
-    source = keras.applications.MobileNetV3Small(input_shape=(224, 224, 3), weights=None, include_top=False, pooling="avg")
+    source = keras.applications.MobileNetV3Small(
+        input_shape=(224, 224, 3), weights=None, include_top=False, pooling="avg"
+    )
     keras_home.mkdir(parents=True)
     weights_file = keras_home / APPLICATIONS["MobileNetV3Small"].weights_no_top
     with h5py.File(weights_file, "w") as f:  # the legacy layout of the files Keras downloads
@@ -263,7 +277,9 @@ def test_imagenet_weights_come_from_the_keras_cache(state_dir: Path, keras_home:
 
 
 def test_mixed_precision_outputs_float32(state_dir: Path) -> None:
-    handler = load_handler("MobileNetV3Small", state_dir=state_dir, batch_size=2, weights=None, mode="featurize", mixed_precision=True)
+    handler = load_handler(
+        "MobileNetV3Small", state_dir=state_dir, batch_size=2, weights=None, mode="featurize", mixed_precision=True
+    )
     handler.load()
     assert keras.mixed_precision.dtype_policy().name == "float32"  # restored after building
     assert handler.model.get_layer("MobileNetV3Small").get_layer("conv").compute_dtype == "float16"
@@ -357,7 +373,7 @@ def test_saved_model_directory(state_dir: Path, tmp_path: Path) -> None:
 
 
 def test_bucket_sizes() -> None:
-    from models.handlers import bucket_sizes
+    from streamdl.models.keras_handler import bucket_sizes
 
     assert bucket_sizes(1) == (1,)
     assert bucket_sizes(64) == (1, 2, 4, 8, 16, 32, 64)
@@ -367,7 +383,7 @@ def test_bucket_sizes() -> None:
 
 
 def test_held_out_ids_are_exactly_the_images_split_digits_holds_out():
-    from models.digits import held_out_ids, load_digit_images, split_digits
+    from streamdl.models.digits import held_out_ids, load_digit_images, split_digits
 
     images, _ = load_digit_images()
     _, x_holdout, _, _ = split_digits()

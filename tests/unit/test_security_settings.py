@@ -1,5 +1,5 @@
 """The security settings: validation of combinations, secrets from files, masking everywhere, the one
-Kafka client configuration (:func:`connectors.kafka_config.kafka_config`), Faust's credentials, the
+Kafka client configuration (:func:`streamdl.connectors.kafka_config.kafka_config`), Faust's credentials, the
 Elasticsearch client's TLS options, and what librdkafka's security errors are explained as."""
 
 from __future__ import annotations
@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from connectors.kafka_config import classify, explain_kafka_errors, faust_credentials, kafka_config, kafka_ssl_context
+from streamdl.connectors.kafka_config import (
+    classify,
+    explain_kafka_errors,
+    faust_credentials,
+    kafka_config,
+    kafka_ssl_context,
+)
 from streamdl.errors import SettingsError
 from streamdl.settings import SECRET_FIELDS, load_settings, settings_env
 
@@ -37,10 +43,18 @@ def ca(tmp_path: Path) -> Path:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "unit test CA")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     path = tmp_path / "ca.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path
@@ -54,22 +68,33 @@ def test_a_ca_file_that_is_not_pem_is_refused(tmp_path):
 
 
 def sasl(**extra):
-    return load_settings({"kafka_security_protocol": "SASL_SSL", "kafka_username": "alice", "kafka_password": PASSWORD, **extra},
-                         env_file=None)
+    return load_settings(
+        {"kafka_security_protocol": "SASL_SSL", "kafka_username": "alice", "kafka_password": PASSWORD, **extra},
+        env_file=None,
+    )
 
 
 # --- validation ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("overrides,needles", [
-    ({"kafka_security_protocol": "SASL_SSL"}, ["STREAMDL_KAFKA_USERNAME", "STREAMDL_KAFKA_PASSWORD", "SASL_SSL"]),
-    ({"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_password": PASSWORD}, ["STREAMDL_KAFKA_USERNAME"]),
-    ({"kafka_username": "alice", "kafka_password": PASSWORD}, ["only sent with SASL", "STREAMDL_KAFKA_SECURITY_PROTOCOL"]),
-    ({"kafka_ssl_ca_file": "/no/such/ca.pem", "kafka_security_protocol": "SSL"}, ["STREAMDL_KAFKA_SSL_CA_FILE", "no such file"]),
-    ({"kafka_security_protocol": "TLS"}, ["STREAMDL_KAFKA_SECURITY_PROTOCOL"]),
-    ({"kafka_sasl_mechanism": "GSSAPI"}, ["STREAMDL_KAFKA_SASL_MECHANISM"]),
-    ({"es_api_key": "a2V5", "es_username": "u", "es_password": PASSWORD}, ["not both", "STREAMDL_ES_API_KEY"]),
-    ({"es_username": "elastic"}, ["STREAMDL_ES_PASSWORD"]),
-    ({"es_password": PASSWORD}, ["STREAMDL_ES_USERNAME"]),
-])
+@pytest.mark.parametrize(
+    "overrides,needles",
+    [
+        ({"kafka_security_protocol": "SASL_SSL"}, ["STREAMDL_KAFKA_USERNAME", "STREAMDL_KAFKA_PASSWORD", "SASL_SSL"]),
+        ({"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_password": PASSWORD}, ["STREAMDL_KAFKA_USERNAME"]),
+        (
+            {"kafka_username": "alice", "kafka_password": PASSWORD},
+            ["only sent with SASL", "STREAMDL_KAFKA_SECURITY_PROTOCOL"],
+        ),
+        (
+            {"kafka_ssl_ca_file": "/no/such/ca.pem", "kafka_security_protocol": "SSL"},
+            ["STREAMDL_KAFKA_SSL_CA_FILE", "no such file"],
+        ),
+        ({"kafka_security_protocol": "TLS"}, ["STREAMDL_KAFKA_SECURITY_PROTOCOL"]),
+        ({"kafka_sasl_mechanism": "GSSAPI"}, ["STREAMDL_KAFKA_SASL_MECHANISM"]),
+        ({"es_api_key": "a2V5", "es_username": "u", "es_password": PASSWORD}, ["not both", "STREAMDL_ES_API_KEY"]),
+        ({"es_username": "elastic"}, ["STREAMDL_ES_PASSWORD"]),
+        ({"es_password": PASSWORD}, ["STREAMDL_ES_USERNAME"]),
+    ],
+)
 def test_combinations_that_cannot_work_are_refused_by_name_without_echoing_secrets(overrides, needles):
     with pytest.raises(SettingsError) as err:
         load_settings(overrides, env_file=None)
@@ -106,8 +131,10 @@ def test_each_secret_can_come_from_a_file(field, tmp_path, monkeypatch):
     secret = tmp_path / "secret"
     secret.write_text(f"  {PASSWORD}\n")
     monkeypatch.setenv(f"STREAMDL_{field.upper()}_FILE", str(secret))
-    needs = {"kafka_password": {"STREAMDL_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "STREAMDL_KAFKA_USERNAME": "alice"},
-             "es_password": {"STREAMDL_ES_USERNAME": "elastic"}}.get(field, {})
+    needs = {
+        "kafka_password": {"STREAMDL_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "STREAMDL_KAFKA_USERNAME": "alice"},
+        "es_password": {"STREAMDL_ES_USERNAME": "elastic"},
+    }.get(field, {})
     for key, value in needs.items():
         monkeypatch.setenv(key, value)
     s = load_settings(env_file=None)
@@ -159,12 +186,20 @@ def test_unreadable_or_empty_secret_files_name_the_variable(tmp_path, monkeypatc
 
 # --- masking ---------------------------------------------------------------------------------------
 def test_secrets_are_masked_in_settings_help_and_repr(monkeypatch, capsys, ca):
-    from streams.cli import main
+    from streamdl.streams.cli.main import main
 
-    secrets = {"STREAMDL_KAFKA_PASSWORD": PASSWORD, "STREAMDL_ES_API_KEY": "es-api-key-value",
-               "STREAMDL_WEBHOOK_SECRET": "webhook-secret-value"}
-    for key, value in {**secrets, "STREAMDL_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "STREAMDL_KAFKA_USERNAME": "alice",
-                       "STREAMDL_KAFKA_SSL_CA_FILE": str(ca), "STREAMDL_ES_URL": "https://es.example.com:9200"}.items():
+    secrets = {
+        "STREAMDL_KAFKA_PASSWORD": PASSWORD,
+        "STREAMDL_ES_API_KEY": "es-api-key-value",
+        "STREAMDL_WEBHOOK_SECRET": "webhook-secret-value",
+    }
+    for key, value in {
+        **secrets,
+        "STREAMDL_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "STREAMDL_KAFKA_USERNAME": "alice",
+        "STREAMDL_KAFKA_SSL_CA_FILE": str(ca),
+        "STREAMDL_ES_URL": "https://es.example.com:9200",
+    }.items():
         monkeypatch.setenv(key, value)
     s = load_settings(env_file=None)
     assert not any(v in repr(s) or v in str(s.masked()) for v in secrets.values())
@@ -202,9 +237,14 @@ def test_kafka_config_plaintext_by_default():
 def test_kafka_config_sasl_ssl(ca):
     config = kafka_config(sasl(kafka_ssl_ca_file=ca))
     assert {k: v for k, v in config.items() if k != "error_cb"} == {
-        "bootstrap.servers": "127.0.0.1:9092", "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
-        "sasl.username": "alice", "sasl.password": PASSWORD, "ssl.ca.location": str(ca),
-        "enable.ssl.certificate.verification": True}
+        "bootstrap.servers": "127.0.0.1:9092",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "alice",
+        "sasl.password": PASSWORD,
+        "ssl.ca.location": str(ca),
+        "enable.ssl.certificate.verification": True,
+    }
     assert "sasl.password" not in str(config["error_cb"].__dict__)
 
 
@@ -220,7 +260,7 @@ def test_kafka_config_builds_real_clients(ca):
 
 def test_turning_kafka_verification_off_warns(caplog):
     s = load_settings({"kafka_security_protocol": "SSL", "kafka_ssl_verify": False}, env_file=None)
-    with caplog.at_level(logging.WARNING, logger="connectors.kafka_config"):
+    with caplog.at_level(logging.WARNING, logger="streamdl.connectors.kafka_config"):
         config = kafka_config(s)
         context = kafka_ssl_context(s)
     assert config["enable.ssl.certificate.verification"] is False
@@ -235,18 +275,27 @@ def test_faust_credentials_follow_the_settings(ca):
     assert faust_credentials(load_settings(env_file=None)) is None
     creds = faust_credentials(sasl())
     assert isinstance(creds, faust.SASLCredentials)
-    assert (creds.protocol.value, creds.mechanism.value, creds.username, creds.password) == ("SASL_SSL", "SCRAM-SHA-512", "alice", PASSWORD)
+    assert (creds.protocol.value, creds.mechanism.value, creds.username, creds.password) == (
+        "SASL_SSL",
+        "SCRAM-SHA-512",
+        "alice",
+        PASSWORD,
+    )
     assert creds.ssl_context.verify_mode == ssl.CERT_REQUIRED and creds.ssl_context.check_hostname
     assert PASSWORD not in repr(creds)
-    plain = faust_credentials(load_settings({"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_username": "a",
-                                             "kafka_password": PASSWORD}, env_file=None))
+    plain = faust_credentials(
+        load_settings(
+            {"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_username": "a", "kafka_password": PASSWORD},
+            env_file=None,
+        )
+    )
     assert plain.protocol.value == "SASL_PLAINTEXT" and plain.ssl_context is None
     tls = faust_credentials(load_settings({"kafka_security_protocol": "SSL"}, env_file=None))
     assert isinstance(tls, faust.SSLCredentials) and tls.protocol.value == "SSL"
 
 
 def test_the_faust_app_gets_the_credentials():
-    from streams.app import create_app
+    from streamdl.streams.agents.app import create_app
 
     app = create_app(sasl())
     assert app.conf.broker_credentials.protocol.value == "SASL_SSL"
@@ -254,28 +303,46 @@ def test_the_faust_app_gets_the_credentials():
 
 # --- Elasticsearch client ----------------------------------------------------------------------------
 def test_es_client_tls_options(ca, caplog):
-    from connectors.es_client import es_client
+    from streamdl.connectors.es_client import es_client
 
     s = load_settings({"es_url": "https://es.example.com:9200", "es_ca_file": ca, "es_api_key": "a2V5"}, env_file=None)
     node = es_client(s).transport.node_pool.all()[0]
     assert node.config.ca_certs == str(ca) and node.config.verify_certs
     loose = load_settings({"es_url": "https://es.example.com:9200", "es_verify_certs": False}, env_file=None)
-    with caplog.at_level(logging.WARNING, logger="connectors.es_client"):
+    with caplog.at_level(logging.WARNING, logger="streamdl.connectors.es_client"):
         node = es_client(loose).transport.node_pool.all()[0]
     assert not node.config.verify_certs
     assert any("verification for Elasticsearch is OFF" in r.getMessage() for r in caplog.records)
 
 
 # --- librdkafka's errors, explained --------------------------------------------------------------------
-@pytest.mark.parametrize("name,text,kind,needle", [
-    ("_AUTHENTICATION", "sasl_ssl://h:1/bootstrap: SASL authentication error: Authentication failed during authentication "
-                        "due to invalid credentials with SASL mechanism SCRAM-SHA-512", "auth", "STREAMDL_KAFKA_PASSWORD"),
-    ("_SSL", "sasl_ssl://h:1/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker "
-             "certificate could not be verified", "tls", "STREAMDL_KAFKA_SSL_CA_FILE"),
-    ("_TRANSPORT", "ssl://h:1/bootstrap: SSL handshake failed: Disconnected: SSL connection closed by peer: connecting to a "
-                   "PLAINTEXT broker listener?", "protocol", "STREAMDL_KAFKA_SECURITY_PROTOCOL"),
-    ("_ALL_BROKERS_DOWN", "1/1 brokers are down", None, None),
-])
+@pytest.mark.parametrize(
+    "name,text,kind,needle",
+    [
+        (
+            "_AUTHENTICATION",
+            "sasl_ssl://h:1/bootstrap: SASL authentication error: Authentication failed during authentication "
+            "due to invalid credentials with SASL mechanism SCRAM-SHA-512",
+            "auth",
+            "STREAMDL_KAFKA_PASSWORD",
+        ),
+        (
+            "_SSL",
+            "sasl_ssl://h:1/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker "
+            "certificate could not be verified",
+            "tls",
+            "STREAMDL_KAFKA_SSL_CA_FILE",
+        ),
+        (
+            "_TRANSPORT",
+            "ssl://h:1/bootstrap: SSL handshake failed: Disconnected: SSL connection closed by peer: connecting to a "
+            "PLAINTEXT broker listener?",
+            "protocol",
+            "STREAMDL_KAFKA_SECURITY_PROTOCOL",
+        ),
+        ("_ALL_BROKERS_DOWN", "1/1 brokers are down", None, None),
+    ],
+)
 def test_security_errors_are_explained(name, text, kind, needle):
     s = sasl()
     assert classify(name, text) == kind

@@ -5,25 +5,25 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 
-from connectors.sensor_sample import (
+from streamdl.event_schema import validate_event
+from streamdl.models.sensor_sample import (
     ANOMALY_KINDS,
     DEFAULT_START,
     NUMERIC,
     QUIET_DAYS,
     Anomaly,
+    score_detections,
     sensor_anomalies,
     sensor_events,
-    score_detections,
 )
-from streams.event_schema import validate_event
 
 FAR_FUTURE = 4e9
-START = datetime(2026, 1, 5, tzinfo=timezone.utc).timestamp()
+START = datetime(2026, 1, 5, tzinfo=UTC).timestamp()
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,9 @@ def week() -> list[dict]:
 @pytest.fixture(scope="module")
 def table(week: list[dict]) -> dict[str, np.ndarray]:
     """Columns of the default week: numeric (NaN for missing), machine, mode, ts."""
-    out = {name: np.array([np.nan if e["numeric"][name] is None else e["numeric"][name] for e in week]) for name in NUMERIC}
+    out = {
+        name: np.array([np.nan if e["numeric"][name] is None else e["numeric"][name] for e in week]) for name in NUMERIC
+    }
     out["machine"] = np.array([e["categorical"]["machine"] for e in week])
     out["mode"] = np.array([e["categorical"]["mode"] for e in week])
     out["ts"] = np.array([validate_event(e, now=FAR_FUTURE).ts for e in week])
@@ -56,7 +58,11 @@ def test_every_event_keeps_the_contract(week: list[dict], table: dict[str, np.nd
         event = validate_event(e, now=FAR_FUTURE)
         assert event.type == "sensor" and set(event.numeric) == set(NUMERIC)
         assert set(event.categorical) == {"machine", "site", "mode"}
-    assert week[0]["id"] == "sensors-m01-000000" and week[0]["ts"] == "2026-01-05T00:00:00.000Z" and DEFAULT_START.startswith("2026-01-05")
+    assert (
+        week[0]["id"] == "sensors-m01-000000"
+        and week[0]["ts"] == "2026-01-05T00:00:00.000Z"
+        and DEFAULT_START.startswith("2026-01-05")
+    )
     assert len({e["id"] for e in week}) == len(week)
     assert np.all(np.diff(table["ts"]) > 0)  # interleaved in time order across machines
     m03 = table["ts"][table["machine"] == "m03"]
@@ -107,14 +113,17 @@ def test_an_overheat_shows_in_the_temperature(table: dict[str, np.ndarray]) -> N
 
 
 def test_score_detections_counts_readings_and_episodes() -> None:
-    episodes = [Anomaly("m01", "spike", 1000.0, 1300.0, "pressure"), Anomaly("m02", "overheat", 5000.0, 8000.0, "temperature")]
+    episodes = [
+        Anomaly("m01", "spike", 1000.0, 1300.0, "pressure"),
+        Anomaly("m02", "overheat", 5000.0, 8000.0, "temperature"),
+    ]
     flagged = [("m01", 1000.0), ("m01", 1299.0), ("m01", 1400.0), ("m02", 1100.0), ("m01", 2000.0)]
     score = score_detections(flagged, episodes, tolerance_secs=120)
     assert (score.true_positives, score.false_positives, score.episodes_found, score.episodes) == (3, 2, 1, 2)
     assert score.precision == pytest.approx(3 / 5) and score.recall == pytest.approx(1 / 2)
     strict = score_detections(flagged, episodes, tolerance_secs=0)
     assert strict.true_positives == 2
-    iso = datetime.fromtimestamp(6000, timezone.utc).isoformat().replace("+00:00", "Z")
+    iso = datetime.fromtimestamp(6000, UTC).isoformat().replace("+00:00", "Z")
     assert score_detections([("m02", iso)], episodes).recall == 0.5
     assert score_detections([], episodes) == score_detections([], episodes)
     nothing = score_detections([], episodes)
@@ -122,7 +131,9 @@ def test_score_detections_counts_readings_and_episodes() -> None:
     assert score_detections([], []).recall == 1.0
 
 
-@pytest.mark.parametrize("kwargs", [{"machines": 0}, {"machines": 100}, {"days": 0}, {"interval_secs": -1}, {"machines": 2.5}])
+@pytest.mark.parametrize(
+    "kwargs", [{"machines": 0}, {"machines": 100}, {"days": 0}, {"interval_secs": -1}, {"machines": 2.5}]
+)
 def test_bad_arguments_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         next(sensor_events(**kwargs))

@@ -8,7 +8,7 @@ import pytest
 
 from streamdl.errors import SettingsError
 from streamdl.settings import load_settings
-from streams.cli import build_parser, settings_from_args
+from streamdl.streams.cli.main import build_parser, settings_from_args
 
 
 @pytest.fixture(autouse=True)
@@ -25,8 +25,18 @@ def test_defaults_point_at_the_local_stack():
     assert s.kafka_bootstrap_servers == "127.0.0.1:9092"
     assert s.es_url == "http://127.0.0.1:9200"
     assert [s.topic(n) for n in ("images", "events", "predictions", "alerts", "dlq", "model-updates")] == [
-        "streamdl.images", "streamdl.events", "streamdl.predictions", "streamdl.alerts", "streamdl.dlq", "streamdl.model-updates"]
-    assert [s.alias(n) for n in ("images", "events", "alerts")] == ["streamdl-images", "streamdl-events", "streamdl-alerts"]
+        "streamdl.images",
+        "streamdl.events",
+        "streamdl.predictions",
+        "streamdl.alerts",
+        "streamdl.dlq",
+        "streamdl.model-updates",
+    ]
+    assert [s.alias(n) for n in ("images", "events", "alerts")] == [
+        "streamdl-images",
+        "streamdl-events",
+        "streamdl-alerts",
+    ]
 
 
 def test_env_file_then_environment_then_flags(tmp_path: Path, monkeypatch):
@@ -54,16 +64,19 @@ def test_flag_given_after_subcommand_is_applied(monkeypatch):
     assert s.state_dir == Path("/tmp/x")
 
 
-@pytest.mark.parametrize("field,value,needle", [
-    ("max_batch_size", "lots", "STREAMDL_MAX_BATCH_SIZE"),
-    ("max_batch_size", "0", "STREAMDL_MAX_BATCH_SIZE"),
-    ("es_url", "not a url", "STREAMDL_ES_URL"),
-    ("es_url", "ftp://127.0.0.1:9200", "STREAMDL_ES_URL"),
-    ("kafka_bootstrap_servers", "localhost", "STREAMDL_KAFKA_BOOTSTRAP_SERVERS"),
-    ("max_batch_duration_secs", "soon", "STREAMDL_MAX_BATCH_DURATION_SECS"),
-    ("es_heap", "lots", "STREAMDL_ES_HEAP"),
-    ("log_level", "LOUD", "STREAMDL_LOG_LEVEL"),
-])
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("max_batch_size", "lots", "STREAMDL_MAX_BATCH_SIZE"),
+        ("max_batch_size", "0", "STREAMDL_MAX_BATCH_SIZE"),
+        ("es_url", "not a url", "STREAMDL_ES_URL"),
+        ("es_url", "ftp://127.0.0.1:9200", "STREAMDL_ES_URL"),
+        ("kafka_bootstrap_servers", "localhost", "STREAMDL_KAFKA_BOOTSTRAP_SERVERS"),
+        ("max_batch_duration_secs", "soon", "STREAMDL_MAX_BATCH_DURATION_SECS"),
+        ("es_heap", "lots", "STREAMDL_ES_HEAP"),
+        ("log_level", "LOUD", "STREAMDL_LOG_LEVEL"),
+    ],
+)
 def test_bad_values_name_the_setting(field, value, needle, monkeypatch):
     monkeypatch.setenv(f"STREAMDL_{field.upper()}", value)
     with pytest.raises(SettingsError) as err:
@@ -72,13 +85,13 @@ def test_bad_values_name_the_setting(field, value, needle, monkeypatch):
 
 
 def test_bad_flag_value_names_the_setting():
-    from streams.cli import main
+    from streamdl.streams.cli.main import main
 
     assert main(["settings", "--batch-size", "many"]) == 2
 
 
 def test_secrets_are_masked(monkeypatch, capsys):
-    from streams.cli import main
+    from streamdl.streams.cli.main import main
 
     monkeypatch.setenv("STREAMDL_ES_USERNAME", "elastic")
     monkeypatch.setenv("STREAMDL_ES_PASSWORD", "hunter2")

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from infra.services import Elasticsearch, Kafka, reachable_by_nobody
 from streamdl.errors import StackError
+from streamdl.infra.services import Elasticsearch, Kafka, reachable_by_nobody
 from streamdl.settings import load_settings
 
 
 def test_reachable_by_nobody(tmp_path: Path):
-    open_dir = Path(tempfile.mkdtemp(prefix="streamdl-open-", dir="/tmp"))  # pytest's own tmp_path is under a 0700 folder
+    open_dir = Path(
+        tempfile.mkdtemp(prefix="streamdl-open-", dir="/tmp")
+    )  # pytest's own tmp_path is under a 0700 folder
     try:
         open_dir.chmod(0o755)
         assert reachable_by_nobody(open_dir / "not-yet-created")
@@ -45,7 +47,7 @@ def test_the_local_stack_refuses_a_remote_address():
 
 def test_kafka_cluster_ids_never_look_like_a_flag():
     """About 1 in 64 urlsafe-base64 ids starts with '-'; the storage tool then fails with 'expected one argument'."""
-    from infra.services import kafka_cluster_id
+    from streamdl.infra.services import kafka_cluster_id
 
     ids = [kafka_cluster_id() for _ in range(5000)]
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)

@@ -11,8 +11,15 @@ from email.message import Message
 
 import pytest
 
-from connectors.webhook import (HEADER_ALERT_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookSink, header_alert_id,
-                                sign, verify)
+from streamdl.connectors.webhook import (
+    HEADER_ALERT_ID,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    WebhookSink,
+    header_alert_id,
+    sign,
+    verify,
+)
 
 SECRET = b"s3cret"
 BODY = b'{"alert_id":"near_duplicate:abc","severity":"warning"}'
@@ -30,11 +37,14 @@ def test_verify_accepts_a_fresh_signature():
     assert verify(SECRET.decode(), str(NOW), BODY, sig, now=NOW - 10)  # a str secret is its UTF-8 bytes
 
 
-@pytest.mark.parametrize("body, secret, ts", [
-    (BODY.replace(b"warning", b"critical"), SECRET, str(NOW)),  # tampered body
-    (BODY, b"other", str(NOW)),                                  # wrong secret
-    (BODY, SECRET, str(NOW + 1)),                                # timestamp changed after signing
-])
+@pytest.mark.parametrize(
+    "body, secret, ts",
+    [
+        (BODY.replace(b"warning", b"critical"), SECRET, str(NOW)),  # tampered body
+        (BODY, b"other", str(NOW)),  # wrong secret
+        (BODY, SECRET, str(NOW + 1)),  # timestamp changed after signing
+    ],
+)
 def test_verify_refuses_tampering(body, secret, ts):
     assert not verify(secret, ts, body, sign(SECRET, str(NOW), BODY), now=NOW)
 
@@ -46,14 +56,17 @@ def test_verify_refuses_stale_and_future_timestamps():
     assert verify(SECRET, str(NOW), BODY, sig, now=NOW + 3000, tolerance_secs=3600)
 
 
-@pytest.mark.parametrize("ts, sig", [(None, "sha256=00"), ("", "x"), ("abc", "sha256=00"), (str(NOW), None),
-                                     (str(NOW), "sha256=é"), (str(NOW), "")])
+@pytest.mark.parametrize(
+    "ts, sig",
+    [(None, "sha256=00"), ("", "x"), ("abc", "sha256=00"), (str(NOW), None), (str(NOW), "sha256=é"), (str(NOW), "")],
+)
 def test_verify_is_false_on_garbage(ts, sig):
     assert verify(SECRET, ts, BODY, sig, now=NOW) is False
 
 
-@pytest.mark.parametrize("url", ["ftp://example.com/x", "file:///etc/passwd", "example.com/hook", "http:///nohost", "",
-                                 "http://host:99999/"])
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com/x", "file:///etc/passwd", "example.com/hook", "http:///nohost", "", "http://host:99999/"]
+)
 def test_non_http_urls_are_refused(url):
     with pytest.raises(ValueError):
         WebhookSink(url, None)
@@ -115,16 +128,23 @@ class _Resp:
 
 
 def test_retries_5xx_429_and_connection_errors_with_exponential_backoff():
-    sink = _Scripted([500, 429, urllib.error.URLError(ConnectionRefusedError("refused")), TimeoutError("slow"), 200],
-                     attempts=5, backoff_secs=0.1)
+    sink = _Scripted(
+        [500, 429, urllib.error.URLError(ConnectionRefusedError("refused")), TimeoutError("slow"), 200],
+        attempts=5,
+        backoff_secs=0.1,
+    )
     got = sink.deliver(BODY, "a")
     assert got.ok and got.status == 200 and got.attempts == 5 and got.error is None
     assert sink.slept == pytest.approx([0.1, 0.2, 0.4, 0.8])
 
 
 def test_retry_after_is_honoured_and_capped():
-    sink = _Scripted([(503, {"Retry-After": "7"}), (429, {"Retry-After": "3600"}), 200], attempts=3, backoff_secs=0.1,
-                     max_delay_secs=60)
+    sink = _Scripted(
+        [(503, {"Retry-After": "7"}), (429, {"Retry-After": "3600"}), 200],
+        attempts=3,
+        backoff_secs=0.1,
+        max_delay_secs=60,
+    )
     assert sink.deliver(BODY, "a").ok
     assert sink.slept == [7.0, 60.0]
 
@@ -145,16 +165,32 @@ def test_gives_up_after_the_last_try():
 
 
 def test_format_alert_line_is_readable_and_tolerant():
-    from streams.alert_consumers import format_alert, severity_passes
+    from streamdl.streams.jobs.alert_consumers import format_alert, severity_passes
 
-    alert = {"alert_id": "near_duplicate:x", "rule": "near_duplicate", "severity": "warning", "subject_id": "x",
-             "model_name": "digits-cnn", "model_version": "3", "suppressed": 2, "ts": "2024-05-01T12:00:03.123+00:00",
-             "evidence": {"neighbours": [{"image_id": "y"}], "original": "y", "similarity": 0.99971, "threshold": 0.9995},
-             "first_ts": "2024-05-01T11:59:00+00:00", "window": "5m"}
+    alert = {
+        "alert_id": "near_duplicate:x",
+        "rule": "near_duplicate",
+        "severity": "warning",
+        "subject_id": "x",
+        "model_name": "digits-cnn",
+        "model_version": "3",
+        "suppressed": 2,
+        "ts": "2024-05-01T12:00:03.123+00:00",
+        "evidence": {"neighbours": [{"image_id": "y"}], "original": "y", "similarity": 0.99971, "threshold": 0.9995},
+        "first_ts": "2024-05-01T11:59:00+00:00",
+        "window": "5m",
+    }
     line = format_alert(alert)
     assert line.startswith("2024-05-01 12:00:03Z  WARNING")
-    for part in ("near_duplicate", " x ", "digits-cnn:3", "threshold=0.9995", "original=y", "similarity=0.99971",
-                 "(+2 suppressed)"):
+    for part in (
+        "near_duplicate",
+        " x ",
+        "digits-cnn:3",
+        "threshold=0.9995",
+        "original=y",
+        "similarity=0.99971",
+        "(+2 suppressed)",
+    ):
         assert part in line
     assert "neighbours" not in line and "\033[" not in line
     assert "\033[" in format_alert(alert, colour=True)
@@ -165,7 +201,7 @@ def test_format_alert_line_is_readable_and_tolerant():
 
 def test_parse_since():
     from streamdl.errors import StreamdlError
-    from streams.alert_consumers import parse_since
+    from streamdl.streams.jobs.alert_consumers import parse_since
 
     assert parse_since("30m", now=10_000) == 10_000 - 1800
     assert parse_since("now-2h", now=10_000) == 10_000 - 7200
@@ -193,7 +229,7 @@ def test_json_body_is_sent_unchanged():
 def test_run_webhook_without_url_names_the_variable():
     from streamdl.errors import SettingsError
     from streamdl.settings import Settings
-    from streams.alert_consumers import run_webhook
+    from streamdl.streams.jobs.alert_consumers import run_webhook
 
     settings = Settings(_env_file=None, kafka_bootstrap_servers="127.0.0.1:1", webhook_url=None)
     with pytest.raises(SettingsError, match="STREAMDL_WEBHOOK_URL"):
@@ -205,17 +241,24 @@ def test_run_webhook_without_url_names_the_variable():
 def test_cli_adapters_parse():
     import argparse
 
-    from streams.cli_alerts import add_alert_parsers
+    from streamdl.streams.cli.alerts import add_alert_parsers
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--topic-prefix", dest="topic_prefix", default=argparse.SUPPRESS)
     add_alert_parsers(sub, common)
-    args = parser.parse_args(["alerts", "--follow", "--rule", "anomaly", "--severity", "WARNING", "--since", "2h",
-                              "--topic-prefix", "x."])
-    assert (args.command, args.follow, args.rule, args.severity, args.since, args.topic_prefix) == \
-        ("alerts", True, "anomaly", "warning", "2h", "x.")
+    args = parser.parse_args(
+        ["alerts", "--follow", "--rule", "anomaly", "--severity", "WARNING", "--since", "2h", "--topic-prefix", "x."]
+    )
+    assert (args.command, args.follow, args.rule, args.severity, args.since, args.topic_prefix) == (
+        "alerts",
+        True,
+        "anomaly",
+        "warning",
+        "2h",
+        "x.",
+    )
     args = parser.parse_args(["webhook", "--url", "http://127.0.0.1:8080/hook"])
     assert (args.command, args.url) == ("webhook", "http://127.0.0.1:8080/hook")
     with pytest.raises(SystemExit):
@@ -226,12 +269,12 @@ def test_real_http_redirects_are_not_followed_and_refused_connections_retried():
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from infra.process import free_port
+    from streamdl.infra.process import free_port
 
     paths = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             paths.append(self.path)
             self.send_response(307 if self.path == "/hook" else 200)

@@ -1,0 +1,45 @@
+"""The Faust app of the workers: one app, its topics, and the agents registered on it."""
+
+from __future__ import annotations
+
+import faust
+
+from streamdl.connectors.kafka_config import faust_credentials
+from streamdl.settings import Settings
+
+
+def create_app(settings: Settings) -> faust.App:
+    """A Faust app for ``settings``: raw bytes in and out, no web server (metrics are served separately).
+    Its aiokafka clients use the same security settings as every other client (:func:`faust_credentials`)."""
+    return faust.App(
+        settings.consumer_group,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(settings),
+        datadir=str(settings.state_dir.resolve() / "faust"),
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=False,
+        autodiscover=False,
+        store="memory://",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        # A worker that dies without leaving the group (SIGKILL, OOM) holds its partitions until its session
+        # expires: Faust's default 60 s stalled them for a minute in the fault suite. Heartbeats come from the
+        # event loop, which inference never blocks (it runs in an executor), so 10 s is safe.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
+        # On shutdown and rebalance do not wait for every buffered message to be acked: with a service down
+        # that wait never ends (SIGTERM hung until Elasticsearch came back). The agent finishes or abandons
+        # the batch in hand itself (streams/agents/micro_batch.py); what was not acked is redelivered.
+        stream_wait_empty=False,
+        consumer_max_fetch_size=16 * 1024 * 1024,
+        producer_max_request_size=16 * 1024 * 1024,
+        stream_buffer_maxsize=max(4 * settings.max_batch_size, 256),
+    )
+
+
+def raw_topic(app: faust.App, name: str) -> faust.TopicT:
+    """A topic of raw bytes keys and values."""
+    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")

@@ -1,0 +1,101 @@
+"""``streamdl worker``: set up the pipelines (fail fast), serve metrics, run the Faust worker."""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+from streamdl.alert_rules import Rule, load_rules
+from streamdl.connectors.kafka_admin import ensure_topics
+from streamdl.errors import SettingsError
+from streamdl.models.catalog import load_handler
+from streamdl.models.handler import ModelHandler
+from streamdl.prometheus import serve_metrics
+from streamdl.settings import Settings
+from streamdl.streams.agents.app import create_app
+from streamdl.streams.agents.hot_swap import ModelFollower
+from streamdl.streams.agents.micro_batch import register_batch_agent
+
+logger = logging.getLogger(__name__)
+
+
+def make_handler(settings: Settings) -> ModelHandler:
+    """The configured model's handler, not loaded yet: the registry's champion version when one was
+    retrained, else the model itself. A bad name, file or argument fails here, before any service is contacted."""
+    from streamdl.streams.agents.hot_swap import registered_handler
+
+    try:
+        champion = registered_handler(settings)
+        if champion is not None:
+            return champion
+        handler = load_handler(
+            settings.model_name,
+            state_dir=settings.state_dir,
+            batch_size=settings.max_batch_size,
+            weights=settings.weights,
+            mode=settings.model_mode,
+            head=settings.model_head,
+            mixed_precision=settings.mixed_precision,
+        )
+    except ValueError as exc:  # an argument the model layer refuses: a settings problem for the user
+        raise SettingsError(f"model settings (STREAMDL_MODEL_*): {exc}") from None
+    return handler
+
+
+def make_pipelines(settings: Settings, rules: tuple[Rule, ...]) -> dict[str, object]:
+    """The pipelines of the configured agents, not set up yet (bad model names fail here)."""
+    pipelines: dict[str, object] = {}
+    if "images" in settings.agents:
+        from streamdl.streams.pipelines.images import ImagePipeline
+
+        pipelines["images"] = ImagePipeline(settings, make_handler(settings), rules)
+    if "events" in settings.agents:
+        from streamdl.models.event_handler import load_event_handler
+        from streamdl.streams.pipelines.events import EventPipeline
+
+        pipelines["events"] = EventPipeline(
+            settings, load_event_handler(settings.event_model, settings.state_dir), rules
+        )
+    return pipelines
+
+
+def run_worker(settings: Settings) -> int:
+    """Run until SIGINT/SIGTERM."""
+    import faust
+
+    rules = load_rules(
+        settings.alert_rules_file, settings.alert_throttle_secs
+    )  # a bad file fails before anything starts
+    pipelines = make_pipelines(settings, rules)
+    ensure_topics(settings)
+    for pipeline in pipelines.values():
+        pipeline.setup()  # loads the models, makes the indices, checks the services
+    gc.collect()
+    gc.freeze()  # the ~400k long-lived TensorFlow/Keras/Faust objects leave the collector's sight: full collections
+    # stop all threads for 5-50 ms instead of 200-265 ms (bench.events, docs/benchmarks.md)
+    serve_metrics(settings.metrics_port)
+    app = create_app(settings)
+    for name, pipeline in pipelines.items():
+        register_batch_agent(
+            app,
+            name,
+            settings.topic(name),
+            pipeline,
+            max_batch_size=settings.max_batch_size,
+            max_batch_duration_secs=settings.max_batch_duration_secs,
+        )
+    followers = (
+        [ModelFollower(settings, pipelines["images"]).start()] if settings.hot_swap and "images" in pipelines else []
+    )
+    logger.info("worker runs %s%s", ", ".join(pipelines), " and follows model updates" if followers else "")
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        for follower in followers:
+            follower.stop()
+        for pipeline in pipelines.values():
+            pipeline.close()
+    return 0

@@ -1,0 +1,133 @@
+"""``streamdl retrain`` and ``streamdl models``: retraining from the archive and the model registry."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+
+from streamdl.durations import parse_duration
+from streamdl.settings import Settings
+
+EXIT_BUSY = 3
+EXIT_TOO_FEW = 4
+
+
+def add_model_parsers(sub, common: argparse.ArgumentParser) -> None:
+    retrain = sub.add_parser(
+        "retrain",
+        parents=[common],
+        help="retrain the served model's classifier from the archive (Apache Beam)",
+        description="Read the archived images and their latest 'label' events, embed them with the current version "
+        "through Beam's RunInference, train a new classifier head, evaluate it against the current version, "
+        "register it in MLflow and promote it if it passes the gate (then the workers swap it in). "
+        "Beam pipeline options go after '--', e.g. 'streamdl retrain -- --runner=FlinkRunner ...'.",
+    )
+    retrain.add_argument("--since", help="archived images since: ISO time or a duration ago (7d)")
+    retrain.add_argument("--until", help="archived images until: ISO time or a duration ago")
+    retrain.add_argument("--every", help="run again every DURATION (1h, 30m), skipping a run when no label arrived")
+    retrain.add_argument(
+        "--search",
+        choices=("grid", "random"),
+        default="grid",
+        help="learning rate and L2: a small grid (default) or random search",
+    )
+    retrain.add_argument("--trials", type=int, default=8, help="candidates of the random search (default 8)")
+    retrain.add_argument("beam_args", nargs=argparse.REMAINDER, help="after '--': Beam pipeline options")
+
+    models = sub.add_parser("models", help="the model registry (MLflow): list, show, promote, roll back")
+    models_sub = models.add_subparsers(dest="action", metavar="ACTION", required=True)
+    models_sub.add_parser("list", parents=[common], help="the versions of the served model (STREAMDL_MODEL_NAME)")
+    show = models_sub.add_parser("show", parents=[common], help="one version: metrics, tags, where it is stored")
+    show.add_argument("version")
+    promote = models_sub.add_parser(
+        "promote", parents=[common], help="make a version the one the workers serve, and announce it"
+    )
+    promote.add_argument("version")
+    models_sub.add_parser(
+        "rollback", parents=[common], help="serve the previously promoted version again, and announce it"
+    )
+
+
+def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from streamdl.streams.jobs.alert_consumers import parse_since
+    from streamdl.streams.jobs.retrain import RetrainBusy, TooFewLabels, retrain
+
+    beam_args = [a for a in args.beam_args if a != "--"]
+    every = parse_duration(args.every) if args.every else None
+    since = parse_since(args.since) if args.since else None
+    until = parse_since(args.until, flag="--until") if args.until else None
+    while True:
+        started = time.monotonic()
+        try:
+            result = retrain(
+                settings,
+                since=since,
+                until=until,
+                beam_args=beam_args,
+                search=args.search,
+                trials=args.trials,
+                skip_unchanged=every is not None,
+                say=_say,
+            )
+            stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
+            print(
+                f"{result.status}: version {result.version or '-'}: {result.reason}"
+                + (f" ({stages})" if stages else "")
+            )
+        except RetrainBusy as exc:
+            print(f"streamdl: {exc}", file=sys.stderr)
+            if every is None:
+                return EXIT_BUSY
+        except TooFewLabels as exc:
+            print(f"streamdl: stopped early: {exc}", file=sys.stderr)
+            if every is None:
+                return EXIT_TOO_FEW
+        if every is None:
+            return 0
+        time.sleep(max(0.0, every - (time.monotonic() - started)))
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from streamdl.models.registry import Registry
+    from streamdl.streams.jobs.retrain import announce
+
+    registry = Registry.from_settings(settings)
+    name = settings.model_name
+    if args.action == "list":
+        versions = registry.versions(name)
+        if not versions:
+            print(f"{name}: no registered versions yet ({registry.tracking_uri}); 'streamdl retrain' registers them")
+            return 0
+        print(
+            f"{'version':>7}  {'kind':<5} {'serving':<8}{'promoted':<9}{'test acc':>9}  {'created (UTC)':<20} gate / note"
+        )
+        for v in versions:
+            acc = v.metrics.get("test_accuracy", v.metrics.get("holdout_accuracy"))
+            created = datetime.fromtimestamp(v.created_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            print(
+                f"{v.version:>7}  {v.kind:<5} {'*' if v.champion else '':<8}{'yes' if v.promoted else 'no':<9}"
+                f"{'' if acc is None else f'{acc:.4f}':>9}  {created:<20} {v.tags.get('not_promoted') or v.tags.get('gate', '')}"
+            )
+        return 0
+    if args.action == "show":
+        v = registry.show(name, args.version)
+        print(f"{name} version {v.version} ({v.kind}){' - serving' if v.champion else ''}")
+        print(f"  source: {v.source}\n  run: {v.run_id or '-'}")
+        for key, value in sorted(v.metrics.items()):
+            print(f"  {key}: {value:.4f}")
+        for key, value in sorted(v.tags.items()):
+            print(f"  {key}: {value}")
+        return 0
+    if args.action == "promote":
+        version = registry.promote(name, args.version, reason="promoted by hand")
+    else:
+        version = registry.rollback(name)
+    announce(settings, version)
+    print(f"{name}: version {version.version} now serves; announced on {settings.topic('model-updates')}")
+    return 0
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,218 @@
+"""From scored messages to alerts: the rules are applied, then throttled.
+
+Throttling uses tumbling windows of *event time*: the same rule on the same subject raises
+one alert per window (its first firing) and counts the rest in ``suppressed``. The alert's id
+is ``rule:subject:window-start``, so a batch replayed after a crash rewrites the same alert
+instead of adding one. Dead-letter rates are judged on processing time over a sliding window.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from streamdl.alert_rules import Rule
+from streamdl.records import iso
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert: which rule fired on which subject, with its evidence."""
+
+    rule: str
+    kind: str
+    severity: str
+    subject_id: str
+    model_name: str
+    model_version: str
+    evidence: dict[str, Any]
+    ts: float
+    """Event time of the first firing in the window."""
+    window_start: float
+    raised_at: float
+    """Processing time of the first firing."""
+    suppressed: int = 0
+    """Further firings of the same rule on the same subject in the window."""
+
+    @property
+    def alert_id(self) -> str:
+        """Deterministic, so a replayed batch rewrites its alert instead of adding one."""
+        return f"{self.rule}:{self.subject_id}:{int(self.window_start)}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.alert_id,
+            "rule": self.rule,
+            "kind": self.kind,
+            "severity": self.severity,
+            "subject_id": self.subject_id,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "evidence": self.evidence,
+            "suppressed": self.suppressed,
+            "ts": iso(self.ts),
+            "window_start": iso(self.window_start),
+            "raised_at": iso(self.raised_at),
+        }
+
+
+@dataclass
+class Scored:
+    """One message after its model: what the rules look at."""
+
+    id: str
+    ts: float
+    """Event time (seconds): the event's ``ts``, an image message's timestamp."""
+    model_name: str
+    model_version: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    """The indexed document: subjects such as ``categorical.machine`` are read from it."""
+    top_k: Sequence[tuple[str, float]] = ()
+    anomaly_score: float | None = None
+    findings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """``near_duplicate`` / ``novel`` evidence from the neighbour lookup."""
+
+    def subject(self, path: str) -> str:
+        """The value of ``path`` in the document, or the id when it has none."""
+        value: Any = self.fields
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        return self.id if value is None or path == "id" else str(value)
+
+
+@dataclass
+class AlertBatch:
+    """A micro-batch's alerts: ``new`` ones are published and indexed; ``updated`` ones (a new
+    suppressed count) only re-indexed."""
+
+    new: list[Alert] = field(default_factory=list)
+    updated: list[Alert] = field(default_factory=list)
+
+    def extend(self, other: AlertBatch) -> None:
+        self.new += other.new
+        self.updated += other.updated
+
+    @property
+    def to_index(self) -> list[Alert]:
+        """One document per alert id, the latest count winning."""
+        return list({a.alert_id: a for a in [*self.new, *self.updated]}.values())
+
+
+class AlertEngine:
+    """The rules of one stream (``images`` or ``events``) with their throttle state."""
+
+    MAX_OPEN_WINDOWS = 100_000
+
+    def __init__(self, rules: Sequence[Rule], stream: str, topic: str) -> None:
+        self.rules = [r for r in rules if r.applies_to(stream)]
+        self.stream, self.topic = stream, topic
+        self._open: dict[tuple[str, str, float], Alert] = {}
+        self._counts: deque[tuple[float, int, int]] = deque()
+
+    def evaluate(self, scored: Sequence[Scored], now: float | None = None) -> AlertBatch:
+        """Alerts for a batch of scored messages."""
+        now = time.time() if now is None else now
+        out = AlertBatch()
+        for item in scored:
+            for rule in self.rules:
+                evidence = _evidence(rule, item)
+                if evidence is not None:
+                    self._fire(
+                        out,
+                        rule,
+                        item.subject(rule.subject),
+                        item.ts,
+                        now,
+                        evidence,
+                        item.model_name,
+                        item.model_version,
+                    )
+        return out
+
+    def observe(self, messages: int, dead: int, now: float | None = None) -> AlertBatch:
+        """Count a batch's messages and dead letters; alerts for rates above their bound."""
+        now = time.time() if now is None else now
+        self._counts.append((now, messages, dead))
+        out = AlertBatch()
+        longest = max((r.window_secs for r in self.rules if r.kind == "dead_letter_rate_above"), default=0.0)
+        while self._counts and self._counts[0][0] < now - longest:
+            self._counts.popleft()
+        for rule in self.rules:
+            if rule.kind != "dead_letter_rate_above":
+                continue
+            total = sum(n for t, n, _ in self._counts if t >= now - rule.window_secs)
+            bad = sum(d for t, _, d in self._counts if t >= now - rule.window_secs)
+            if total >= rule.min_messages and bad / total > rule.threshold:
+                evidence = {
+                    "rate": round(bad / total, 6),
+                    "threshold": rule.threshold,
+                    "dead_letters": bad,
+                    "messages": total,
+                    "window_secs": rule.window_secs,
+                    "topic": self.topic,
+                }
+                self._fire(out, rule, self.topic, now, now, evidence, "", "")
+        return out
+
+    def _fire(
+        self,
+        out: AlertBatch,
+        rule: Rule,
+        subject: str,
+        ts: float,
+        now: float,
+        evidence: dict[str, Any],
+        model_name: str,
+        model_version: str,
+    ) -> None:
+        window = math.floor(ts / rule.throttle_secs) * rule.throttle_secs
+        key = (rule.name, subject, window)
+        open_alert = self._open.get(key)
+        if open_alert is not None:
+            self._open[key] = updated = replace(open_alert, suppressed=open_alert.suppressed + 1)
+            out.updated.append(updated)
+            return
+        self._open[key] = alert = Alert(
+            rule.name,
+            rule.finding or rule.kind,
+            rule.severity,
+            subject,
+            model_name,
+            model_version,
+            evidence,
+            ts,
+            window,
+            now,
+        )
+        if len(self._open) > self.MAX_OPEN_WINDOWS:
+            self._forget_oldest()
+        out.new.append(alert)
+
+    def _forget_oldest(self) -> None:
+        """Drop the older half of the open windows (bounded memory under many subjects). A late
+        firing in a dropped window raises its alert again, under the same id."""
+        keep = sorted(self._open.items(), key=lambda kv: kv[1].window_start)[len(self._open) // 2 :]
+        self._open = dict(keep)
+
+
+def _evidence(rule: Rule, item: Scored) -> dict[str, Any] | None:
+    """The evidence when ``rule`` fires on ``item``, else ``None``."""
+    if rule.kind == "class_in":
+        for label, probability in item.top_k:
+            if label in rule.labels and probability >= rule.threshold:
+                return {
+                    "label": label,
+                    "probability": round(probability, 6),
+                    "threshold": rule.threshold,
+                    "watch": sorted(rule.labels),
+                }
+    elif rule.kind == "anomaly_score_at_least":
+        if item.anomaly_score is not None and item.anomaly_score >= rule.threshold:
+            return {"score": round(item.anomaly_score, 6), "threshold": rule.threshold}
+    elif rule.kind == "finding":
+        return item.findings.get(rule.finding)
+    return None

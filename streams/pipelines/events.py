@@ -1,0 +1,171 @@
+"""The work of the events agent on one micro-batch, free of Faust so it can be driven directly.
+
+Per micro-batch: validate each message against the event contract (:mod:`streamdl.event_schema`;
+a refusal is a dead letter with the reason and the source coordinates), score every non-label
+event in one model call, then index, apply the alert rules and publish through
+:class:`~streamdl.streams.pipelines.writer.BatchWriter`. ``label`` events are stored, never scored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamdl.alert_rules import Rule
+from streamdl.connectors.es_mappings import events_index
+from streamdl.connectors.setup import ensure_fixed_index
+from streamdl.event_schema import Event, InvalidEvent, parse_event
+from streamdl.models.event_handler import EventModelHandler, EventScores
+from streamdl.records import InMessage, iso, to_json
+from streamdl.settings import Settings
+from streamdl.streams.pipelines import metrics
+from streamdl.streams.pipelines.alerts import Scored
+from streamdl.streams.pipelines.isolate import call_isolating
+from streamdl.streams.pipelines.writer import Computed, MicroBatchPipeline
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Valid:
+    msg: InMessage
+    event: Event
+
+
+class EventPipeline(MicroBatchPipeline):
+    """Validate → score (one model call) → index → alert rules → publish predictions, alerts, dead letters."""
+
+    def __init__(self, settings: Settings, handler: EventModelHandler, rules: Sequence[Rule] = ()) -> None:
+        self.settings, self.handler, self.rules = settings, handler, rules
+
+    # --- lifecycle -------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load the model, make sure the events and alerts indices exist, check Kafka. Fails fast."""
+        self._connect()
+        self.handler.load()
+        self.info = self.handler.info()
+        self.index = ensure_fixed_index(self.es, self.settings.alias("events"), events_index())
+        self._start_writing("events", self.settings.alias("events"), self.rules, metrics.EVENTS_PROCESSED)
+        metrics.MODEL_VERSION.labels("events", self.info.name, self.info.version).set(1)
+        logger.info(
+            "event pipeline ready model=%s version=%s kind=%s index=%s",
+            self.info.name,
+            self.info.version,
+            self.info.kind,
+            self.index,
+        )
+
+    # --- one micro-batch -------------------------------------------------------------
+    def compute(self, batch: Sequence[InMessage]) -> Computed:
+        """Stage 1, CPU only: validate, one model call, documents, predictions and dead letters."""
+        computed = Computed(size=len(batch))
+        t0 = time.perf_counter()
+        valid = self._validate(batch, computed)
+        to_score = [v for v in valid if not v.event.is_label]
+        t1 = time.perf_counter()
+        scores = self._score(to_score, computed)
+        t2 = time.perf_counter()
+        processed = time.time()
+        for i, item in enumerate(to_score):  # those the model refused are dead letters already, not in to_score
+            self._output(item, computed, processed, scores, i)
+        for item in valid:
+            if item.event.is_label:
+                self._output(item, computed, processed, None, 0)
+        computed.seconds.update(validate=t1 - t0, model=t2 - t1)
+        return computed
+
+    def _validate(self, batch: Sequence[InMessage], computed: Computed) -> list[_Valid]:
+        now = time.time()
+        out: list[_Valid] = []
+        seen: dict[str, int] = {}
+        for msg in batch:
+            try:
+                event = parse_event(
+                    msg.value,
+                    now=now,
+                    max_bytes=self.settings.max_event_bytes,
+                    max_future_secs=self.settings.max_event_future_secs,
+                )
+            except InvalidEvent as exc:
+                computed.dead.append((msg, exc.reason, exc.message, "validate"))
+                continue
+            if event.id in seen:  # the same id twice in one batch: the later message wins, as in the index
+                out[seen[event.id]] = _Valid(msg, event)
+                continue
+            seen[event.id] = len(out)
+            out.append(_Valid(msg, event))
+        return out
+
+    def _score(self, items: list[_Valid], computed: Computed) -> EventScores | None:
+        def refuse(item: _Valid, error: Exception) -> None:
+            computed.dead.append(
+                (item.msg, "model_error", f"the model failed on this event: {type(error).__name__}: {error}", "model")
+            )
+
+        return call_isolating(
+            items, lambda part: self.handler.score_batch([v.event for v in part]), _concat, refuse, "events"
+        )
+
+    def _output(self, item: _Valid, computed: Computed, processed: float, scores: EventScores | None, i: int) -> None:
+        event, msg = item.event, item.msg
+        doc: dict[str, Any] = {
+            "id": event.id,
+            "ts": iso(event.ts),
+            "type": event.type,
+            "image_id": event.image_id,
+            "label": event.label,
+            "text": event.text,
+            "numeric": event.numeric,
+            "categorical": event.categorical,
+            "kafka": msg.coordinates,
+            "processed_time": iso(processed),
+        }
+        computed.messages[event.id] = msg
+        if scores is None:  # a label event: ground truth, stored and never scored
+            computed.docs.append((event.id, doc))
+            return
+        info = self.info
+        anomaly = None if scores.anomaly is None else float(scores.anomaly[i])
+        top: list[tuple[str, float]] = []
+        if scores.probabilities is not None:
+            row = scores.probabilities[i]
+            top = [(info.labels[j], float(row[j])) for j in np.argsort(-row)[: self.settings.top_k]]
+        doc.update(
+            {
+                "model_name": info.name,
+                "model_version": info.version,
+                "anomaly_score": anomaly,
+                "prediction": top[0][0] if top else None,
+                "score": top[0][1] if top else anomaly,
+                "top_k": [{"label": lab, "probability": p} for lab, p in top],
+            }
+        )
+        computed.docs.append((event.id, doc))
+        computed.scored[event.id] = Scored(event.id, event.ts, info.name, info.version, doc, top, anomaly)
+        computed.predictions[event.id] = to_json(
+            {
+                "stream": "events",
+                "id": event.id,
+                "type": event.type,
+                "ts": doc["ts"],
+                "model_name": info.name,
+                "model_version": info.version,
+                "anomaly_score": None if anomaly is None else round(anomaly, 6),
+                "label": doc["prediction"],
+                "top_k": [{"label": lab, "probability": round(p, 6)} for lab, p in top],
+                "kafka": msg.coordinates,
+                "processed_time": doc["processed_time"],
+            }
+        )
+
+
+def _concat(parts: list[EventScores]) -> EventScores:
+    def join(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+        return None if arrays[0] is None else np.concatenate(arrays)
+
+    return EventScores(join([p.anomaly for p in parts]), join([p.probabilities for p in parts]))

@@ -1,0 +1,293 @@
+"""The work of the images agent on one micro-batch, free of Faust so it can be driven directly.
+
+Lifecycle: :meth:`ImagePipeline.setup` (load the model, create the index, check the services;
+fails fast); per micro-batch :meth:`ImagePipeline.compute` (CPU: decode, model, outputs) then
+:meth:`ImagePipeline.write` (I/O: index, publish) -- two stages so a worker can overlap one
+batch's writing with the next batch's computing; neither raises for bad input;
+:meth:`ImagePipeline.close`.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamdl.alert_rules import Rule
+from streamdl.connectors.es_client import ensure_index
+from streamdl.connectors.es_mappings import images_index
+from streamdl.models.decode import DecodeError, DecodeLimits, decode_image, thumbnail_jpeg
+from streamdl.models.handler import BatchResult, ModelHandler, ModelInfo
+from streamdl.records import InMessage, iso, message_id, to_json
+from streamdl.settings import Settings
+from streamdl.streams.pipelines import metrics
+from streamdl.streams.pipelines.alerts import Alert, Scored
+from streamdl.streams.pipelines.isolate import call_isolating
+from streamdl.streams.pipelines.neighbours import NeighbourCheck
+from streamdl.streams.pipelines.writer import BatchReport, Computed, MicroBatchPipeline
+
+logger = logging.getLogger(__name__)
+
+
+def embedding_space(info: ModelInfo) -> str:
+    """The featurizer behind the model (``name-version``): one images index per embedding space, so a
+    new classifier head on the same featurizer keeps writing to the same index."""
+    return info.extra.get("featurizer") or f"{info.name}-{info.version}"
+
+
+def model_ref(name: str) -> str:
+    """What loads the model again from anywhere: a file's absolute path, else the name."""
+    path = Path(name)
+    return str(path.resolve()) if path.exists() else name
+
+
+@dataclass
+class _Decoded:
+    msg: InMessage
+    image_id: str
+    pixels: np.ndarray
+
+
+class ImagePipeline(MicroBatchPipeline):
+    """Decode → featurize and classify (one model call) → index → publish predictions and dead letters."""
+
+    def __init__(
+        self, settings: Settings, handler: ModelHandler, rules: Sequence[Rule] = (), *, publish: bool = True
+    ) -> None:
+        """``publish=False`` (a reindex) writes documents only: no predictions, alerts or dead letters again."""
+        self.settings = settings
+        self.handler = handler
+        self.rules = rules
+        self.publish = publish
+        self.limits = DecodeLimits(max_bytes=settings.max_message_bytes, max_pixels=settings.max_pixels)
+        self._pending: ModelHandler | None = None
+        self._swap_lock = threading.Lock()
+        self._recent: list[np.ndarray] = []
+
+    # --- lifecycle -------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load the model, make sure the images index for its version exists, check Kafka. Fails fast."""
+        self._connect()
+        self.handler.load()
+        self.info: ModelInfo = self.handler.info()
+        body = images_index(
+            self.info.embedding_size,
+            {
+                "model_name": self.info.name,
+                "model_version": self.info.version,
+                "model_ref": model_ref(self.settings.model_name),
+            },
+        )
+        self.index = ensure_index(self.es, self.settings.alias("images"), embedding_space(self.info), body)
+        self.es.indices.put_mapping(
+            index=self.index, meta=body["mappings"]["_meta"]
+        )  # also an index made before _meta existed
+        self.neighbours = (
+            NeighbourCheck(self.settings, self.es, self.index)
+            if self.settings.similarity_alerts and self.publish
+            else None
+        )
+        self._start_writing("images", self.index, self.rules, metrics.IMAGES_PROCESSED)
+        metrics.MODEL_VERSION.labels("images", self.info.name, self.info.version).set(1)
+        logger.info(
+            "image pipeline ready model=%s version=%s index=%s embedding=%d",
+            self.info.name,
+            self.info.version,
+            self.index,
+            self.info.embedding_size,
+        )
+
+    # --- hot-swap (streamdl.streams.agents.hot_swap) ---------------------------------------------------
+    def current_version(self) -> str:
+        return self.info.version
+
+    def warmup_batch(self) -> np.ndarray:
+        """The last images this worker decoded (zeros before the first batch)."""
+        recent = self._recent
+        if recent:
+            return np.stack(recent)
+        return np.zeros((1, *self.info.input_size, self.info.channels), np.uint8)
+
+    def offer(self, candidate: ModelHandler) -> None:
+        """Check a loaded candidate on the warm-up batch; it serves from the next micro-batch on, or is refused."""
+        from streamdl.streams.agents.hot_swap import check_candidate
+
+        version = candidate.info().version
+        reason = check_candidate(candidate, self.handler, self.warmup_batch())
+        if reason is not None:
+            self.refuse(version, reason)
+            return
+        with self._swap_lock:
+            self._pending = candidate
+        logger.info("model version %s passed its warm-up check; it serves from the next micro-batch", version)
+
+    def refuse(self, version: str, reason: str) -> None:
+        """Keep the current model and raise a ``model_refused`` alert."""
+        logger.error(
+            "refusing model version %s of %s, keeping version %s: %s",
+            version,
+            self.info.name,
+            self.info.version,
+            reason,
+        )
+        now = time.time()
+        alert = Alert(
+            "model_refused",
+            "model_refused",
+            "critical",
+            f"{self.info.name}:{version}",
+            self.info.name,
+            self.info.version,
+            {"refused_version": version, "reason": reason},
+            now,
+            now,
+            now,
+        )
+        self.writer.raise_alert(alert)
+
+    def _swap_if_pending(self) -> None:
+        with self._swap_lock:
+            candidate, self._pending = self._pending, None
+        if candidate is None:
+            return
+        old = self.info
+        self.handler, self.info = candidate, candidate.info()
+        metrics.MODEL_VERSION.labels("images", old.name, old.version).set(0)
+        metrics.MODEL_VERSION.labels("images", self.info.name, self.info.version).set(1)
+        logger.info("swapped model %s version %s -> %s between micro-batches", old.name, old.version, self.info.version)
+
+    # --- one micro-batch -------------------------------------------------------------
+    def compute(self, batch: Sequence[InMessage]) -> Computed:
+        """Stage 1, CPU only: decode, one model call, build documents, predictions and dead letters.
+        A model version that passed its warm-up check is swapped in here, before the batch."""
+        self._swap_if_pending()
+        computed = Computed(size=len(batch))
+        t0 = time.perf_counter()
+        decoded = self._decode(batch, computed)
+        if decoded:
+            self._recent = [d.pixels for d in decoded[:16]]  # stacked only when a model update needs a warm-up batch
+        t1 = time.perf_counter()
+        results = self._predict(decoded, computed)
+        t2 = time.perf_counter()
+        self._outputs(decoded, results, computed, processed=time.time(), timings=(t1 - t0, t2 - t1))
+        computed.seconds.update(decode=t1 - t0, model=t2 - t1)
+        return computed
+
+    def write(self, computed: Computed) -> BatchReport:
+        """Stage 2, I/O only: neighbour lookup, then index, alert rules and publishing
+        (:class:`BatchWriter`); returns once all are acknowledged."""
+        t0 = time.perf_counter()
+        if self.neighbours is not None:
+            for image_id, found in self.neighbours.findings(computed.docs).items():
+                computed.scored[image_id].findings = found
+        computed.seconds["neighbours"] = time.perf_counter() - t0
+        return self.writer.write(computed)
+
+    def _decode(self, batch: Sequence[InMessage], computed: Computed) -> list[_Decoded]:
+        size, channels = self.info.input_size, self.info.channels
+        out: list[_Decoded] = []
+        seen: dict[str, int] = {}
+        for msg in batch:
+            image_id = message_id(msg)
+            if image_id is None:
+                computed.dead.append(
+                    (
+                        msg,
+                        "missing_key",
+                        "the message has no usable key (image id): empty, blank or over 512 bytes",
+                        "decode",
+                    )
+                )
+                continue
+            try:
+                pixels = decode_image(msg.value or b"", size, channels, self.limits)
+            except DecodeError as exc:
+                computed.dead.append((msg, exc.reason, str(exc), "decode"))
+                continue
+            if image_id in seen:  # the same id twice in one batch: the later message wins, as in the index
+                out[seen[image_id]] = _Decoded(msg, image_id, pixels)
+                continue
+            seen[image_id] = len(out)
+            out.append(_Decoded(msg, image_id, pixels))
+        return out
+
+    def _predict(self, decoded: list[_Decoded], computed: Computed) -> BatchResult | None:
+        def refuse(item: _Decoded, error: Exception) -> None:
+            computed.dead.append(
+                (item.msg, "model_error", f"the model failed on this image: {type(error).__name__}: {error}", "model")
+            )
+
+        return call_isolating(
+            decoded,
+            lambda items: self.handler.predict_batch(np.stack([d.pixels for d in items])),
+            lambda rows: BatchResult(
+                np.concatenate([r.embeddings for r in rows]), np.concatenate([r.probabilities for r in rows])
+            ),
+            refuse,
+            "images",
+        )
+
+    def _outputs(
+        self,
+        decoded: list[_Decoded],
+        results: BatchResult | None,
+        computed: Computed,
+        processed: float,
+        timings: tuple[float, float],
+    ) -> None:
+        if results is None:
+            return
+        info = self.info
+        top = results.top_k(info.labels, self.settings.top_k)
+        per_image_ms = {"decode": 1000 * timings[0] / len(decoded), "model": 1000 * timings[1] / len(decoded)}
+        docs, predictions = computed.docs, computed.predictions
+        for i, item in enumerate(decoded):
+            computed.messages[item.image_id] = item.msg
+            msg = item.msg
+            label, score = top[i][0] if top[i] else (None, None)
+            event_time = iso(msg.timestamp_ms / 1000) if msg.timestamp_ms else None
+            common = {
+                "image_id": item.image_id,
+                "label": label,
+                "score": score,
+                "true_label": msg.header("label"),
+                "model_name": info.name,
+                "model_version": info.version,
+                "kafka": msg.coordinates,
+                "event_time": event_time,
+                "processed_time": iso(processed),
+            }
+            docs.append(
+                (
+                    item.image_id,
+                    {
+                        **common,
+                        "embedding": results.embeddings[i].tolist(),
+                        "top_k": [{"label": lab, "probability": p} for lab, p in top[i]],
+                        "source": msg.header("source"),
+                        "content_type": msg.header("content-type"),
+                        "thumbnail": base64.b64encode(thumbnail_jpeg(item.pixels)).decode(),
+                    },
+                )
+            )
+            computed.scored[item.image_id] = Scored(
+                item.image_id,
+                (msg.timestamp_ms / 1000) if msg.timestamp_ms else processed,
+                info.name,
+                info.version,
+                docs[-1][1],
+                top[i],
+            )
+            predictions[item.image_id] = to_json(
+                {
+                    **common,
+                    "top_k": [{"label": lab, "probability": round(p, 6)} for lab, p in top[i]],
+                    "timings_ms": {k: round(v, 3) for k, v in per_image_ms.items()},
+                }
+            )

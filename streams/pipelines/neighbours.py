@@ -1,0 +1,92 @@
+"""Near-duplicates and novelty in the stream: one multi-search per micro-batch.
+
+For each new image, its nearest neighbours among the images indexed before this batch (itself
+excluded) are looked up. The nearest at or above ``near_duplicate_threshold`` is a
+``near_duplicate`` finding naming it; a mean similarity of a full set of ``neighbour_k``
+neighbours below ``novelty_threshold`` is a ``novel`` finding, once the index holds
+``novelty_min_images``. Images of the same batch do not see each other (not searchable yet).
+Findings become alerts through the alert rules (:mod:`streamdl.streams.pipelines.alerts`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from elasticsearch import ApiError, Elasticsearch, TransportError
+
+from streamdl.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class NeighbourCheck:
+    """Looks up the neighbours of a batch's embeddings and turns them into findings."""
+
+    def __init__(self, settings: Settings, es: Elasticsearch, index: str) -> None:
+        self.settings, self.es, self.index = settings, es, index
+        self._enough_for_novelty = settings.novelty_min_images == 0
+
+    def _judge_novelty(self) -> bool:
+        """Whether the index holds ``novelty_min_images`` yet (counted until it does, then never again)."""
+        if not self._enough_for_novelty:
+            self._enough_for_novelty = self.es.count(index=self.index)["count"] >= self.settings.novelty_min_images
+        return self._enough_for_novelty
+
+    def findings(self, docs: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+        """``{image id: {finding: evidence}}`` for ``(image id, document)`` pairs; an Elasticsearch
+        failure is logged and yields none."""
+        if not docs:
+            return {}
+        k = self.settings.neighbour_k
+        searches: list[dict[str, Any]] = []
+        for image_id, doc in docs:
+            searches += [
+                {"index": self.index},
+                {
+                    "knn": {
+                        "field": "embedding",
+                        "query_vector": doc["embedding"],
+                        "k": k,
+                        "num_candidates": max(20, 4 * k),
+                        "filter": {"bool": {"must_not": [{"ids": {"values": [image_id]}}]}},
+                    },
+                    "size": k,
+                    "_source": ["image_id"],
+                },
+            ]
+        try:
+            judge_novelty = self._judge_novelty()
+            responses = self.es.msearch(searches=searches)["responses"]
+        except (ApiError, TransportError) as exc:
+            logger.warning("neighbour lookup failed for a batch of %d, no similarity alerts for it: %s", len(docs), exc)
+            return {}
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for (image_id, _), resp in zip(docs, responses):
+            hits = resp.get("hits", {}).get("hits", [])
+            sims = [
+                (h["_source"]["image_id"], round(2 * h["_score"] - 1, 6)) for h in hits
+            ]  # cosine score = (1 + cos) / 2
+            if not sims:
+                continue
+            evidence = {"neighbours": [{"image_id": i, "similarity": s} for i, s in sims]}
+            top_id, top_sim = sims[0]
+            found: dict[str, dict[str, Any]] = {}
+            if top_sim >= self.settings.near_duplicate_threshold:
+                found["near_duplicate"] = {
+                    **evidence,
+                    "original": top_id,
+                    "similarity": top_sim,
+                    "threshold": self.settings.near_duplicate_threshold,
+                }
+            mean = float(np.mean([s for _, s in sims]))
+            if judge_novelty and len(sims) == k and mean < self.settings.novelty_threshold:
+                found["novel"] = {
+                    **evidence,
+                    "mean_similarity": round(mean, 6),
+                    "threshold": self.settings.novelty_threshold,
+                }
+            if found:
+                out[image_id] = found
+        return out

@@ -1,0 +1,434 @@
+"""``streamdl serve``: a small web page and JSON API over the similarity search.
+
+Routes (and nothing else; no file is served from disk):
+
+- ``GET /``: one self-contained HTML page (inline CSS and JS, no external URL) to search by an
+  uploaded image or an indexed image id, with filters, showing the neighbours as thumbnails.
+- ``GET /api/similar?id=...`` and ``POST /api/similar`` (multipart, field ``image``): the
+  neighbours as :meth:`SearchResult.as_json`.
+- ``GET /api/index``: what is searched (alias, index, model, dimensions, document count).
+
+Errors are JSON ``{"error": "..."}`` with a 4xx status for bad input (400, 404 unknown id, 413 body
+too large); an unexpected failure is a 500 with a short message, its traceback only in the log.
+One :class:`SimilaritySearch` (and its model) serves the whole app; searches run in a thread pool,
+since TensorFlow and the Elasticsearch client are synchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+
+from streamdl.errors import StreamdlError
+from streamdl.settings import Settings
+from streamdl.streams.search import Filters, SearchError, SimilaritySearch
+
+logger = logging.getLogger(__name__)
+
+BODY_SLACK = 64 * 1024
+"""Room for the multipart framing and form fields beside the largest accepted image."""
+SEARCH_THREADS = 4
+ROUTES = "GET /, GET /api/similar?id=..., POST /api/similar (multipart field 'image'), GET /api/index"
+CONTROL_PARAMS = ("k", "num_candidates", "exact")
+"""Query parameters that are not filters; every other one goes through :meth:`Filters.from_mapping`."""
+
+SEARCH_KEY = web.AppKey("search", SimilaritySearch)
+EXECUTOR_KEY = web.AppKey("executor", ThreadPoolExecutor)
+SETTINGS_KEY = web.AppKey("settings", Settings)
+
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+    "script-src 'unsafe-inline'; connect-src 'self'; form-action 'none'; "
+    "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+# --- the app ---------------------------------------------------------------------------
+def create_app(settings: Settings, search: SimilaritySearch | None = None) -> web.Application:
+    """The web app; one ``search`` (created here unless given) answers every request."""
+    app = web.Application(client_max_size=settings.max_message_bytes + BODY_SLACK, middlewares=[_errors])
+    app[SETTINGS_KEY] = settings
+    app[SEARCH_KEY] = search or SimilaritySearch(settings)
+    app[EXECUTOR_KEY] = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="streamdl-search")
+    app.router.add_get("/", page)
+    app.router.add_get("/api/similar", similar_by_id)
+    app.router.add_post("/api/similar", similar_by_image)
+    app.router.add_get("/api/index", index_info)
+    app.on_response_prepare.append(_add_headers)
+    app.on_cleanup.append(_close)
+    return app
+
+
+async def _close(app: web.Application) -> None:
+    app[EXECUTOR_KEY].shutdown(wait=False, cancel_futures=True)
+    app[SEARCH_KEY].es.close()
+
+
+async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every failure as JSON ``{"error": ...}``: never a stack trace, never a 500 for bad input."""
+    from elastic_transport import TransportError
+    from elasticsearch import ApiError
+
+    try:
+        return await handler(request)
+    except SearchError as exc:
+        return _error(exc.status, str(exc))
+    except StreamdlError as exc:
+        return _error(400, str(exc))
+    except web.HTTPRequestEntityTooLarge as exc:
+        return _error(
+            413,
+            f"the request is too large: {exc.text} "
+            f"The largest image accepted is {request.app[SETTINGS_KEY].max_message_bytes} bytes.",
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            return _error(404, f"no such page: {request.path}; the routes are {ROUTES}")
+        if exc.status == 405:
+            return _error(405, f"{request.method} is not allowed on {request.path}; the routes are {ROUTES}")
+        return _error(exc.status, exc.text or exc.reason)
+    except ApiError as exc:
+        logger.warning("Elasticsearch refused a request for %s: %s", request.path, exc)
+        return _error(502, f"Elasticsearch error: {exc.message}")
+    except TransportError as exc:
+        logger.warning("Elasticsearch unreachable for %s: %s", request.path, exc)
+        return _error(503, "Elasticsearch is not reachable; is the stack running? ('streamdl stack status')")
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("unexpected error answering %s %s", request.method, request.path)
+        return _error(500, "internal error; the server log has the details")
+
+
+async def _run(request: web.Request, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn`` in the app's thread pool (it blocks on TensorFlow or Elasticsearch)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app[EXECUTOR_KEY], lambda: fn(*args, **kwargs))
+
+
+# --- parameters ------------------------------------------------------------------------
+def _int(params: Mapping[str, str], name: str, default: int | None) -> int | None:
+    value = params.get(name, "")
+    if value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SearchError(f"{name} must be a whole number; got {value!r}") from None
+
+
+def _bool(params: Mapping[str, str], name: str) -> bool:
+    value = params.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise SearchError(f"{name} must be true or false; got {value!r}")
+
+
+def _search_args(params: Mapping[str, str]) -> dict[str, Any]:
+    """k, num_candidates, exact and the filters; an unknown parameter is an error (400)."""
+    return {
+        "k": _int(params, "k", 10),
+        "num_candidates": _int(params, "num_candidates", None),
+        "exact": _bool(params, "exact"),
+        "filters": Filters.from_mapping({name: value for name, value in params.items() if name not in CONTROL_PARAMS}),
+    }
+
+
+def _single(pairs: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        if key in out:
+            raise SearchError(f"parameter {key!r} is given more than once")
+        out[key] = value
+    return out
+
+
+# --- handlers ----------------------------------------------------------------------------
+async def page(request: web.Request) -> web.Response:
+    return web.Response(text=PAGE, content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-cache"})
+
+
+async def similar_by_id(request: web.Request) -> web.Response:
+    params = _single(request.query.items())
+    image_id = params.pop("id", "").strip()
+    if not image_id:
+        raise SearchError("give the id of an indexed image (?id=...), or POST an image (multipart field 'image')")
+    args = _search_args(params)
+    search = request.app[SEARCH_KEY]
+    result = await _run(request, search.by_id, image_id, **args)
+    body = result.as_json()
+    query = await _run(request, search.stored, image_id, result.index)
+    body["query"] = (
+        None if query is None else {k: v for k, v in query.as_json().items() if k in ("image_id", "label", "thumbnail")}
+    )
+    return web.json_response(body)
+
+
+async def similar_by_image(request: web.Request) -> web.Response:
+    if request.content_type != "multipart/form-data":
+        raise SearchError(
+            f"POST the image as multipart/form-data (field 'image'); got {request.content_type or 'no content type'}"
+        )
+    form = await request.post()  # enforces client_max_size: 413
+    pairs = list(request.query.items()) + list(form.items())
+    images = [value for key, value in pairs if key == "image"]
+    if not images:
+        raise SearchError("no image: POST it as multipart/form-data in the field 'image'")
+    if len(images) > 1:
+        raise SearchError("give one image (field 'image' is given more than once)")
+    if not isinstance(images[0], web.FileField):
+        raise SearchError("the field 'image' must be a file upload")
+    files = [key for key, value in pairs if key != "image" and not isinstance(value, str)]
+    if files:
+        raise SearchError(f"parameter {files[0]!r} must be a plain form field, not a file")
+    args = _search_args(_single((key, value) for key, value in pairs if key != "image"))
+    result = await _run(request, request.app[SEARCH_KEY].by_image, images[0].file.read(), **args)
+    return web.json_response(result.as_json())
+
+
+async def index_info(request: web.Request) -> web.Response:
+    search = request.app[SEARCH_KEY]
+
+    def info() -> dict[str, Any]:
+        target = search.index_model()
+        count = search.es.count(index=target.index)["count"]
+        return {
+            "alias": search.alias,
+            "index": target.index,
+            "model_name": target.model_name,
+            "model_version": target.model_version,
+            "dims": target.dims,
+            "documents": count,
+        }
+
+    return web.json_response(await _run(request, info))
+
+
+# --- the command ---------------------------------------------------------------------------
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8088) -> int:
+    """Run the web app until SIGINT/SIGTERM."""
+    if not 0 <= port < 65536:
+        raise StreamdlError(f"--port must be 0..65535; got {port}")
+    app = create_app(settings)
+
+    def say(msg: str) -> None:
+        print(msg.replace("http://0.0.0.0", "http://<this host>"), file=sys.stderr, flush=True)
+
+    logger.info("searching %s at %s", settings.alias("images"), settings.es_url)
+    try:
+        web.run_app(app, host=host, port=port, print=say, access_log=logger if settings.log_level == "DEBUG" else None)
+    except OSError as exc:
+        raise StreamdlError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return 0
+
+
+PAGE = r"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>streamdl - similar images</title>
+<style>
+  :root { --fg: #1d2330; --muted: #667085; --line: #d9dee7; --accent: #2f6fde; --bad: #b42318; --bg: #f6f7f9; }
+  * { box-sizing: border-box; }
+  body { margin: 0; font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); background: var(--bg); }
+  header { padding: 14px 24px; background: #fff; border-bottom: 1px solid var(--line); }
+  header h1 { margin: 0; font-size: 18px; }
+  header p { margin: 2px 0 0; color: var(--muted); }
+  main { padding: 16px 24px; }
+  form { display: flex; flex-wrap: wrap; gap: 12px 18px; align-items: flex-end; background: #fff; border: 1px solid var(--line);
+         border-radius: 8px; padding: 14px 16px; }
+  fieldset { border: 0; margin: 0; padding: 0; display: flex; gap: 12px; align-items: flex-end; flex-wrap: wrap; }
+  label { display: flex; flex-direction: column; gap: 3px; font-size: 12px; color: var(--muted); }
+  label.inline { flex-direction: row; align-items: center; gap: 6px; font-size: 14px; color: var(--fg); padding-bottom: 6px; }
+  input[type=text], input[type=number] { font: inherit; padding: 5px 8px; border: 1px solid var(--line); border-radius: 5px; }
+  input[type=number] { width: 5.5em; }
+  #image-id { width: 22em; }
+  .or { color: var(--muted); padding-bottom: 7px; }
+  button { font: inherit; padding: 7px 18px; border: 0; border-radius: 5px; background: var(--accent); color: #fff; cursor: pointer; }
+  button:disabled { opacity: .6; cursor: progress; }
+  #status { margin: 12px 0 0; color: var(--muted); min-height: 1.4em; }
+  #error { margin: 12px 0 0; padding: 10px 12px; border: 1px solid var(--bad); border-radius: 6px; background: #fef3f2; color: var(--bad);
+           white-space: pre-wrap; }
+  #error[hidden] { display: none; }
+  #grid { margin-top: 14px; display: grid; grid-template-columns: repeat(auto-fill, minmax(132px, 1fr)); gap: 12px; }
+  .tile, .query { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 8px; text-align: center; overflow: hidden; }
+  .query { border: 2px solid var(--accent); }
+  .tile img, .query img { width: 112px; height: 112px; object-fit: contain; image-rendering: pixelated; background: #eef0f3; border-radius: 4px; }
+  .noimg { width: 112px; height: 112px; margin: 0 auto; display: flex; align-items: center; justify-content: center; color: var(--muted);
+           background: #eef0f3; border-radius: 4px; }
+  .sim { font-weight: 600; font-variant-numeric: tabular-nums; margin-top: 4px; }
+  .lab { color: var(--fg); }
+  .iid { color: var(--muted); font-size: 11px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+</style>
+</head>
+<body>
+<header>
+  <h1>Similar images</h1>
+  <p>Nearest neighbours in the streamdl image index (cosine similarity of the model's embeddings).</p>
+</header>
+<main>
+  <form id="form" autocomplete="off">
+    <fieldset>
+      <label>Upload an image<input type="file" id="file" accept="image/*"></label>
+      <span class="or">or</span>
+      <label>an indexed image id<input type="text" id="image-id" placeholder="e.g. digits-0042" spellcheck="false"></label>
+    </fieldset>
+    <fieldset>
+      <label>k<input type="number" id="k" value="10" min="1" max="1000"></label>
+      <label>label<input type="text" id="label" size="6"></label>
+      <label>source<input type="text" id="source" size="14"></label>
+      <label>since<input type="text" id="since" size="8" placeholder="2h, 7d, ISO"></label>
+      <label class="inline"><input type="checkbox" id="exact"> exact</label>
+      <button type="submit" id="search">Search</button>
+    </fieldset>
+  </form>
+  <div id="error" role="alert" hidden></div>
+  <div id="status" aria-live="polite"></div>
+  <div id="grid"></div>
+</main>
+<script>
+"use strict";
+const $ = (id) => document.getElementById(id);
+const fileInput = $("file"), idInput = $("image-id"), grid = $("grid"), statusBox = $("status"), errorBox = $("error");
+let searched = false;
+
+// one query at a time: choosing a file clears the id and typing an id clears the file
+fileInput.addEventListener("change", () => { if (fileInput.files.length) idInput.value = ""; });
+idInput.addEventListener("input", () => { if (idInput.value) fileInput.value = ""; });
+
+function dataUrl(file) {
+  return new Promise((resolve) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => resolve(null);
+    reader.readAsDataURL(file);
+  });
+}
+
+function showError(message) { errorBox.textContent = message; errorBox.hidden = false; }
+function clearError() { errorBox.textContent = ""; errorBox.hidden = true; }
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function picture(src, alt) {
+  if (!src) return el("div", "noimg", "no image");
+  const img = el("img"); img.src = src; img.alt = alt; return img;
+}
+
+function jpeg(b64) { return b64 ? "data:image/jpeg;base64," + b64 : null; }
+
+function render(result, query) {
+  grid.replaceChildren();
+  const q = el("div", "query");
+  q.appendChild(picture(query.src, "query image"));
+  q.appendChild(el("div", "sim", "query"));
+  q.appendChild(el("div", "lab", query.label != null ? "label " + query.label : "\u00a0"));
+  q.appendChild(el("div", "iid", query.id || query.name || "uploaded image"));
+  if (query.id) q.title = query.id;
+  grid.appendChild(q);
+  for (const n of result.neighbours) {
+    const t = el("div", "tile");
+    t.dataset.id = n.image_id;
+    t.dataset.similarity = String(n.similarity);
+    t.dataset.label = n.label == null ? "" : String(n.label);
+    t.title = n.image_id + (n.source ? "\n" + n.source : "") + (n.processed_time ? "\n" + n.processed_time : "");
+    t.appendChild(picture(jpeg(n.thumbnail), "neighbour " + n.image_id));
+    t.appendChild(el("div", "sim", Number(n.similarity).toFixed(3)));
+    t.appendChild(el("div", "lab", n.label != null ? "label " + n.label : "no label"));
+    t.appendChild(el("div", "iid", n.image_id));
+    grid.appendChild(t);
+  }
+  statusBox.textContent = result.neighbours.length + " neighbours in " + result.took_ms + " ms (" +
+    (result.exact ? "exact scan" : "approximate kNN") + ", index " + result.index + ", model " + result.model_name +
+    " v" + result.model_version + ")";
+}
+
+async function reason(resp) {
+  try { const body = await resp.json(); if (body && body.error) return body.error; } catch (e) { /* not JSON */ }
+  return "HTTP " + resp.status + " " + resp.statusText;
+}
+
+$("form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  searched = true;
+  clearError();
+  const file = fileInput.files[0], id = idInput.value.trim();
+  if (!file && !id) { showError("Choose an image file or type the id of an indexed image."); return; }
+  const params = { k: $("k").value.trim(), label: $("label").value.trim(), source: $("source").value.trim(),
+                   since: $("since").value.trim() };
+  if ($("exact").checked) params.exact = "true";
+  let request;
+  if (file) {
+    const form = new FormData();
+    form.append("image", file, file.name);
+    for (const [key, value] of Object.entries(params)) if (value) form.append(key, value);
+    request = fetch("api/similar", { method: "POST", body: form });
+  } else {
+    const query = new URLSearchParams({ id: id });
+    for (const [key, value] of Object.entries(params)) if (value) query.append(key, value);
+    request = fetch("api/similar?" + query.toString());
+  }
+  const button = $("search");
+  button.disabled = true;
+  statusBox.textContent = "Searching\u2026";
+  grid.setAttribute("aria-busy", "true");
+  try {
+    const resp = await request;
+    if (!resp.ok) { grid.replaceChildren(); statusBox.textContent = ""; showError(await reason(resp)); return; }
+    const result = await resp.json();
+    const query = file ? { src: await dataUrl(file), label: null, id: null, name: file.name }
+                       : { src: result.query ? jpeg(result.query.thumbnail) : null, label: result.query ? result.query.label : null, id: id };
+    render(result, query);
+  } catch (e) {
+    grid.replaceChildren(); statusBox.textContent = "";
+    showError("The search failed: " + e);
+  } finally {
+    button.disabled = false;
+    grid.removeAttribute("aria-busy");
+  }
+});
+
+fetch("api/index").then(async (resp) => {
+  if (searched) return;
+  if (resp.ok) {
+    const info = await resp.json();
+    statusBox.textContent = info.documents + " images in " + info.index + " (model " + info.model_name + " v" + info.model_version +
+      ", " + info.dims + " dimensions)";
+  } else {
+    statusBox.textContent = await reason(resp);
+  }
+}).catch(() => {});
+</script>
+</body>
+</html>
+"""
