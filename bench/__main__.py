@@ -112,8 +112,9 @@ def render(rows: list[dict], batch_size: int) -> str:
             f"| {r['model']} | " + " | ".join(f"{r['stages'].get(s, 0):.2f}" for s in stages) + f" | {r['wall']:.2f} |"
         )
     lines = [
-        f"| model | bare predict_batch (img/s, batch {batch_size}) | one image per call (img/s) | micro-batch / one-per-call "
-        "| pipeline produce→searchable (img/s) | pipeline / bare | latency p50 / p99 (ms) at half max rate | worker peak RSS |",
+        f"| model | bare predict_batch (img/s, batch {batch_size}) | one image per call (img/s) "
+        "| micro-batch / one-per-call | pipeline produce→searchable (img/s) | pipeline / bare "
+        "| latency p50 / p99 (ms) at half max rate | worker peak RSS |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:

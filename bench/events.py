@@ -1,4 +1,5 @@
-"""``python -m bench.events``: the events agent against its bare model, batching and produce-to-alert latency, as one table.
+"""``python -m bench.events``: the events agent against its bare model, batching and produce-to-alert latency,
+as one table.
 
 In one run on this machine, for the default event model (``sensors-ae``) and sensor events from
 day 3 of the sample on (where anomalies are injected):
@@ -86,7 +87,8 @@ def with_id(event: dict, event_id: str) -> bytes:
 
 # --- bare model ----------------------------------------------------------------------------------
 def bare_rates(handler, records: list[dict], batch_size: int, singles: int, repeats: int = 3) -> tuple[float, float]:
-    """Events per second of ``score_batch``: whole batches of ``batch_size``, and one record per call (best of ``repeats``)."""
+    """Events per second of ``score_batch``: whole batches of ``batch_size``, and one record per call
+    (best of ``repeats``)."""
     from streamdl.models.event_features import EventRecord
 
     recs = [EventRecord.of(r) for r in records]  # the worker gives the handler EventRecords too
@@ -402,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu_lat = stack.cpu
         say(
             f"  alerts {lat.arrived}/{lat.expected}, p50/p99 {lat.pct('alert', 50):.0f}/{lat.pct('alert', 99):.0f} ms; "
-            f"predictions {lat.predictions}/{lat.sent}, p50/p99 {lat.pct('prediction', 50):.0f}/{lat.pct('prediction', 99):.0f} ms"
+            f"predictions {lat.predictions}/{lat.sent}, p50/p99 "
+            f"{lat.pct('prediction', 50):.0f}/{lat.pct('prediction', 99):.0f} ms"
         )
     finally:
         stack.close()
@@ -466,18 +469,24 @@ def render(
     lines = [
         f"| event model | bare score_batch (ev/s, batch {b}) | bare one per call (ev/s) | bare batch / one "
         f"| agent micro-batched (ev/s, batch {b}) | agent one per call (ev/s) | agent micro-batched / one per call "
-        "| agent / bare | produce→alert p50 / p99 (ms) | alerts arrived / expected | produce→prediction p50 / p99 (ms) |",
+        "| agent / bare | produce→alert p50 / p99 (ms) | alerts arrived / expected "
+        "| produce→prediction p50 / p99 (ms) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| {info.name} v{info.version} | {bare:.0f} | {single:.0f} | {bare / single:.0f}x "
-        f"| {run.rate:.0f} ({run.images} events) | {run1.rate:.1f} ({run1.images} events) | **{run.rate / run1.rate:.1f}x** "
-        f"| {run.rate / bare:.3f} | **{lat.pct('alert', 50):.0f} / {lat.pct('alert', 99):.0f}** at {lat.rate:.0f} ev/s, "
-        f"linger {args.linger:g}s | {lat.arrived} / {lat.expected} ({lat.anomalous} injected{f', {lat.unexpected} unexpected' if lat.unexpected else ''}) "
+        f"| {run.rate:.0f} ({run.images} events) | {run1.rate:.1f} ({run1.images} events) "
+        f"| **{run.rate / run1.rate:.1f}x** "
+        f"| {run.rate / bare:.3f} "
+        f"| **{lat.pct('alert', 50):.0f} / {lat.pct('alert', 99):.0f}** at {lat.rate:.0f} ev/s, "
+        f"linger {args.linger:g}s "
+        f"| {lat.arrived} / {lat.expected} ({lat.anomalous} injected"
+        f"{f', {lat.unexpected} unexpected' if lat.unexpected else ''}) "
         f"| {lat.pct('prediction', 50):.0f} / {lat.pct('prediction', 99):.0f} ({lat.predictions} of {lat.sent}) |",
     ]
     stages = ("validate", "model", "index", "publish")
     lines += [
         "",
-        "Where the time goes (the worker's streamdl_stage_seconds; validate+model run on the compute thread, index+publish",
+        "Where the time goes (the worker's streamdl_stage_seconds; "
+        "validate+model run on the compute thread, index+publish",
         "on the write thread, overlapped; index includes the alert rules and indexing the alerts):",
         "",
         "| run | batches | mean batch | "
@@ -514,7 +523,8 @@ def render(
     if lat.segments:
         lines += [
             "",
-            "Produce→prediction in the latency run, split by the prediction's processed_time (set after the model) and its",
+            "Produce→prediction in the latency run, split by the prediction's processed_time "
+            "(set after the model) and its",
             "Kafka timestamp (set when the worker publishes it, after indexing and the alert rules); ms, wall clock:",
             "",
             "| segment | what it holds | p50 | p99 |",

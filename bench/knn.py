@@ -277,7 +277,8 @@ def _es_measure(
         )
         case.rows.append(row)
         say(
-            f"{n}x{dims}: ES nc={nc}: recall@10 {row.recall:.3f}, p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(queries)} queries)"
+            f"{n}x{dims}: ES nc={nc}: recall@10 {row.recall:.3f}, p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+            f"({len(queries)} queries)"
         )
 
 
@@ -359,10 +360,11 @@ class SparkLSH:
                     hashed.count()
                     hash_s = time.perf_counter() - t0
                     say(
-                        f"{n}x{dims}: {label}: hashed in {hash_s:.1f}s; {LSH_WARMUP} warm-up + {len(queries_n)} timed queries"
+                        f"{n}x{dims}: {label}: hashed in {hash_s:.1f}s; "
+                        f"{LSH_WARMUP} warm-up + {len(queries_n)} timed queries"
                     )
 
-                    def nearest(q: np.ndarray) -> list[int]:
+                    def nearest(q: np.ndarray, model=model, hashed=hashed) -> list[int]:
                         rows = (
                             model.approxNearestNeighbors(hashed, Vectors.dense(q.astype(np.float64)), K)
                             .select("id")
@@ -384,7 +386,8 @@ class SparkLSH:
                     p50, p99 = pct(ms)
                     short = sum(len(f) < K for f in found)
                     note = (
-                        f"hashing {hash_s:.0f}s; ~{100 * share:.0f}% of the vectors share a bucket with the query (scanned)"
+                        f"hashing {hash_s:.0f}s; "
+                        f"~{100 * share:.0f}% of the vectors share a bucket with the query (scanned)"
                         + (f"; {short} queries got < {K} results" if short else "")
                     )
                     row = Row(
@@ -434,24 +437,28 @@ def target_check(case: Case) -> tuple[bool | None, str]:
         best = max(es, key=lambda r: r.recall)
         return (
             False,
-            f"{where}: not met: no num_candidates reaches recall@10 {TARGET_RECALL} (best {best.method}: {best.recall:.3f})",
+            f"{where}: not met: no num_candidates reaches recall@10 {TARGET_RECALL} (best {best.method}: "
+            f"{best.recall:.3f})",
         )
     e = ok[0]
     es_text = f"{e.method} recall {e.recall:.3f} p50 {e.p50:.1f} ms (p99 {e.p99:.1f})"
     if not lsh:
         return None, f"{where}: ES reaches it ({es_text}); no LSH measured to compare"
     same = [r for r in lsh if r.recall >= TARGET_RECALL]
-    l = same[0] if same else max(lsh, key=lambda r: r.recall)
-    ratio, ratio99 = l.p50 / e.p50, l.p99 / e.p99
+    lr = same[0] if same else max(lsh, key=lambda r: r.recall)
+    ratio, ratio99 = lr.p50 / e.p50, lr.p99 / e.p99
     met = ratio >= TARGET_SPEEDUP
     text = (
-        f"{where}: {'met' if met else 'not met'}: {es_text} vs {l.method} recall {l.recall:.3f} p50 {l.p50:.0f} ms "
-        f"(p99 {l.p99:.0f}){'' if same else ' (no LSH setting reaches 0.95; its best recall)'}: "
+        f"{where}: {'met' if met else 'not met'}: {es_text} vs {lr.method} recall {lr.recall:.3f} p50 {lr.p50:.0f} ms "
+        f"(p99 {lr.p99:.0f}){'' if same else ' (no LSH setting reaches 0.95; its best recall)'}: "
         f"**{ratio:.0f}x** lower p50, {ratio99:.0f}x lower p99"
     )
     fastest = lsh[0]
-    if fastest is not l:
-        text += f"; vs the fastest LSH setting at any recall ({fastest.recall:.3f}, p50 {fastest.p50:.0f} ms): {fastest.p50 / e.p50:.0f}x"
+    if fastest is not lr:
+        text += (
+            f"; vs the fastest LSH setting at any recall ({fastest.recall:.3f}, p50 {fastest.p50:.0f} ms): "
+            f"{fastest.p50 / e.p50:.0f}x"
+        )
     return met, text
 
 
@@ -464,7 +471,8 @@ def fmt(v: float | None, digits: int) -> str:
 
 def render(cases: list[Case], args: argparse.Namespace, lsh_version: str | None) -> str:
     lines = [
-        f"k-NN over {CLUSTERS}-cluster ReLU-like vectors (intrinsic dim {args.intrinsic_dim or 'full (isotropic)'}, seed {args.seed}); "
+        f"k-NN over {CLUSTERS}-cluster ReLU-like vectors (intrinsic dim {args.intrinsic_dim or 'full (isotropic)'}, "
+        f"seed {args.seed}); "
         f"ES: product mapping (HNSW m=16, ef_construction=100, cosine), 1 shard, **force-merged to 1 segment**, "
         f"{args.queries} held-out queries after {WARMUP} warm-up; "
         + (
@@ -487,7 +495,8 @@ def render(cases: list[Case], args: argparse.Namespace, lsh_version: str | None)
             )
     lines += [
         "",
-        "| size | dims | ES indexing (docs/s, bulk to refreshed) | segments before merge | force merge to 1 segment (s) |",
+        "| size | dims | ES indexing (docs/s, bulk to refreshed) | segments before merge "
+        "| force merge to 1 segment (s) |",
         "| ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in cases:
@@ -498,7 +507,8 @@ def render(cases: list[Case], args: argparse.Namespace, lsh_version: str | None)
     lines += [
         "",
         f"Target: recall@10 >= {TARGET_RECALL} at latency >= {TARGET_SPEEDUP:.0f}x below LSH at same or higher recall "
-        f"(ES: smallest num_candidates with recall >= {TARGET_RECALL}; LSH: fastest setting with recall >= {TARGET_RECALL}; "
+        f"(ES: smallest num_candidates with recall >= {TARGET_RECALL}; "
+        f"LSH: fastest setting with recall >= {TARGET_RECALL}; "
         "compared on p50):",
         "",
     ]

@@ -2,9 +2,9 @@
 same work in a plain Python loop.
 
 Both sides start from the same archive (written with the product's own ArchiveWriter: the 1,797
-digits and shifted copies of them under fresh ids, a label event for every image) and train the same head candidates on the same
-embeddings. The Beam side is ``streamdl.streams.jobs.retrain`` itself (read = list + count labels, embed =
-the Beam pipeline with RunInference, train, evaluate, register with MLflow); the plain side reads
+digits and shifted copies of them under fresh ids, a label event for every image) and train the same head
+candidates on the same embeddings. The Beam side is ``streamdl.streams.jobs.retrain`` itself (read = list +
+count labels, embed = the Beam pipeline with RunInference, train, evaluate, register with MLflow); the plain side reads
 the archive with pyarrow, decodes and embeds in a loop, then trains and evaluates the same way.
 """
 
@@ -179,7 +179,8 @@ def render(images: int, beam, loop: dict) -> str:
     lines += [
         "",
         f"Beam / plain: read+embed {(b['read'] + b['embed']) / (p['read'] + p['embed']):.2f}x; "
-        f"registering with MLflow (Beam side only) {b.get('register', 0):.1f}s; Beam status: {beam.status} ({beam.reason}).",
+        f"registering with MLflow (Beam side only) {b.get('register', 0):.1f}s; Beam status: {beam.status} "
+        f"({beam.reason}).",
     ]
     return "\n".join(lines)
 

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -60,7 +60,7 @@ TMP_PREFIX = ".tmp-"
 HOUR_MS = 3_600_000
 COMPRESSION = "zstd"
 
-When = Union[datetime, float, int, None]
+When = datetime | float | int | None
 """A time: an aware datetime (naive = UTC) or seconds since the epoch."""
 
 

@@ -327,7 +327,10 @@ def _size(n: int) -> str:
 
 def format_status(rows: list[TopicStatus]) -> str:
     """A table of :func:`archive_status`, one line per topic, then the last offsets."""
-    header = f"{'topic':<32} {'files':>6} {'rows':>10} {'size':>10} {'hours':>5}  {'first message':<19}  {'last message':<19}  corrupt"
+    header = (
+        f"{'topic':<32} {'files':>6} {'rows':>10} {'size':>10} {'hours':>5}  {'first message':<19}  "
+        f"{'last message':<19}  corrupt"
+    )
     lines = [header]
     for s in rows:
         lines.append(

@@ -19,7 +19,8 @@ COMPACTED = ("model-updates",)
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    """An AdminClient for the configured cluster; its errors are kept in ``streamdl_errors`` (for :func:`check_kafka`)."""
+    """An AdminClient for the configured cluster; its errors are kept in ``streamdl_errors``
+    (for :func:`check_kafka`)."""
     config = kafka_config(settings)
     admin = AdminClient(config)
     admin.streamdl_errors = config["error_cb"]

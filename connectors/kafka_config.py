@@ -166,8 +166,8 @@ def explain_kafka_errors(
     if "protocol" in kinds:
         return (
             f"Kafka at {servers} does not speak {settings.kafka_security_protocol} on that port: check "
-            f"STREAMDL_KAFKA_SECURITY_PROTOCOL (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL) against the broker's listener. "
-            f"Details: {_short(kinds['protocol'])}"
+            "STREAMDL_KAFKA_SECURITY_PROTOCOL (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL) against the broker's "
+            f"listener. Details: {_short(kinds['protocol'])}"
         )
     if only_security or not events:
         return None

@@ -136,7 +136,8 @@ class ProduceReport:
     def summary(self) -> str:
         rate = self.sent / self.seconds if self.seconds else 0.0
         lines = [
-            f"sent {self.sent} {self.unit} to {self.topic} in {self.seconds:.1f}s ({rate:.0f}/s); skipped {len(self.skipped)}"
+            f"sent {self.sent} {self.unit} to {self.topic} in {self.seconds:.1f}s ({rate:.0f}/s); skipped "
+            f"{len(self.skipped)}"
         ]
         lines += [f"  skipped {s.source}: {s.reason}" for s in self.skipped[:20]]
         if len(self.skipped) > 20:

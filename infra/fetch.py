@@ -41,11 +41,13 @@ def find_java() -> tuple[Path, int]:
             major = int(match.group(2)) if major == 1 and match.group(2) else major
             if major < MIN_JAVA:
                 raise StackError(
-                    f"Java {MIN_JAVA} or newer is needed; {java} is Java {major}. Install openjdk-17-jre-headless or set JAVA_HOME."
+                    f"Java {MIN_JAVA} or newer is needed; {java} is Java {major}. "
+                    "Install openjdk-17-jre-headless or set JAVA_HOME."
                 )
             return java.resolve(), major
     raise StackError(
-        f"Java {MIN_JAVA}+ is needed to run Kafka and Elasticsearch and none was found (PATH, JAVA_HOME). Install openjdk-17-jre-headless or set JAVA_HOME."
+        f"Java {MIN_JAVA}+ is needed to run Kafka and Elasticsearch and none was found (PATH, JAVA_HOME). "
+        "Install openjdk-17-jre-headless or set JAVA_HOME."
     )
 
 
@@ -58,7 +60,8 @@ def _mvn(args: list[str], what: str) -> None:
     mvn = shutil.which("mvn")
     if not mvn:
         raise StackError(
-            f"Maven (mvn) is needed to fetch {what} from Maven Central and it is not on PATH. Install it (apt-get install maven) or put a Maven 3 'mvn' on PATH."
+            f"Maven (mvn) is needed to fetch {what} from Maven Central and it is not on PATH. "
+            "Install it (apt-get install maven) or put a Maven 3 'mvn' on PATH."
         )
     cmd = [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM), *args]
     logger.debug("running %s", " ".join(cmd))
@@ -66,7 +69,8 @@ def _mvn(args: list[str], what: str) -> None:
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise StackError(
-            f"Maven could not fetch {what} (exit {proc.returncode}). Is Maven Central reachable, and does the version exist?\n{tail}"
+            f"Maven could not fetch {what} (exit {proc.returncode}). "
+            f"Is Maven Central reachable, and does the version exist?\n{tail}"
         )
 
 

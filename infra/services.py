@@ -61,7 +61,8 @@ class Service(ABC):
         if host not in LOOPBACK:
             raise StackError(
                 f"the local stack listens on 127.0.0.1, but {self.name} is configured at {host}; "
-                f"unset {self.address_setting} to use the local stack, or point it at your own cluster and skip 'stack up'."
+                f"unset {self.address_setting} to use the local stack, "
+                "or point it at your own cluster and skip 'stack up'."
             )
 
     def _root(self, state_dir: Path) -> Path:
@@ -166,7 +167,8 @@ class Service(ABC):
 
 
 def kafka_cluster_id() -> str:
-    """A random KRaft cluster id. Like Kafka's Uuid.randomUuid, never one starting with '-' (the storage tool would read it as a flag)."""
+    """A random KRaft cluster id. Like Kafka's Uuid.randomUuid, never one starting with '-'
+    (the storage tool would read it as a flag)."""
     while True:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         if not cluster_id.startswith("-"):
@@ -366,7 +368,8 @@ class Elasticsearch(Service):
         """Elasticsearch will not run as root: hand its folders to ``nobody`` (see :meth:`_root`)."""
         if self.home.parent != self.settings.state_dir.resolve():
             self.say(
-                f"elasticsearch: user 'nobody' cannot reach {self.settings.state_dir.resolve()}, so its files live in {self.home.parent}"
+                f"elasticsearch: user 'nobody' cannot reach {self.settings.state_dir.resolve()}, "
+                f"so its files live in {self.home.parent}"
             )
         for path in [self.home, *self.home.rglob("*")]:
             os.chown(path, UNPRIVILEGED_UID, UNPRIVILEGED_UID, follow_symlinks=False)

@@ -42,7 +42,8 @@ class LocalStack:
                 continue
             if svc.pid_file.exists():
                 self.say(
-                    f"{svc.name}: removing stale pid file {svc.pid_file} (process {svc.pid_file.read_text().strip()} is gone)"
+                    f"{svc.name}: removing stale pid file {svc.pid_file} "
+                    f"(process {svc.pid_file.read_text().strip()} is gone)"
                 )
                 svc.pid_file.unlink()
             svc.prepare()

@@ -146,7 +146,7 @@ def _open(data: bytes) -> Image.Image:
     try:  # header-only identification; unsupported formats are never loaded
         with Image.open(io.BytesIO(data)) as probe:
             other = probe.format
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever Pillow raises here, the format is unknown: a DecodeError below
         pass
     if other:
         raise _unsupported(other)
@@ -167,7 +167,7 @@ def _orientation(img: Image.Image) -> int:
     """EXIF orientation 1..8; malformed metadata counts as upright."""
     try:
         value = img.getexif().get(0x0112, 1)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure reading EXIF means malformed metadata: upright
         logger.debug("ignoring unreadable EXIF: %s", exc)
         return 1
     return value if isinstance(value, int) and value in _ORIENTATION else 1

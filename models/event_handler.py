@@ -135,7 +135,8 @@ class EventModelHandler:
         return self._info
 
     def score_batch(self, records: Iterable[Any]) -> EventScores:
-        """Anomaly scores or class probabilities of ``records`` (``EventRecord`` s, parsed events, tuples, JSON dicts)."""
+        """Anomaly scores or class probabilities of ``records``
+        (``EventRecord`` s, parsed events, tuples, JSON dicts)."""
         import tensorflow as tf
 
         if self._fn is None or self._info is None or self._features is None:

@@ -329,7 +329,8 @@ def model_versions(name: str, state_dir: Path) -> list[str]:
 
 
 def event_models(state_dir: Path) -> dict[str, list[str]]:
-    """Every event model in the registry: name -> versions (image models, which lack ``features.json``, are left out)."""
+    """Every event model in the registry: name -> versions
+    (image models, which lack ``features.json``, are left out)."""
     root = models_dir(state_dir)
     if not root.is_dir():
         return {}
@@ -378,7 +379,8 @@ def _publish(tmp: Path, name: str, version: str | None = None) -> Path:
 
 
 def resolve_ref(ref: str) -> tuple[str, str | None]:
-    """``(name, version)`` of ``"name"`` (version ``None``: the latest) or ``"name:version"``; ``ValueError`` when malformed."""
+    """``(name, version)`` of ``"name"`` (version ``None``: the latest) or ``"name:version"``;
+    ``ValueError`` when malformed."""
     if not isinstance(ref, str) or not ref:
         raise ValueError(f"a model reference is 'name' or 'name:version'. Received: {ref!r}")
     name, sep, version = ref.partition(":")
@@ -389,7 +391,8 @@ def resolve_ref(ref: str) -> tuple[str, str | None]:
 
 
 def find_model(ref: str, state_dir: Path) -> Path:
-    """The folder of ``ref`` (``"name"``: its latest version, or ``"name:version"``); :class:`ModelNotFound` when missing."""
+    """The folder of ``ref`` (``"name"``: its latest version, or ``"name:version"``);
+    :class:`ModelNotFound` when missing."""
     name, version = resolve_ref(ref)
     versions = model_versions(name, state_dir)
     if not versions:

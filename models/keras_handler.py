@@ -233,6 +233,7 @@ def _compose(parts: Parts) -> keras.Model:
         shape = tuple(outputs[key].shape) if key in outputs else (None, 0)
         if len(shape) != 2 or shape[1] != expected:
             raise ValueError(
-                f"{parts.info.name}: {key} must have shape (n, {expected}) as the model info says. Received: shape={shape}"
+                f"{parts.info.name}: {key} must have shape (n, {expected}) as the model info says. "
+                f"Received: shape={shape}"
             )
     return keras.Model(x, outputs, name=re.sub(r"[^A-Za-z0-9_.-]", "_", parts.info.name))

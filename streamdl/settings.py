@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT",
-        description="How clients talk to Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. Env STREAMDL_KAFKA_SECURITY_PROTOCOL.",
+        description="How clients talk to Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. "
+        "Env STREAMDL_KAFKA_SECURITY_PROTOCOL.",
     )
     kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = Field(
         "SCRAM-SHA-512", description="SASL mechanism (with SASL_*). Env STREAMDL_KAFKA_SASL_MECHANISM."
@@ -56,15 +57,18 @@ class Settings(BaseSettings):
     kafka_username: str | None = Field(None, description="SASL user name (with SASL_*). Env STREAMDL_KAFKA_USERNAME.")
     kafka_password: SecretStr | None = Field(
         None,
-        description="SASL password (with SASL_*). Env STREAMDL_KAFKA_PASSWORD, or STREAMDL_KAFKA_PASSWORD_FILE naming a file that holds it.",
+        description="SASL password (with SASL_*). "
+        "Env STREAMDL_KAFKA_PASSWORD, or STREAMDL_KAFKA_PASSWORD_FILE naming a file that holds it.",
     )
     kafka_ssl_ca_file: Path | None = Field(
         None,
-        description="PEM file of the CA(s) that signed the brokers' certificates (with SSL/SASL_SSL); unset = the system's CAs. Env STREAMDL_KAFKA_SSL_CA_FILE.",
+        description="PEM file of the CA(s) that signed the brokers' certificates (with SSL/SASL_SSL); "
+        "unset = the system's CAs. Env STREAMDL_KAFKA_SSL_CA_FILE.",
     )
     kafka_ssl_verify: bool = Field(
         True,
-        description="Verify the brokers' TLS certificates and host names; false is for tests only and logs a warning. Env STREAMDL_KAFKA_SSL_VERIFY.",
+        description="Verify the brokers' TLS certificates and host names; false is for tests only and logs a warning. "
+        "Env STREAMDL_KAFKA_SSL_VERIFY.",
     )
 
     # --- Elasticsearch -------------------------------------------------------
@@ -72,19 +76,23 @@ class Settings(BaseSettings):
     es_username: str | None = Field(None, description="Elasticsearch basic-auth user. Env STREAMDL_ES_USERNAME.")
     es_password: SecretStr | None = Field(
         None,
-        description="Elasticsearch basic-auth password. Env STREAMDL_ES_PASSWORD, or STREAMDL_ES_PASSWORD_FILE naming a file that holds it.",
+        description="Elasticsearch basic-auth password. "
+        "Env STREAMDL_ES_PASSWORD, or STREAMDL_ES_PASSWORD_FILE naming a file that holds it.",
     )
     es_api_key: SecretStr | None = Field(
         None,
-        description='Elasticsearch API key (the base64 "id:key" form). Env STREAMDL_ES_API_KEY, or STREAMDL_ES_API_KEY_FILE naming a file that holds it.',
+        description='Elasticsearch API key (the base64 "id:key" form). '
+        "Env STREAMDL_ES_API_KEY, or STREAMDL_ES_API_KEY_FILE naming a file that holds it.",
     )
     es_verify_certs: bool = Field(
         True,
-        description="Verify Elasticsearch TLS certificates; false is for tests only and logs a warning. Env STREAMDL_ES_VERIFY_CERTS.",
+        description="Verify Elasticsearch TLS certificates; false is for tests only and logs a warning. "
+        "Env STREAMDL_ES_VERIFY_CERTS.",
     )
     es_ca_file: Path | None = Field(
         None,
-        description="PEM file of the CA(s) that signed Elasticsearch's certificate (https:// URLs); unset = the system's CAs. Env STREAMDL_ES_CA_FILE.",
+        description="PEM file of the CA(s) that signed Elasticsearch's certificate (https:// URLs); "
+        "unset = the system's CAs. Env STREAMDL_ES_CA_FILE.",
     )
     index_prefix: str = Field(
         "streamdl-", description="Prefix of every Elasticsearch alias and index. Env STREAMDL_INDEX_PREFIX."
@@ -102,15 +110,18 @@ class Settings(BaseSettings):
     )
     model_name: str = Field(
         "digits-cnn",
-        description="Model the workers serve (a registered name, a Keras application, or a file). Env STREAMDL_MODEL_NAME.",
+        description="Model the workers serve (a registered name, a Keras application, or a file). "
+        "Env STREAMDL_MODEL_NAME.",
     )
     model_weights: str | None = Field(
         "imagenet",
-        description="Weights of a named Keras application: 'imagenet' (from the Keras cache), a file path, or 'none' (random). Env STREAMDL_MODEL_WEIGHTS.",
+        description="Weights of a named Keras application: 'imagenet' (from the Keras cache), a file path, "
+        "or 'none' (random). Env STREAMDL_MODEL_WEIGHTS.",
     )
     model_head: str | None = Field(
         None,
-        description="A .keras/SavedModel classifier head put after the model's embedding (transfer learning). Env STREAMDL_MODEL_HEAD.",
+        description="A .keras/SavedModel classifier head put after the model's embedding (transfer learning). "
+        "Env STREAMDL_MODEL_HEAD.",
     )
     model_mode: Literal["classify", "featurize"] = Field(
         "classify",
@@ -126,13 +137,15 @@ class Settings(BaseSettings):
     max_pixels: int = Field(
         40_000_000,
         ge=1,
-        description="Largest image accepted, in pixels (decompression bombs are refused before decoding). Env STREAMDL_MAX_PIXELS.",
+        description="Largest image accepted, in pixels (decompression bombs are refused before decoding). "
+        "Env STREAMDL_MAX_PIXELS.",
     )
 
     # --- Similarity: near-duplicates and novelty in the stream ------------------
     similarity_alerts: bool = Field(
         True,
-        description="Look up each new image's neighbours and raise near_duplicate / novel alerts. Env STREAMDL_SIMILARITY_ALERTS.",
+        description="Look up each new image's neighbours and raise near_duplicate / novel alerts. "
+        "Env STREAMDL_SIMILARITY_ALERTS.",
     )
     neighbour_k: int = Field(
         5, ge=1, le=100, description="Neighbours looked up per new image. Env STREAMDL_NEIGHBOUR_K."
@@ -141,18 +154,21 @@ class Settings(BaseSettings):
         0.9995,
         ge=-1,
         le=1,
-        description="Cosine similarity at or above which an image is a near-duplicate of its nearest neighbour (distinct digits reach 0.9993 with the default model). Env STREAMDL_NEAR_DUPLICATE_THRESHOLD.",
+        description="Cosine similarity at or above which an image is a near-duplicate of its nearest neighbour "
+        "(distinct digits reach 0.9993 with the default model). Env STREAMDL_NEAR_DUPLICATE_THRESHOLD.",
     )
     novelty_min_images: int = Field(
         1000,
         ge=0,
-        description="Images the index must hold before novelty is judged (an almost empty index makes everything look novel). Env STREAMDL_NOVELTY_MIN_IMAGES.",
+        description="Images the index must hold before novelty is judged (an almost empty index makes everything "
+        "look novel). Env STREAMDL_NOVELTY_MIN_IMAGES.",
     )
     novelty_threshold: float = Field(
         0.85,
         ge=-1,
         le=1,
-        description="Mean cosine similarity of the neighbours below which an image is novel. Env STREAMDL_NOVELTY_THRESHOLD.",
+        description="Mean cosine similarity of the neighbours below which an image is novel. "
+        "Env STREAMDL_NOVELTY_THRESHOLD.",
     )
 
     # --- Events ---------------------------------------------------------------
@@ -162,7 +178,8 @@ class Settings(BaseSettings):
     )
     event_model: str = Field(
         "sensors-ae",
-        description="Event model the workers score with: a trained model's name (latest version) or name:version. 'sensors-ae' trains itself on the sensor sample on first use. Env STREAMDL_EVENT_MODEL.",
+        description="Event model the workers score with: a trained model's name (latest version) or name:version. "
+        "'sensors-ae' trains itself on the sensor sample on first use. Env STREAMDL_EVENT_MODEL.",
     )
     max_event_bytes: int = Field(
         1_048_576, ge=64, description="Largest event accepted, in bytes. Env STREAMDL_MAX_EVENT_BYTES."
@@ -170,25 +187,29 @@ class Settings(BaseSettings):
     max_event_future_secs: float = Field(
         300.0,
         ge=0,
-        description="Events timestamped further than this in the future are refused (clock or unit errors). Env STREAMDL_MAX_EVENT_FUTURE_SECS.",
+        description="Events timestamped further than this in the future are refused (clock or unit errors). "
+        "Env STREAMDL_MAX_EVENT_FUTURE_SECS.",
     )
 
     # --- Alerts ----------------------------------------------------------------
     alert_rules_file: Path | None = Field(
         None,
-        description="YAML file of alert rules; unset = the rules shipped with the product (streamdl/default_alert_rules.yaml). Env STREAMDL_ALERT_RULES_FILE.",
+        description="YAML file of alert rules; unset = the rules shipped with the product "
+        "(streamdl/default_alert_rules.yaml). Env STREAMDL_ALERT_RULES_FILE.",
     )
     alert_throttle_secs: float = Field(
         300.0,
         gt=0,
-        description="Default throttle window: the same rule on the same subject raises one alert per window and counts the rest. Env STREAMDL_ALERT_THROTTLE_SECS.",
+        description="Default throttle window: the same rule on the same subject raises one alert per window "
+        "and counts the rest. Env STREAMDL_ALERT_THROTTLE_SECS.",
     )
     webhook_url: str | None = Field(
         None, description="Where `streamdl webhook` POSTs each alert. Env STREAMDL_WEBHOOK_URL."
     )
     webhook_secret: SecretStr | None = Field(
         None,
-        description="HMAC-SHA256 key signing webhook bodies (X-Streamdl-Signature). Env STREAMDL_WEBHOOK_SECRET, or STREAMDL_WEBHOOK_SECRET_FILE naming a file that holds it.",
+        description="HMAC-SHA256 key signing webhook bodies (X-Streamdl-Signature). "
+        "Env STREAMDL_WEBHOOK_SECRET, or STREAMDL_WEBHOOK_SECRET_FILE naming a file that holds it.",
     )
     webhook_attempts: int = Field(
         4,
@@ -206,7 +227,8 @@ class Settings(BaseSettings):
     # --- Archive ----------------------------------------------------------------
     archive_url: str | None = Field(
         None,
-        description="Where the archiver writes Parquet files: a folder or any fsspec URL (s3://, gs://; needs s3fs/gcsfs). Unset = <state_dir>/archive. Env STREAMDL_ARCHIVE_URL.",
+        description="Where the archiver writes Parquet files: a folder or any fsspec URL "
+        "(s3://, gs://; needs s3fs/gcsfs). Unset = <state_dir>/archive. Env STREAMDL_ARCHIVE_URL.",
     )
     archive_topics: str = Field(
         "images,events",
@@ -224,22 +246,26 @@ class Settings(BaseSettings):
     # --- Retraining and the model registry -----------------------------------------
     mlflow_tracking_uri: str | None = Field(
         None,
-        description="MLflow tracking and registry URI (a team's server: http://...). Unset = a SQLite store under <state_dir>/mlflow. Env STREAMDL_MLFLOW_TRACKING_URI.",
+        description="MLflow tracking and registry URI (a team's server: http://...). "
+        "Unset = a SQLite store under <state_dir>/mlflow. Env STREAMDL_MLFLOW_TRACKING_URI.",
     )
     retrain_min_labels: int = Field(
         50,
         ge=3,
-        description="A retraining run stops early with fewer labelled archived images. Env STREAMDL_RETRAIN_MIN_LABELS.",
+        description="A retraining run stops early with fewer labelled archived images. "
+        "Env STREAMDL_RETRAIN_MIN_LABELS.",
     )
     retrain_tolerance: float = Field(
         0.01,
         ge=0,
         le=1,
-        description="Promotion gate: the new version's test accuracy must be at least the current one's minus this. Env STREAMDL_RETRAIN_TOLERANCE.",
+        description="Promotion gate: the new version's test accuracy must be at least the current one's minus this. "
+        "Env STREAMDL_RETRAIN_TOLERANCE.",
     )
     hot_swap: bool = Field(
         True,
-        description="Workers follow the model-updates topic and swap in promoted versions between micro-batches. Env STREAMDL_HOT_SWAP.",
+        description="Workers follow the model-updates topic and swap in promoted versions between micro-batches. "
+        "Env STREAMDL_HOT_SWAP.",
     )
 
     # --- Local state and operations ------------------------------------------
@@ -319,8 +345,8 @@ class Settings(BaseSettings):
         sasl, tls = protocol.startswith("SASL_"), protocol.endswith("SSL")
         if sasl and (not self.kafka_username or not self.kafka_password or not self.kafka_password.get_secret_value()):
             raise ValueError(
-                f"STREAMDL_KAFKA_SECURITY_PROTOCOL={protocol} needs STREAMDL_KAFKA_USERNAME and STREAMDL_KAFKA_PASSWORD "
-                "(or STREAMDL_KAFKA_PASSWORD_FILE)"
+                f"STREAMDL_KAFKA_SECURITY_PROTOCOL={protocol} needs STREAMDL_KAFKA_USERNAME and "
+                "STREAMDL_KAFKA_PASSWORD (or STREAMDL_KAFKA_PASSWORD_FILE)"
             )
         if not sasl and (self.kafka_username or self.kafka_password):
             raise ValueError(
@@ -329,7 +355,8 @@ class Settings(BaseSettings):
             )
         if self.kafka_ssl_ca_file and not tls:
             raise ValueError(
-                f"STREAMDL_KAFKA_SSL_CA_FILE is only used with TLS; set STREAMDL_KAFKA_SECURITY_PROTOCOL to SSL or SASL_SSL, not {protocol}"
+                "STREAMDL_KAFKA_SSL_CA_FILE is only used with TLS; "
+                f"set STREAMDL_KAFKA_SECURITY_PROTOCOL to SSL or SASL_SSL, not {protocol}"
             )
         if self.es_api_key and (self.es_username or self.es_password):
             raise ValueError(
@@ -338,7 +365,8 @@ class Settings(BaseSettings):
             )
         if bool(self.es_username) != bool(self.es_password):
             raise ValueError(
-                "Elasticsearch basic auth needs both STREAMDL_ES_USERNAME and STREAMDL_ES_PASSWORD (or STREAMDL_ES_PASSWORD_FILE)"
+                "Elasticsearch basic auth needs both STREAMDL_ES_USERNAME and "
+                "STREAMDL_ES_PASSWORD (or STREAMDL_ES_PASSWORD_FILE)"
             )
         if self.es_ca_file and not self.es_url.startswith("https://"):
             raise ValueError(f"STREAMDL_ES_CA_FILE is only used with an https:// STREAMDL_ES_URL, not {self.es_url}")

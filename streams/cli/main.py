@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="streamdl",
         description="Real-time deep learning over Kafka: featurize and classify image and event streams, "
         "index embeddings into Elasticsearch, publish predictions and alerts.",
-        epilog="Start here: 'streamdl stack up' then 'streamdl init'. Run 'streamdl COMMAND --help' for a command's options.",
+        epilog="Start here: 'streamdl stack up' then 'streamdl init'. "
+        "Run 'streamdl COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"streamdl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -308,7 +309,8 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
         result = search.by_image(query_image, **options)
         caption = f"query\n{args.image.name[:16]}"
     print(
-        f"{'exact' if result.exact else 'approximate'} kNN in {result.index} ({result.model_name} v{result.model_version}), {result.took_ms:.0f} ms"
+        f"{'exact' if result.exact else 'approximate'} kNN in {result.index} "
+        f"({result.model_name} v{result.model_version}), {result.took_ms:.0f} ms"
     )
     print(f"{'rank':>4}  {'similarity':>10}  {'label':<10}{'true':<8}id")
     for rank, n in enumerate(result.neighbours, 1):

@@ -101,14 +101,16 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{name}: no registered versions yet ({registry.tracking_uri}); 'streamdl retrain' registers them")
             return 0
         print(
-            f"{'version':>7}  {'kind':<5} {'serving':<8}{'promoted':<9}{'test acc':>9}  {'created (UTC)':<20} gate / note"
+            f"{'version':>7}  {'kind':<5} {'serving':<8}{'promoted':<9}{'test acc':>9}  "
+            f"{'created (UTC)':<20} gate / note"
         )
         for v in versions:
             acc = v.metrics.get("test_accuracy", v.metrics.get("holdout_accuracy"))
             created = datetime.fromtimestamp(v.created_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
             print(
                 f"{v.version:>7}  {v.kind:<5} {'*' if v.champion else '':<8}{'yes' if v.promoted else 'no':<9}"
-                f"{'' if acc is None else f'{acc:.4f}':>9}  {created:<20} {v.tags.get('not_promoted') or v.tags.get('gate', '')}"
+                f"{'' if acc is None else f'{acc:.4f}':>9}  {created:<20} "
+                f"{v.tags.get('not_promoted') or v.tags.get('gate', '')}"
             )
         return 0
     if args.action == "show":

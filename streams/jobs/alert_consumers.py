@@ -62,7 +62,8 @@ _BOLD, _DIM, _RESET = "\033[1m", "\033[2m", "\033[0m"
 
 def parse_since(value: str, now: float | None = None, flag: str = "--since") -> float:
     """``--since`` (or another time flag) as seconds since the epoch: an ISO time (naive = UTC, like
-    Elasticsearch) or a duration meaning that long ago: ``90s``, ``30m``, ``2h``, ``7d``, ``1w`` (``now-2h`` works too)."""
+    Elasticsearch) or a duration meaning that long ago: ``90s``, ``30m``, ``2h``, ``7d``, ``1w``
+    (``now-2h`` works too)."""
     text = value.strip()
     try:
         ago = parse_duration(text[4:] if text.startswith("now-") else text)

@@ -28,7 +28,8 @@ def run_demo(settings: Settings, say: Callable[[str], None] = print, timeout: fl
     for kind, name, what in init_all(settings):
         say(f"   {kind:<6} {name:<40} {what}")
     say(
-        "== 3/5 worker (the default image and event models are trained on first use, about 30 s on 2 cores, then cached)"
+        "== 3/5 worker "
+        "(the default image and event models are trained on first use, about 30 s on 2 cores, then cached)"
     )
     worker = WorkerProcess(settings, settings.state_dir.resolve() / "logs" / "demo-worker.log").start(timeout=timeout)
     say(f"   worker pid {worker.proc.pid}, metrics http://127.0.0.1:{settings.metrics_port}/metrics, log {worker.log}")
@@ -51,7 +52,8 @@ def run_demo(settings: Settings, say: Callable[[str], None] = print, timeout: fl
     print(similar_report(settings))
     print(format_status(stack.status()))
     print(
-        f"demo finished in {time.monotonic() - t0:.0f}s. Try: .venv/bin/streamdl stack status; stop with .venv/bin/streamdl stack down"
+        f"demo finished in {time.monotonic() - t0:.0f}s. "
+        "Try: .venv/bin/streamdl stack status; stop with .venv/bin/streamdl stack down"
     )
     return 0
 
@@ -152,7 +154,8 @@ def events_report(settings: Settings, worker: WorkerProcess, timeout: float) -> 
     score = score_detections([(a["subject_id"], _ts(a["ts"])) for a in alerts], episodes)
     return "\n".join(
         [
-            f"  events indexed        {count} of {report.sent} in {elapsed:.1f}s ({count / max(elapsed, 1e-9):.0f} events/s, produce to searchable)",
+            f"  events indexed        {count} of {report.sent} in {elapsed:.1f}s "
+            f"({count / max(elapsed, 1e-9):.0f} events/s, produce to searchable)",
             f"  anomaly alerts        {len(alerts)} (+{sum(a['suppressed'] for a in alerts)} throttled firings) for "
             f"{len(episodes)} injected episodes: precision {score.precision:.2f}, recall {score.recall:.2f}",
             "  try                   .venv/bin/streamdl alerts --since 7d --rule anomaly",
@@ -182,7 +185,8 @@ def similar_report(settings: Settings) -> str:
     labels = " ".join(n.true_label or "?" for n in result.neighbours)
     return "\n".join(
         [
-            f"  similar to {image_id} (a {query.true_label}):  labels of the 8 nearest: {labels}  ({result.took_ms:.0f} ms)",
+            f"  similar to {image_id} (a {query.true_label}):  labels of the 8 nearest: {labels}  "
+            f"({result.took_ms:.0f} ms)",
             f"  contact sheet         {sheet}",
             "  try                   .venv/bin/streamdl similar --id digits-0042 --k 5;  .venv/bin/streamdl serve",
             "",
@@ -204,11 +208,15 @@ def demo_report(docs: list[dict], seconds: float, dead: dict[str, int], dlq_topi
         [
             "",
             "streamdl demo report",
-            f"  images indexed        {len(docs)} in {seconds:.1f}s ({len(docs) / seconds:.0f} images/s, produce to searchable)",
+            f"  images indexed        {len(docs)} in {seconds:.1f}s "
+            f"({len(docs) / seconds:.0f} images/s, produce to searchable)",
             f"  model version         {', '.join(versions)}",
-            f"  accuracy, all         {correct / max(1, len(labelled)):.4f} ({correct}/{len(labelled)}, most were training data)",
-            f"  accuracy, held out    {held_correct / max(1, len(held_docs)):.4f} ({held_correct}/{len(held_docs)}, never seen in training)",
-            f"  dead letters          {sum(dead.values())} in {dlq_topic} ({', '.join(f'{k}: {v}' for k, v in sorted(dead.items())) or 'none'})",
+            f"  accuracy, all         {correct / max(1, len(labelled)):.4f} "
+            f"({correct}/{len(labelled)}, most were training data)",
+            f"  accuracy, held out    {held_correct / max(1, len(held_docs)):.4f} "
+            f"({held_correct}/{len(held_docs)}, never seen in training)",
+            f"  dead letters          {sum(dead.values())} in {dlq_topic} "
+            f"({', '.join(f'{k}: {v}' for k, v in sorted(dead.items())) or 'none'})",
             "",
         ]
     )

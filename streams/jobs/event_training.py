@@ -18,7 +18,8 @@ from streamdl.settings import Settings
 def read_training_events(
     path: Path, settings: Settings, say: Callable[[str], None]
 ) -> tuple[list[EventRecord], list[str | None]]:
-    """The valid, non-label events of a JSON Lines file as records and their labels; invalid lines are counted and named."""
+    """The valid, non-label events of a JSON Lines file as records and their labels;
+    invalid lines are counted and named."""
     records: list[EventRecord] = []
     labels: list[str | None] = []
     refused: list[str] = []

@@ -40,9 +40,9 @@ class ReindexReport:
     def summary(self) -> str:
         skipped = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
         return (
-            f"reindexed {self.indexed} images ({self.messages} messages read, skipped {skipped}) with {self.model_name} "
-            f"version {self.model_version} into {self.index} in {self.seconds:.1f}s; alias now -> {self.index} "
-            f"(was {', '.join(self.previous) or 'nothing'})"
+            f"reindexed {self.indexed} images ({self.messages} messages read, skipped {skipped}) "
+            f"with {self.model_name} version {self.model_version} into {self.index} in {self.seconds:.1f}s; "
+            f"alias now -> {self.index} (was {', '.join(self.previous) or 'nothing'})"
         )
 
 

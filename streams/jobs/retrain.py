@@ -1,7 +1,8 @@
 """``streamdl retrain``: retrain the served model's classifier head from the archive, register, gate, announce.
 
-Stages (each timed and shown): *setup* (the registry and the current version's model), *read* (list the archive, count labelled images; too few stops
-here), *embed* (the Beam pipeline, :mod:`streamdl.streams.jobs.retrain_pipeline`), *train* (heads searched on
+Stages (each timed and shown): *setup* (the registry and the current version's model), *read* (list the
+archive, count labelled images; too few stops here), *embed* (the Beam pipeline,
+:mod:`streamdl.streams.jobs.retrain_pipeline`), *train* (heads searched on
 the validation split, :mod:`streamdl.models.retraining.heads`), *evaluate* (test split, against the current
 version on the same images), *register* (MLflow run and model version), then the gate: promoted
 only if test accuracy >= current - ``retrain_tolerance`` (current: the better of the current version's

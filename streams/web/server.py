@@ -255,32 +255,38 @@ PAGE = r"""<!doctype html>
 <style>
   :root { --fg: #1d2330; --muted: #667085; --line: #d9dee7; --accent: #2f6fde; --bad: #b42318; --bg: #f6f7f9; }
   * { box-sizing: border-box; }
-  body { margin: 0; font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); background: var(--bg); }
+  body { margin: 0; font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
+         background: var(--bg); }
   header { padding: 14px 24px; background: #fff; border-bottom: 1px solid var(--line); }
   header h1 { margin: 0; font-size: 18px; }
   header p { margin: 2px 0 0; color: var(--muted); }
   main { padding: 16px 24px; }
-  form { display: flex; flex-wrap: wrap; gap: 12px 18px; align-items: flex-end; background: #fff; border: 1px solid var(--line);
-         border-radius: 8px; padding: 14px 16px; }
+  form { display: flex; flex-wrap: wrap; gap: 12px 18px; align-items: flex-end; background: #fff;
+         border: 1px solid var(--line); border-radius: 8px; padding: 14px 16px; }
   fieldset { border: 0; margin: 0; padding: 0; display: flex; gap: 12px; align-items: flex-end; flex-wrap: wrap; }
   label { display: flex; flex-direction: column; gap: 3px; font-size: 12px; color: var(--muted); }
-  label.inline { flex-direction: row; align-items: center; gap: 6px; font-size: 14px; color: var(--fg); padding-bottom: 6px; }
-  input[type=text], input[type=number] { font: inherit; padding: 5px 8px; border: 1px solid var(--line); border-radius: 5px; }
+  label.inline { flex-direction: row; align-items: center; gap: 6px; font-size: 14px; color: var(--fg);
+                 padding-bottom: 6px; }
+  input[type=text], input[type=number] { font: inherit; padding: 5px 8px; border: 1px solid var(--line);
+                                         border-radius: 5px; }
   input[type=number] { width: 5.5em; }
   #image-id { width: 22em; }
   .or { color: var(--muted); padding-bottom: 7px; }
-  button { font: inherit; padding: 7px 18px; border: 0; border-radius: 5px; background: var(--accent); color: #fff; cursor: pointer; }
+  button { font: inherit; padding: 7px 18px; border: 0; border-radius: 5px; background: var(--accent); color: #fff;
+           cursor: pointer; }
   button:disabled { opacity: .6; cursor: progress; }
   #status { margin: 12px 0 0; color: var(--muted); min-height: 1.4em; }
-  #error { margin: 12px 0 0; padding: 10px 12px; border: 1px solid var(--bad); border-radius: 6px; background: #fef3f2; color: var(--bad);
-           white-space: pre-wrap; }
+  #error { margin: 12px 0 0; padding: 10px 12px; border: 1px solid var(--bad); border-radius: 6px; background: #fef3f2;
+           color: var(--bad); white-space: pre-wrap; }
   #error[hidden] { display: none; }
   #grid { margin-top: 14px; display: grid; grid-template-columns: repeat(auto-fill, minmax(132px, 1fr)); gap: 12px; }
-  .tile, .query { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 8px; text-align: center; overflow: hidden; }
+  .tile, .query { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 8px; text-align: center;
+                  overflow: hidden; }
   .query { border: 2px solid var(--accent); }
-  .tile img, .query img { width: 112px; height: 112px; object-fit: contain; image-rendering: pixelated; background: #eef0f3; border-radius: 4px; }
-  .noimg { width: 112px; height: 112px; margin: 0 auto; display: flex; align-items: center; justify-content: center; color: var(--muted);
-           background: #eef0f3; border-radius: 4px; }
+  .tile img, .query img { width: 112px; height: 112px; object-fit: contain; image-rendering: pixelated;
+                          background: #eef0f3; border-radius: 4px; }
+  .noimg { width: 112px; height: 112px; margin: 0 auto; display: flex; align-items: center; justify-content: center;
+           color: var(--muted); background: #eef0f3; border-radius: 4px; }
   .sim { font-weight: 600; font-variant-numeric: tabular-nums; margin-top: 4px; }
   .lab { color: var(--fg); }
   .iid { color: var(--muted); font-size: 11px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
@@ -296,7 +302,8 @@ PAGE = r"""<!doctype html>
     <fieldset>
       <label>Upload an image<input type="file" id="file" accept="image/*"></label>
       <span class="or">or</span>
-      <label>an indexed image id<input type="text" id="image-id" placeholder="e.g. digits-0042" spellcheck="false"></label>
+      <label>an indexed image id<input type="text" id="image-id" placeholder="e.g. digits-0042"
+                                       spellcheck="false"></label>
     </fieldset>
     <fieldset>
       <label>k<input type="number" id="k" value="10" min="1" max="1000"></label>
@@ -407,7 +414,8 @@ $("form").addEventListener("submit", async (event) => {
     if (!resp.ok) { grid.replaceChildren(); statusBox.textContent = ""; showError(await reason(resp)); return; }
     const result = await resp.json();
     const query = file ? { src: await dataUrl(file), label: null, id: null, name: file.name }
-                       : { src: result.query ? jpeg(result.query.thumbnail) : null, label: result.query ? result.query.label : null, id: id };
+                       : { src: result.query ? jpeg(result.query.thumbnail) : null,
+                           label: result.query ? result.query.label : null, id: id };
     render(result, query);
   } catch (e) {
     grid.replaceChildren(); statusBox.textContent = "";
@@ -422,8 +430,8 @@ fetch("api/index").then(async (resp) => {
   if (searched) return;
   if (resp.ok) {
     const info = await resp.json();
-    statusBox.textContent = info.documents + " images in " + info.index + " (model " + info.model_name + " v" + info.model_version +
-      ", " + info.dims + " dimensions)";
+    statusBox.textContent = info.documents + " images in " + info.index + " (model " + info.model_name +
+      " v" + info.model_version + ", " + info.dims + " dimensions)";
   } else {
     statusBox.textContent = await reason(resp);
   }

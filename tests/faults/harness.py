@@ -559,7 +559,8 @@ def table(rows: Iterable[dict[str, str]]) -> str:
 
 
 def recovery(monitor: Monitor, t: float, below: int, base: int | None = None) -> str:
-    """``"X s, caught up Y s"``: from ``t`` until outputs resumed, and until the consumer lag was at or below ``below``."""
+    """``"X s, caught up Y s"``: from ``t`` until outputs resumed, and until the consumer lag was at or
+    below ``below``."""
     return f"{seconds([monitor.resumed_after(t, base)])}, caught up {seconds([monitor.drained_after(t, below)])}"
 
 

@@ -68,8 +68,8 @@ def test_elasticsearch_stopped_for_30_seconds(fault_run, fault_results):
         acc,
         recovery(monitor, t_back, 2 * run.settings.max_batch_size),
         f"ES down {t_back - t_stop:.0f} s (start {starting:.1f} s); worker paused: nothing committed while down; "
-        f"consumer lag {lag_before:,} before, max {peak:,}, back to <= {2 * run.settings.max_batch_size} {seconds([drained])} "
-        "after ES was back",
+        f"consumer lag {lag_before:,} before, max {peak:,}, "
+        f"back to <= {2 * run.settings.max_batch_size} {seconds([drained])} after ES was back",
     )
     report(fault_results, r)
     assert worker.alive

@@ -134,7 +134,8 @@ def test_retraining_promotes_a_version_and_the_running_worker_swaps_to_it(loop, 
     )
 
     print(
-        f"\nretrain: {result.status} v{result.version}: {result.reason}; stages {result.seconds}; counters {result.counters}"
+        f"\nretrain: {result.status} v{result.version}: {result.reason}; "
+        f"stages {result.seconds}; counters {result.counters}"
     )
     assert result.status == "promoted" and result.version == "2", result
     assert result.counters["labelled_images"] == len(labelled) and result.counters.get("corrupt_files", 0) == 0

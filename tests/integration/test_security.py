@@ -195,7 +195,8 @@ class SecureKafka:
                     "inter.broker.listener.name=INTERNAL",
                     "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT",
                     "sasl.enabled.mechanisms=SCRAM-SHA-512",
-                    "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;",
+                    "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;",
                     "ssl.keystore.type=PKCS12",
                     f"ssl.keystore.location={self.pki.keystore}",
                     f"ssl.keystore.password={self.pki.store_password}",
@@ -565,7 +566,7 @@ def test_an_untrusted_certificate_fails_fast_and_says_so(settings, broker, pki, 
 
     for ca in (pki.other_ca, None):  # a CA that did not sign the broker's certificate; the system's CAs
         bad = secure(settings, broker, pki, kafka_ssl_ca_file=ca)
-        err = error_of(lambda: check_kafka(admin_client(bad), bad))
+        err = error_of(lambda bad=bad: check_kafka(admin_client(bad), bad))
         assert isinstance(err, SettingsError), err
         assert "TLS certificate is not trusted" in str(err) and "STREAMDL_KAFKA_SSL_CA_FILE" in str(err)
         err = error_of(produce_all, bad, bad.topic("events"), [("k", b"{}", [])], timeout=60)

@@ -156,7 +156,8 @@ def tiles(page) -> list[dict]:
         "#grid .tile",
         "ts => ts.map(t => ({id: t.dataset.id, similarity: Number(t.dataset.similarity), label: t.dataset.label, "
         "text: t.innerText, img: t.querySelector('img') ? t.querySelector('img').src.slice(0, 23) : null, "
-        "shown: !!t.querySelector('img') && t.querySelector('img').complete && t.querySelector('img').naturalWidth > 0}))",
+        "shown: !!t.querySelector('img') && t.querySelector('img').complete && "
+        "t.querySelector('img').naturalWidth > 0}))",
     )
 
 
@@ -236,7 +237,10 @@ def multipart(fields: dict[str, str | tuple[str, bytes]]) -> tuple[bytes, dict[s
     for name, value in fields.items():
         if isinstance(value, tuple):
             filename, data = value
-            head = f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\nContent-Type: application/octet-stream'
+            head = (
+                f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                "Content-Type: application/octet-stream"
+            )
         else:
             head, data = f'Content-Disposition: form-data; name="{name}"', value.encode()
         body += f"--{boundary}\r\n{head}\r\n\r\n".encode() + data + b"\r\n"

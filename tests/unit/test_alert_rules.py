@@ -71,7 +71,8 @@ def test_a_rules_file_parses_with_defaults():
         ("rules:\n  - name: a\n    severity: info\n    finding: novel\n    colour: red\n", 5, "unknown key 'colour'"),
         ("rules:\n  - name: a\n    severity: info\n    finding: novel\n    subject: numeric.x\n", 5, "subject"),
         (
-            "rules:\n  - name: a\n    severity: info\n    finding: novel\n  - name: a\n    severity: info\n    finding: novel\n",
+            "rules:\n  - name: a\n    severity: info\n    finding: novel\n"
+            "  - name: a\n    severity: info\n    finding: novel\n",
             5,
             "twice",
         ),

@@ -475,7 +475,7 @@ def deep_json(draw) -> tuple[bytes, int]:
         return nested.encode(), depth
     inner = {"numeric": '{"n": %s}', "categorical": '{"c": %s}'}.get(where, "%s")
     key = "unknown" if where == "extra" else where
-    return ('{"id": "e-1", "ts": 1800000000, "type": "t", "%s": %s}' % (key, inner % nested)).encode(), depth
+    return f'{{"id": "e-1", "ts": 1800000000, "type": "t", "{key}": {inner % nested}}}'.encode(), depth
 
 
 @fuzz(150)

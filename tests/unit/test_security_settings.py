@@ -328,8 +328,8 @@ def test_es_client_tls_options(ca, caplog):
         ),
         (
             "_SSL",
-            "sasl_ssl://h:1/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker "
-            "certificate could not be verified",
+            "sasl_ssl://h:1/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: "
+            "broker certificate could not be verified",
             "tls",
             "STREAMDL_KAFKA_SSL_CA_FILE",
         ),
