@@ -6,7 +6,6 @@ caller gives one), headers ``content-type``, ``source`` and, when known, ``label
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from streamdl.connectors.kafka_producer import Headers, ProduceReport, Skipped, publish_items
 from streamdl.models.decode import sniff_content_type
+from streamdl.records import content_id
 from streamdl.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -43,12 +43,7 @@ class ImageItem:
         ]
         if self.label is not None:
             headers.append(("label", self.label.encode()))
-        return self.image_id or image_id_of(self.data), self.data, headers
-
-
-def image_id_of(data: bytes) -> str:
-    """The stable id of an image: the first 32 hex digits of its SHA-256."""
-    return hashlib.sha256(data).hexdigest()[:32]
+        return self.image_id or content_id(self.data), self.data, headers
 
 
 def iter_files(paths: Iterable[str | os.PathLike], max_bytes: int) -> Iterator[ImageItem | Skipped]:

@@ -14,11 +14,10 @@ from confluent_kafka import KafkaError, Producer
 
 from streamdl.connectors.kafka_config import KafkaErrors, kafka_config
 from streamdl.errors import ServiceUnavailable, SettingsError
+from streamdl.records import Headers
 from streamdl.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-Headers = list[tuple[str, bytes]]
 
 
 def make_producer(settings: Settings, **overrides: Any) -> Producer:

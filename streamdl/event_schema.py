@@ -27,10 +27,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from streamdl.errors import StreamdlError
+from streamdl.records import MAX_ID_BYTES
 
 SCHEMA_VERSION = 1
 LABEL_TYPE = "label"
-MAX_ID_BYTES = 512
 MAX_FEATURES = 512
 MAX_NAME_CHARS = 128
 MAX_TEXT_CHARS = 65_536

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -35,12 +36,23 @@ class InMessage:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
 
 
-def message_id(msg: InMessage) -> str | None:
-    """The message's id (its key as text), or ``None`` when missing or unusable as a document id."""
-    if not msg.key:
-        return None
-    text = msg.key.decode("utf-8", "replace")
-    return text if len(text.encode()) <= MAX_ID_BYTES and text.strip() else None
+def content_id(data: bytes) -> str:
+    """The id of a message whose producer gave none: a hash of its bytes (what ``streamdl produce`` uses too)."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def image_id(msg: InMessage) -> str:
+    """An image message's stable id: its key when that is usable text; a hash of the key's bytes when the key
+    is not UTF-8 or longer than Elasticsearch allows; else (no key or a blank one, as kcat or Kafka Connect
+    send) a hash of the image bytes, the id ``streamdl produce`` would have given it. A replay gets the same id."""
+    key = msg.key
+    if not key or not key.strip():
+        return content_id(msg.value or b"")
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    return text if text.strip() and len(key) <= MAX_ID_BYTES else "key-" + content_id(key)
 
 
 def iso(ts: float | None) -> str | None:
@@ -48,21 +60,39 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
-def dead_letter(
-    msg: InMessage, reason_code: str, reason: str, stage: str
-) -> tuple[bytes | None, bytes | None, Headers]:
-    """A dead-letter message: the original key, bytes and headers, plus why and where it came from."""
-    headers: Headers = [(k, v) for k, v in msg.headers.items() if not k.startswith("dlq.")]
-    headers += [
-        ("dlq.reason_code", reason_code.encode()),
-        ("dlq.reason", reason.encode("utf-8", "replace")[:2000]),
-        ("dlq.stage", stage.encode()),
-        ("dlq.source.topic", msg.topic.encode()),
-        ("dlq.source.partition", str(msg.partition).encode()),
-        ("dlq.source.offset", str(msg.offset).encode()),
-        ("dlq.time", (iso(time.time()) or "").encode()),
-    ]
-    return msg.key, msg.value, headers
+@dataclass(slots=True)
+class Document:
+    """One Elasticsearch document: the message's stable id (the ``_id``) and its body."""
+
+    id: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message refused by a stage: the original, a reason code (counted in metrics), a readable reason
+    and the stage that refused it (``decode``, ``validate``, ``model``, ``index``, ``webhook``)."""
+
+    message: InMessage
+    code: str
+    reason: str
+    stage: str
+
+    def to_kafka(self) -> tuple[bytes | None, bytes | None, Headers]:
+        """The dead-letter message: the original key, bytes and headers, plus ``dlq.*`` headers saying why and
+        where it came from (:func:`parse_dead_letter_headers` reads them back)."""
+        msg = self.message
+        headers: Headers = [(k, v) for k, v in msg.headers.items() if not k.startswith("dlq.")]
+        headers += [
+            ("dlq.reason_code", self.code.encode()),
+            ("dlq.reason", self.reason.encode("utf-8", "replace")[:2000]),
+            ("dlq.stage", self.stage.encode()),
+            ("dlq.source.topic", msg.topic.encode()),
+            ("dlq.source.partition", str(msg.partition).encode()),
+            ("dlq.source.offset", str(msg.offset).encode()),
+            ("dlq.time", (iso(time.time()) or "").encode()),
+        ]
+        return msg.key, msg.value, headers
 
 
 def parse_dead_letter_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:

@@ -176,6 +176,12 @@ class Settings(BaseSettings):
         "images,events",
         description="Agents a worker runs: images, events, or both (comma-separated). Env STREAMDL_WORKER_AGENTS.",
     )
+    extra_sinks: str = Field(
+        "",
+        description="More sinks for the pipelines' outputs, after Elasticsearch and Kafka: comma-separated "
+        "'package.module:Class' names of streamdl.streams.pipelines.sinks.Sink subclasses, each built as "
+        "Class(settings). Env STREAMDL_EXTRA_SINKS.",
+    )
     event_model: str = Field(
         "sensors-ae",
         description="Event model the workers score with: a trained model's name (latest version) or name:version. "

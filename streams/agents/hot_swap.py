@@ -27,11 +27,11 @@ logger = logging.getLogger(__name__)
 
 
 class Swappable(Protocol):
-    def current_version(self) -> str: ...
-
     def warmup_batch(self) -> np.ndarray: ...
 
     def offer(self, handler: ModelHandler) -> None: ...
+
+    def settle(self, version: str) -> bool: ...
 
     def refuse(self, version: str, reason: str) -> None: ...
 
@@ -140,8 +140,8 @@ class ModelFollower:
                 "ignoring a model-updates message that is not {name, version} JSON: %r", (value or b"")[:200]
             )
             return
-        if name != self.settings.model_name or version == self.pipeline.current_version():
-            return
+        if name != self.settings.model_name or self.pipeline.settle(version):
+            return  # another model, or this version serves already (a candidate still waiting is withdrawn)
         logger.info("model update: %s version %s; loading it in the background", name, version)
         try:
             candidate = self.load(self.settings, version)

@@ -20,13 +20,14 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import faust
 
 from streamdl.records import InMessage
 from streamdl.streams.agents.app import raw_topic
-from streamdl.streams.pipelines.writer import BatchReport, Computed
+from streamdl.streams.agents.faust_adapter import to_message, unacked_messages
+from streamdl.streams.pipelines.stage import Computed, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -36,28 +37,6 @@ DRAIN_SECS = 10.0
 (Faust's own wait, ``stream_wait_empty``, has no bound: with a service down, SIGTERM hung until it was back.)"""
 EXIT_BATCH_FAILED = 70  # EX_SOFTWARE
 T = TypeVar("T")
-
-
-def to_message(event: faust.EventT) -> InMessage:
-    """Faust's event as the library-independent :class:`InMessage`."""
-    msg = event.message
-    raw_headers = msg.headers or []
-    items = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
-    headers = {
-        k if isinstance(k, str) else k.decode(): (v if isinstance(v, bytes) else str(v).encode())
-        for k, v in items
-        if v is not None
-    }
-    ts = msg.timestamp
-    return InMessage(
-        key=msg.key,
-        value=msg.value,
-        topic=msg.topic,
-        partition=msg.partition,
-        offset=msg.offset,
-        timestamp_ms=int(ts * 1000) if ts else None,
-        headers=headers,
-    )
 
 
 class BatchAbandoned(Exception):
@@ -111,7 +90,7 @@ async def drain(app: faust.App, why: str) -> bool:
     deadline = time.monotonic() + DRAIN_SECS
     gc.collect()  # messages cleared from the stream buffers (flow control) leave the weak set
     while True:
-        pending = [m for m in list(getattr(consumer, "_unacked_messages", ())) if not m.acked]
+        pending = unacked_messages(consumer)
         await consumer.commit()
         if not pending:
             return True
@@ -127,21 +106,11 @@ async def drain(app: faust.App, why: str) -> bool:
         await asyncio.sleep(0.1)
 
 
-class Pipeline(Protocol):
-    """What an agent drives: stage 1 (CPU) and stage 2 (I/O) of a micro-batch."""
-
-    def compute(self, batch: Sequence[InMessage]) -> Computed: ...
-
-    def write(self, computed: Computed) -> BatchReport: ...
-
-    def stop(self) -> None: ...
-
-
 def register_batch_agent(
     app: faust.App,
     name: str,
     topic_name: str,
-    pipeline: Pipeline,
+    pipeline: Stage,
     *,
     max_batch_size: int,
     max_batch_duration_secs: float,
@@ -156,7 +125,7 @@ def register_batch_agent(
         loop = asyncio.get_running_loop()
         writing: asyncio.Task | None = None
 
-        async def write_then_ack(events: list[faust.EventT], batch: list[InMessage], computed) -> None:
+        async def write_then_ack(events: list[faust.EventT], batch: list[InMessage], computed: Computed) -> None:
             try:
                 await with_retries(
                     "writing",
@@ -178,7 +147,7 @@ def register_batch_agent(
                     computed = await with_retries(
                         "computing",
                         batch,
-                        lambda: loop.run_in_executor(compute_thread, pipeline.compute, batch),
+                        lambda batch=batch: loop.run_in_executor(compute_thread, pipeline.compute, batch),
                         stopping.is_set,
                     )
                 except BatchAbandoned:

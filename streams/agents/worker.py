@@ -15,6 +15,7 @@ from streamdl.settings import Settings
 from streamdl.streams.agents.app import create_app
 from streamdl.streams.agents.hot_swap import ModelFollower
 from streamdl.streams.agents.micro_batch import register_batch_agent
+from streamdl.streams.pipelines.writer import MicroBatchPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +43,9 @@ def make_handler(settings: Settings) -> ModelHandler:
     return handler
 
 
-def make_pipelines(settings: Settings, rules: tuple[Rule, ...]) -> dict[str, object]:
+def make_pipelines(settings: Settings, rules: tuple[Rule, ...]) -> dict[str, MicroBatchPipeline]:
     """The pipelines of the configured agents, not set up yet (bad model names fail here)."""
-    pipelines: dict[str, object] = {}
+    pipelines: dict[str, MicroBatchPipeline] = {}
     if "images" in settings.agents:
         from streamdl.streams.pipelines.images import ImagePipeline
 

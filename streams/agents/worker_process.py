@@ -1,4 +1,5 @@
-"""Run ``streamdl worker`` (or another subcommand) as a child process with given settings (the demo, tests, benchmarks)."""
+"""Run ``streamdl worker`` (or another subcommand) as a child process with given settings (the demo, tests,
+benchmarks)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise StreamdlError(
-                    f"'streamdl {self.command[0]}' exited with {self.proc.returncode} while starting; log {self.log}:\n{self.tail()}"
+                    f"'streamdl {self.command[0]}' exited with {self.proc.returncode} while starting; "
+                    f"log {self.log}:\n{self.tail()}"
                 )
             if self._get(self.ready_url) is not None:
                 return self

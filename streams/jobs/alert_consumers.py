@@ -26,18 +26,18 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from streamdl.alert_rules import SEVERITIES
 from streamdl.connectors.kafka_config import kafka_config
+from streamdl.connectors.kafka_messages import from_confluent
 from streamdl.connectors.kafka_producer import Deliveries, make_producer
 from streamdl.connectors.webhook import Delivery, WebhookSink
 from streamdl.durations import parse_duration
 from streamdl.errors import ServiceUnavailable, SettingsError, StreamdlError
-from streamdl.records import InMessage, dead_letter
+from streamdl.records import DeadLetter, InMessage
 from streamdl.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-SEVERITIES = ("info", "warning", "critical")
-"""Known severities, lowest first."""
 IDLE_GIVE_UP_SECS = 30.0
 """Without ``follow``: give up when Kafka sends nothing for this long before the end is reached."""
 _EVIDENCE_FIRST = (
@@ -93,19 +93,6 @@ def severity_passes(severity: Any, minimum: str | None) -> bool:
     if minimum is None or not isinstance(severity, str) or severity.lower() not in SEVERITIES:
         return True
     return SEVERITIES.index(severity.lower()) >= SEVERITIES.index(minimum)
-
-
-def _in_message(msg: Message) -> InMessage:
-    ts_type, ts = msg.timestamp()
-    return InMessage(
-        key=msg.key(),
-        value=msg.value(),
-        topic=msg.topic(),
-        partition=msg.partition(),
-        offset=msg.offset(),
-        timestamp_ms=ts if ts_type else None,
-        headers={k: (v if v is not None else b"") for k, v in (msg.headers() or [])},
-    )
 
 
 def parse_alert(value: bytes | None) -> dict[str, Any]:
@@ -388,7 +375,7 @@ def run_webhook(
                     raise ServiceUnavailable(f"reading {topic} failed: {msg.error().str()}")
                 logger.warning("reading %s: %s", topic, msg.error().str())
                 continue
-            record = _in_message(msg)
+            record = from_confluent(msg)
             try:
                 alert_id = parse_alert(record.value)["alert_id"]
             except ValueError as exc:
@@ -449,7 +436,7 @@ def _dead_letter(
     stop: threading.Event,
 ) -> bool:
     """Produce the dead letter and wait until Kafka acknowledges it; ``False`` when stopped first."""
-    key, value, headers = dead_letter(record, code, reason, "webhook")
+    key, value, headers = DeadLetter(record, code, reason, "webhook").to_kafka()
     headers += [("dlq.http_status", str(status or "").encode()), ("dlq.attempts", str(attempts).encode())]
     failed_before = len(deliveries.failed)
     deliveries.produce(dlq, value, key, headers)

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from streamdl.connectors.es_client import switch_alias
 from streamdl.connectors.kafka_config import kafka_config
+from streamdl.connectors.kafka_messages import from_confluent
 from streamdl.records import InMessage
 from streamdl.settings import Settings
 from streamdl.streams.agents.worker import make_handler
@@ -89,18 +90,7 @@ def reindex(
                 for msg in consumer.consume(settings.max_batch_size, timeout=1.0):
                     if msg.error() or msg.partition() not in todo or msg.offset() >= todo[msg.partition()]:
                         continue
-                    ts_type, ts = msg.timestamp()
-                    batch.append(
-                        InMessage(
-                            msg.key(),
-                            msg.value(),
-                            msg.topic(),
-                            msg.partition(),
-                            msg.offset(),
-                            ts if ts_type else None,
-                            dict(msg.headers() or []),
-                        )
-                    )
+                    batch.append(from_confluent(msg))
                 if batch:
                     done = pipeline.process_batch(batch)
                     report.messages += len(batch)

@@ -19,7 +19,7 @@ from streamdl.alert_rules import Rule
 from streamdl.records import iso
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Alert:
     """One alert: which rule fired on which subject, with its evidence."""
 
@@ -177,16 +177,16 @@ class AlertEngine:
             out.updated.append(updated)
             return
         self._open[key] = alert = Alert(
-            rule.name,
-            rule.finding or rule.kind,
-            rule.severity,
-            subject,
-            model_name,
-            model_version,
-            evidence,
-            ts,
-            window,
-            now,
+            rule=rule.name,
+            kind=rule.finding or rule.kind,
+            severity=rule.severity,
+            subject_id=subject,
+            model_name=model_name,
+            model_version=model_version,
+            evidence=evidence,
+            ts=ts,
+            window_start=window,
+            raised_at=now,
         )
         if len(self._open) > self.MAX_OPEN_WINDOWS:
             self._forget_oldest()

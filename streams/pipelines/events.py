@@ -15,18 +15,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from elasticsearch import Elasticsearch
 
 from streamdl.alert_rules import Rule
 from streamdl.connectors.es_mappings import events_index
 from streamdl.connectors.setup import ensure_fixed_index
 from streamdl.event_schema import Event, InvalidEvent, parse_event
-from streamdl.models.event_handler import EventModelHandler, EventScores
-from streamdl.records import InMessage, iso, to_json
+from streamdl.models.event_handler import EventModelHandler, EventModelInfo, EventScores
+from streamdl.records import Document, InMessage, iso, to_json
 from streamdl.settings import Settings
 from streamdl.streams.pipelines import metrics
 from streamdl.streams.pipelines.alerts import Scored
 from streamdl.streams.pipelines.isolate import call_isolating
-from streamdl.streams.pipelines.writer import Computed, MicroBatchPipeline
+from streamdl.streams.pipelines.sinks import Sink
+from streamdl.streams.pipelines.stage import Computed
+from streamdl.streams.pipelines.writer import MicroBatchPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -40,25 +43,27 @@ class _Valid:
 class EventPipeline(MicroBatchPipeline):
     """Validate → score (one model call) → index → alert rules → publish predictions, alerts, dead letters."""
 
-    def __init__(self, settings: Settings, handler: EventModelHandler, rules: Sequence[Rule] = ()) -> None:
-        self.settings, self.handler, self.rules = settings, handler, rules
+    stream = "events"
+    processed = metrics.EVENTS_PROCESSED
+
+    def __init__(
+        self, settings: Settings, handler: EventModelHandler, rules: Sequence[Rule] = (), *, sinks: Sequence[Sink] = ()
+    ) -> None:
+        super().__init__(settings, rules, sinks=sinks)
+        self.handler = handler
+        self.info: EventModelInfo | None = None
 
     # --- lifecycle -------------------------------------------------------------------
-    def setup(self) -> None:
-        """Load the model, make sure the events and alerts indices exist, check Kafka. Fails fast."""
-        self._connect()
+    def prepare(self, es: Elasticsearch) -> str:
+        """Load the model and make sure the events index exists."""
         self.handler.load()
-        self.info = self.handler.info()
-        self.index = ensure_fixed_index(self.es, self.settings.alias("events"), events_index())
-        self._start_writing("events", self.settings.alias("events"), self.rules, metrics.EVENTS_PROCESSED)
-        metrics.MODEL_VERSION.labels("events", self.info.name, self.info.version).set(1)
+        self.info = info = self.handler.info()
+        index = ensure_fixed_index(es, self.settings.alias("events"), events_index())
+        metrics.MODEL_VERSION.labels("events", info.name, info.version).set(1)
         logger.info(
-            "event pipeline ready model=%s version=%s kind=%s index=%s",
-            self.info.name,
-            self.info.version,
-            self.info.kind,
-            self.index,
+            "event pipeline ready model=%s version=%s kind=%s index=%s", info.name, info.version, info.kind, index
         )
+        return self.settings.alias("events")
 
     # --- one micro-batch -------------------------------------------------------------
     def compute(self, batch: Sequence[InMessage]) -> Computed:
@@ -92,7 +97,7 @@ class EventPipeline(MicroBatchPipeline):
                     max_future_secs=self.settings.max_event_future_secs,
                 )
             except InvalidEvent as exc:
-                computed.dead.append((msg, exc.reason, exc.message, "validate"))
+                computed.refuse(msg, exc.reason, exc.message, "validate")
                 continue
             if event.id in seen:  # the same id twice in one batch: the later message wins, as in the index
                 out[seen[event.id]] = _Valid(msg, event)
@@ -103,9 +108,8 @@ class EventPipeline(MicroBatchPipeline):
 
     def _score(self, items: list[_Valid], computed: Computed) -> EventScores | None:
         def refuse(item: _Valid, error: Exception) -> None:
-            computed.dead.append(
-                (item.msg, "model_error", f"the model failed on this event: {type(error).__name__}: {error}", "model")
-            )
+            reason = f"the model failed on this event: {type(error).__name__}: {error}"
+            computed.refuse(item.msg, "model_error", reason, "model")
 
         return call_isolating(
             items, lambda part: self.handler.score_batch([v.event for v in part]), _concat, refuse, "events"
@@ -127,7 +131,7 @@ class EventPipeline(MicroBatchPipeline):
         }
         computed.messages[event.id] = msg
         if scores is None:  # a label event: ground truth, stored and never scored
-            computed.docs.append((event.id, doc))
+            computed.documents.append(Document(event.id, doc))
             return
         info = self.info
         anomaly = None if scores.anomaly is None else float(scores.anomaly[i])
@@ -145,8 +149,16 @@ class EventPipeline(MicroBatchPipeline):
                 "top_k": [{"label": lab, "probability": p} for lab, p in top],
             }
         )
-        computed.docs.append((event.id, doc))
-        computed.scored[event.id] = Scored(event.id, event.ts, info.name, info.version, doc, top, anomaly)
+        computed.documents.append(Document(event.id, doc))
+        computed.scored[event.id] = Scored(
+            id=event.id,
+            ts=event.ts,
+            model_name=info.name,
+            model_version=info.version,
+            fields=doc,
+            top_k=top,
+            anomaly_score=anomaly,
+        )
         computed.predictions[event.id] = to_json(
             {
                 "stream": "events",

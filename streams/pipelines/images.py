@@ -18,19 +18,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from elasticsearch import Elasticsearch
 
 from streamdl.alert_rules import Rule
 from streamdl.connectors.es_client import ensure_index
 from streamdl.connectors.es_mappings import images_index
 from streamdl.models.decode import DecodeError, DecodeLimits, decode_image, thumbnail_jpeg
 from streamdl.models.handler import BatchResult, ModelHandler, ModelInfo
-from streamdl.records import InMessage, iso, message_id, to_json
+from streamdl.records import Document, InMessage, iso, to_json
+from streamdl.records import image_id as message_image_id
 from streamdl.settings import Settings
 from streamdl.streams.pipelines import metrics
 from streamdl.streams.pipelines.alerts import Alert, Scored
 from streamdl.streams.pipelines.isolate import call_isolating
 from streamdl.streams.pipelines.neighbours import NeighbourCheck
-from streamdl.streams.pipelines.writer import BatchReport, Computed, MicroBatchPipeline
+from streamdl.streams.pipelines.sinks import Sink
+from streamdl.streams.pipelines.stage import BatchReport, Computed
+from streamdl.streams.pipelines.writer import MicroBatchPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -57,55 +61,71 @@ class _Decoded:
 class ImagePipeline(MicroBatchPipeline):
     """Decode → featurize and classify (one model call) → index → publish predictions and dead letters."""
 
+    stream = "images"
+    processed = metrics.IMAGES_PROCESSED
+
     def __init__(
-        self, settings: Settings, handler: ModelHandler, rules: Sequence[Rule] = (), *, publish: bool = True
+        self,
+        settings: Settings,
+        handler: ModelHandler,
+        rules: Sequence[Rule] = (),
+        *,
+        publish: bool = True,
+        sinks: Sequence[Sink] = (),
     ) -> None:
         """``publish=False`` (a reindex) writes documents only: no predictions, alerts or dead letters again."""
-        self.settings = settings
+        super().__init__(settings, rules, publish=publish, sinks=sinks)
         self.handler = handler
-        self.rules = rules
-        self.publish = publish
+        self.info: ModelInfo | None = None
+        self.neighbours: NeighbourCheck | None = None
         self.limits = DecodeLimits(max_bytes=settings.max_message_bytes, max_pixels=settings.max_pixels)
         self._pending: ModelHandler | None = None
         self._swap_lock = threading.Lock()
         self._recent: list[np.ndarray] = []
 
     # --- lifecycle -------------------------------------------------------------------
-    def setup(self) -> None:
-        """Load the model, make sure the images index for its version exists, check Kafka. Fails fast."""
-        self._connect()
+    def prepare(self, es: Elasticsearch) -> str:
+        """Load the model and make sure the images index of its embedding space exists."""
         self.handler.load()
-        self.info: ModelInfo = self.handler.info()
-        body = images_index(
-            self.info.embedding_size,
-            {
-                "model_name": self.info.name,
-                "model_version": self.info.version,
-                "model_ref": model_ref(self.settings.model_name),
-            },
-        )
-        self.index = ensure_index(self.es, self.settings.alias("images"), embedding_space(self.info), body)
-        self.es.indices.put_mapping(
-            index=self.index, meta=body["mappings"]["_meta"]
-        )  # also an index made before _meta existed
-        self.neighbours = (
-            NeighbourCheck(self.settings, self.es, self.index)
-            if self.settings.similarity_alerts and self.publish
-            else None
-        )
-        self._start_writing("images", self.index, self.rules, metrics.IMAGES_PROCESSED)
-        metrics.MODEL_VERSION.labels("images", self.info.name, self.info.version).set(1)
+        self.info = info = self.handler.info()
+        meta = {
+            "model_name": info.name,
+            "model_version": info.version,
+            "model_ref": model_ref(self.settings.model_name),
+        }
+        body = images_index(info.embedding_size, meta)
+        index = ensure_index(es, self.settings.alias("images"), embedding_space(info), body)
+        es.indices.put_mapping(index=index, meta=body["mappings"]["_meta"])  # also an index made before _meta existed
+        if self.settings.similarity_alerts and self.publish:
+            self.neighbours = NeighbourCheck(self.settings, es, index)
+        metrics.MODEL_VERSION.labels("images", info.name, info.version).set(1)
         logger.info(
             "image pipeline ready model=%s version=%s index=%s embedding=%d",
-            self.info.name,
-            self.info.version,
-            self.index,
-            self.info.embedding_size,
+            info.name,
+            info.version,
+            index,
+            info.embedding_size,
         )
+        return index
 
     # --- hot-swap (streamdl.streams.agents.hot_swap) ---------------------------------------------------
-    def current_version(self) -> str:
-        return self.info.version
+    def settle(self, version: str) -> bool:
+        """An announcement for ``version`` arrived: when that version serves already, withdraw any candidate
+        still waiting for the next micro-batch (a later announcement wins over an earlier one) and return
+        ``True``; else ``False`` (the caller loads it)."""
+        with self._swap_lock:
+            if version != self.info.version:
+                return False
+            withdrawn, self._pending = self._pending, None
+        if withdrawn is not None:
+            logger.info(
+                "model version %s was announced after version %s: keeping %s, %s is withdrawn",
+                version,
+                withdrawn.info().version,
+                version,
+                withdrawn.info().version,
+            )
+        return True
 
     def warmup_batch(self) -> np.ndarray:
         """The last images this worker decoded (zeros before the first batch)."""
@@ -115,7 +135,8 @@ class ImagePipeline(MicroBatchPipeline):
         return np.zeros((1, *self.info.input_size, self.info.channels), np.uint8)
 
     def offer(self, candidate: ModelHandler) -> None:
-        """Check a loaded candidate on the warm-up batch; it serves from the next micro-batch on, or is refused."""
+        """Check a loaded candidate on the warm-up batch; it serves from the next micro-batch on (replacing a
+        candidate still waiting), or is refused."""
         from streamdl.streams.agents.hot_swap import check_candidate
 
         version = candidate.info().version
@@ -129,35 +150,32 @@ class ImagePipeline(MicroBatchPipeline):
 
     def refuse(self, version: str, reason: str) -> None:
         """Keep the current model and raise a ``model_refused`` alert."""
+        info = self.info
         logger.error(
-            "refusing model version %s of %s, keeping version %s: %s",
-            version,
-            self.info.name,
-            self.info.version,
-            reason,
+            "refusing model version %s of %s, keeping version %s: %s", version, info.name, info.version, reason
         )
         now = time.time()
         alert = Alert(
-            "model_refused",
-            "model_refused",
-            "critical",
-            f"{self.info.name}:{version}",
-            self.info.name,
-            self.info.version,
-            {"refused_version": version, "reason": reason},
-            now,
-            now,
-            now,
+            rule="model_refused",
+            kind="model_refused",
+            severity="critical",
+            subject_id=f"{info.name}:{version}",
+            model_name=info.name,
+            model_version=info.version,
+            evidence={"refused_version": version, "reason": reason},
+            ts=now,
+            window_start=now,
+            raised_at=now,
         )
         self.writer.raise_alert(alert)
 
     def _swap_if_pending(self) -> None:
         with self._swap_lock:
             candidate, self._pending = self._pending, None
-        if candidate is None:
-            return
-        old = self.info
-        self.handler, self.info = candidate, candidate.info()
+            if candidate is None:
+                return
+            old = self.info
+            self.handler, self.info = candidate, candidate.info()
         metrics.MODEL_VERSION.labels("images", old.name, old.version).set(0)
         metrics.MODEL_VERSION.labels("images", self.info.name, self.info.version).set(1)
         logger.info("swapped model %s version %s -> %s between micro-batches", old.name, old.version, self.info.version)
@@ -184,7 +202,7 @@ class ImagePipeline(MicroBatchPipeline):
         (:class:`BatchWriter`); returns once all are acknowledged."""
         t0 = time.perf_counter()
         if self.neighbours is not None:
-            for image_id, found in self.neighbours.findings(computed.docs).items():
+            for image_id, found in self.neighbours.findings(computed.documents).items():
                 computed.scored[image_id].findings = found
         computed.seconds["neighbours"] = time.perf_counter() - t0
         return self.writer.write(computed)
@@ -194,21 +212,11 @@ class ImagePipeline(MicroBatchPipeline):
         out: list[_Decoded] = []
         seen: dict[str, int] = {}
         for msg in batch:
-            image_id = message_id(msg)
-            if image_id is None:
-                computed.dead.append(
-                    (
-                        msg,
-                        "missing_key",
-                        "the message has no usable key (image id): empty, blank or over 512 bytes",
-                        "decode",
-                    )
-                )
-                continue
+            image_id = message_image_id(msg)  # the key, or a content hash when the producer gave none
             try:
                 pixels = decode_image(msg.value or b"", size, channels, self.limits)
             except DecodeError as exc:
-                computed.dead.append((msg, exc.reason, str(exc), "decode"))
+                computed.refuse(msg, exc.reason, str(exc), "decode")
                 continue
             if image_id in seen:  # the same id twice in one batch: the later message wins, as in the index
                 out[seen[image_id]] = _Decoded(msg, image_id, pixels)
@@ -219,9 +227,8 @@ class ImagePipeline(MicroBatchPipeline):
 
     def _predict(self, decoded: list[_Decoded], computed: Computed) -> BatchResult | None:
         def refuse(item: _Decoded, error: Exception) -> None:
-            computed.dead.append(
-                (item.msg, "model_error", f"the model failed on this image: {type(error).__name__}: {error}", "model")
-            )
+            reason = f"the model failed on this image: {type(error).__name__}: {error}"
+            computed.refuse(item.msg, "model_error", reason, "model")
 
         return call_isolating(
             decoded,
@@ -246,7 +253,7 @@ class ImagePipeline(MicroBatchPipeline):
         info = self.info
         top = results.top_k(info.labels, self.settings.top_k)
         per_image_ms = {"decode": 1000 * timings[0] / len(decoded), "model": 1000 * timings[1] / len(decoded)}
-        docs, predictions = computed.docs, computed.predictions
+        predictions = computed.predictions
         for i, item in enumerate(decoded):
             computed.messages[item.image_id] = item.msg
             msg = item.msg
@@ -263,26 +270,22 @@ class ImagePipeline(MicroBatchPipeline):
                 "event_time": event_time,
                 "processed_time": iso(processed),
             }
-            docs.append(
-                (
-                    item.image_id,
-                    {
-                        **common,
-                        "embedding": results.embeddings[i].tolist(),
-                        "top_k": [{"label": lab, "probability": p} for lab, p in top[i]],
-                        "source": msg.header("source"),
-                        "content_type": msg.header("content-type"),
-                        "thumbnail": base64.b64encode(thumbnail_jpeg(item.pixels)).decode(),
-                    },
-                )
-            )
+            body = {
+                **common,
+                "embedding": results.embeddings[i],  # serialized once by the writer (orjson, numpy as lists)
+                "top_k": [{"label": lab, "probability": p} for lab, p in top[i]],
+                "source": msg.header("source"),
+                "content_type": msg.header("content-type"),
+                "thumbnail": base64.b64encode(thumbnail_jpeg(item.pixels)).decode(),
+            }
+            computed.documents.append(Document(item.image_id, body))
             computed.scored[item.image_id] = Scored(
-                item.image_id,
-                (msg.timestamp_ms / 1000) if msg.timestamp_ms else processed,
-                info.name,
-                info.version,
-                docs[-1][1],
-                top[i],
+                id=item.image_id,
+                ts=(msg.timestamp_ms / 1000) if msg.timestamp_ms else processed,
+                model_name=info.name,
+                model_version=info.version,
+                fields=body,
+                top_k=top[i],
             )
             predictions[item.image_id] = to_json(
                 {

@@ -11,11 +11,13 @@ Findings become alerts through the alert rules (:mod:`streamdl.streams.pipelines
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from elasticsearch import ApiError, Elasticsearch, TransportError
 
+from streamdl.records import Document
 from streamdl.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -34,23 +36,23 @@ class NeighbourCheck:
             self._enough_for_novelty = self.es.count(index=self.index)["count"] >= self.settings.novelty_min_images
         return self._enough_for_novelty
 
-    def findings(self, docs: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
-        """``{image id: {finding: evidence}}`` for ``(image id, document)`` pairs; an Elasticsearch
-        failure is logged and yields none."""
+    def findings(self, docs: Sequence[Document]) -> dict[str, dict[str, dict[str, Any]]]:
+        """``{image id: {finding: evidence}}`` for a batch's documents; an Elasticsearch failure is logged and
+        yields none."""
         if not docs:
             return {}
         k = self.settings.neighbour_k
         searches: list[dict[str, Any]] = []
-        for image_id, doc in docs:
+        for doc in docs:
             searches += [
                 {"index": self.index},
                 {
                     "knn": {
                         "field": "embedding",
-                        "query_vector": doc["embedding"],
+                        "query_vector": doc.body["embedding"],
                         "k": k,
                         "num_candidates": max(20, 4 * k),
-                        "filter": {"bool": {"must_not": [{"ids": {"values": [image_id]}}]}},
+                        "filter": {"bool": {"must_not": [{"ids": {"values": [doc.id]}}]}},
                     },
                     "size": k,
                     "_source": ["image_id"],
@@ -63,7 +65,8 @@ class NeighbourCheck:
             logger.warning("neighbour lookup failed for a batch of %d, no similarity alerts for it: %s", len(docs), exc)
             return {}
         out: dict[str, dict[str, dict[str, Any]]] = {}
-        for (image_id, _), resp in zip(docs, responses):
+        for doc, resp in zip(docs, responses):
+            image_id = doc.id
             hits = resp.get("hits", {}).get("hits", [])
             sims = [
                 (h["_source"]["image_id"], round(2 * h["_score"] - 1, 6)) for h in hits

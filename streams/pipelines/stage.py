@@ -1,0 +1,85 @@
+"""The stage contract every pipeline implements and every driver (Faust agent, reindex, benchmark) calls.
+
+Lifecycle, each step called once unless said otherwise::
+
+    setup()                 connect, load the model, create indices; raises when a setting or a service is wrong
+    compute(batch)  many    CPU only, no I/O: decode or validate, one model call, documents and outputs
+    write(computed) many    I/O only: returns only when every output is acknowledged; raises when one is not
+    stop()                  from another thread at shutdown: a write stuck in retries gives up
+    close()                 flush what is in flight and close the clients
+
+``compute`` of batch N+1 may run while ``write`` of batch N runs (two threads), never two computes or
+two writes at once. Neither raises for bad input: a message a stage refuses becomes a
+:class:`~streamdl.records.DeadLetter` with its reason.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from streamdl.records import DeadLetter, Document, InMessage
+from streamdl.streams.pipelines.alerts import Scored
+
+
+@dataclass
+class Computed:
+    """What ``compute`` hands to ``write`` for one micro-batch."""
+
+    size: int
+    """Messages in the batch (dead letters included)."""
+    documents: list[Document] = field(default_factory=list)
+    predictions: dict[str, bytes] = field(default_factory=dict)
+    """The JSON prediction of each document id, for the predictions topic."""
+    messages: dict[str, InMessage] = field(default_factory=dict)
+    """The source message of each document id."""
+    scored: dict[str, Scored] = field(default_factory=dict)
+    """What the alert rules look at, by document id."""
+    dead: list[DeadLetter] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Time spent per step (``decode``, ``model``, ...), for the metrics and the batch log line."""
+
+    def refuse(self, message: InMessage, code: str, reason: str, stage: str) -> None:
+        """Make ``message`` a dead letter."""
+        self.dead.append(DeadLetter(message, code, reason, stage))
+
+
+@dataclass
+class BatchReport:
+    """What one micro-batch did."""
+
+    size: int = 0
+    indexed: int = 0
+    alerts: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    """Dead letters by reason code."""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Stage(ABC):
+    """A pipeline over micro-batches of Kafka messages (see the module docstring for the lifecycle)."""
+
+    @abstractmethod
+    def setup(self) -> None:
+        """Called once before the first batch: connect, load, create what is missing; fail fast."""
+
+    @abstractmethod
+    def compute(self, batch: Sequence[InMessage]) -> Computed:
+        """Called per micro-batch on the compute thread: CPU only, no I/O, never raises for bad input."""
+
+    @abstractmethod
+    def write(self, computed: Computed) -> BatchReport:
+        """Called per micro-batch on the write thread, in batch order: returns only when every output is
+        acknowledged; raises when one is not (the batch is then not committed and comes again)."""
+
+    def process_batch(self, batch: Sequence[InMessage]) -> BatchReport:
+        """Both steps of one micro-batch (drivers without overlap: reindex, benchmarks, tests)."""
+        return self.write(self.compute(batch))
+
+    def stop(self) -> None:  # noqa: B027 - optional hook
+        """Called from another thread at shutdown: a write waiting out an outage gives up."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Called once at the end: flush what is in flight, close the clients."""
