@@ -22,10 +22,11 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+
+from streamdl.times import to_epoch
 
 FORMAT = 1
 UNKNOWN = "<unknown>"
@@ -49,12 +50,12 @@ class EventRecord:
         if isinstance(value, EventRecord):
             return value
         if isinstance(value, Mapping):
-            return cls(_epoch(value["ts"]), value.get("numeric") or {}, value.get("categorical") or {})
+            return cls(to_epoch(value["ts"]), value.get("numeric") or {}, value.get("categorical") or {})
         if isinstance(value, tuple) and len(value) == 3:
             ts, numeric, categorical = value
-            return cls(_epoch(ts), numeric or {}, categorical or {})
+            return cls(to_epoch(ts), numeric or {}, categorical or {})
         try:
-            return cls(_epoch(value.ts), value.numeric or {}, value.categorical or {})
+            return cls(to_epoch(value.ts), value.numeric or {}, value.categorical or {})
         except AttributeError:
             raise TypeError(
                 "a record is an EventRecord, a (ts, numeric, categorical) tuple, an event or its JSON dict. "
@@ -229,14 +230,3 @@ def _finite(value: Any) -> float:
     except (TypeError, ValueError, OverflowError):
         return math.nan
     return number if math.isfinite(number) else math.nan
-
-
-def _epoch(ts: Any) -> float:
-    if isinstance(ts, str):
-        parsed = datetime.fromisoformat(ts.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.timestamp()
-    if isinstance(ts, datetime):
-        return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
-    return float(ts)

@@ -23,9 +23,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
+
+from streamdl.times import iso, to_epoch
 
 EVENT_TYPE = "sensor"
 ID_PREFIX = "sensors"
@@ -115,7 +116,7 @@ def sensor_events(
             yield {
                 "schema": 1,
                 "id": f"{ID_PREFIX}-{m.id}-{i:06d}",
-                "ts": _iso(ts[i]),
+                "ts": iso(ts[i]),
                 "type": EVENT_TYPE,
                 "numeric": numeric,
                 "categorical": {"machine": m.id, "site": m.site, "mode": modes[i]},
@@ -155,7 +156,7 @@ def score_detections(
     tp = fp = 0
     found: set[int] = set()
     for machine, ts in flagged:
-        t = _epoch(ts)
+        t = to_epoch(ts)
         hits = [k for k, begin, end in windows.get(machine, ()) if begin <= t < end]
         if hits:
             tp += 1
@@ -182,7 +183,7 @@ def _setup(machines: int, days: float, interval_secs: float, start: str | float)
     if not interval_secs > 0:
         raise ValueError(f"interval_secs must be positive. Received: interval_secs={interval_secs!r}")
     steps = int(days * 86400 // interval_secs)
-    return _epoch(start), steps, [_machine(j, machines, interval_secs) for j in range(machines)]
+    return to_epoch(start), steps, [_machine(j, machines, interval_secs) for j in range(machines)]
 
 
 def _machine(j: int, machines: int, interval_secs: float) -> _Machine:
@@ -315,16 +316,3 @@ def _modes(load: np.ndarray) -> list[str]:
             mode = "run"
         out.append(mode)
     return out
-
-
-def _epoch(ts: float | str) -> float:
-    if isinstance(ts, str):
-        parsed = datetime.fromisoformat(ts.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.timestamp()
-    return float(ts)
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -36,8 +36,8 @@ from typing import Any
 
 import yaml
 
-from streamdl.durations import parse_duration
 from streamdl.errors import SettingsError
+from streamdl.times import parse_duration
 
 SEVERITIES = ("info", "warning", "critical")
 FINDINGS = ("near_duplicate", "novel")

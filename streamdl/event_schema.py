@@ -23,11 +23,11 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from streamdl.errors import StreamdlError
 from streamdl.records import MAX_ID_BYTES
+from streamdl.times import iso, to_epoch
 
 SCHEMA_VERSION = 1
 LABEL_TYPE = "label"
@@ -87,7 +87,7 @@ class Event:
 
     def as_json(self) -> dict[str, Any]:
         """The event as its contract's JSON object (``ts`` in ISO-8601 UTC)."""
-        out: dict[str, Any] = {"schema": SCHEMA_VERSION, "id": self.id, "ts": iso_utc(self.ts), "type": self.type}
+        out: dict[str, Any] = {"schema": SCHEMA_VERSION, "id": self.id, "ts": iso(self.ts), "type": self.type}
         if self.numeric:
             out["numeric"] = dict(self.numeric)
         if self.categorical:
@@ -96,10 +96,6 @@ class Event:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out
-
-
-def iso_utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _refuse_constant(name: str) -> float:
@@ -166,7 +162,7 @@ def validate_event(value: Any, *, now: float, max_future_secs: float = 300.0) ->
     if ts > now + max_future_secs:
         raise InvalidEvent(
             "future_timestamp",
-            f"'ts' {iso_utc(ts)} is {ts - now:.0f}s in the future "
+            f"'ts' {iso(ts)} is {ts - now:.0f}s in the future "
             f"(at most {max_future_secs:.0f}s allowed: a clock or unit error?)",
         )
     numeric = _features(value, "numeric", _number)
@@ -214,14 +210,12 @@ def _timestamp(got: Any) -> float:
         raise InvalidEvent("wrong_type", f"'ts' must be an ISO-8601 string or epoch seconds, got {_json_type(got)}")
     if isinstance(got, str):
         try:
-            parsed = datetime.fromisoformat(got.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
+            seconds = to_epoch(got)
+        except (ValueError, OverflowError):
             raise InvalidEvent("bad_timestamp", f"'ts' {got[:64]!r} is not an ISO-8601 time") from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        if not 0 <= parsed.timestamp() < 1e11:  # as for numbers; outside, iso_utc() cannot write it back
+        if not 0 <= seconds < 1e11:  # as for numbers; outside, iso() cannot write it back
             raise InvalidEvent("bad_timestamp", f"'ts' {got[:64]!r} is before 1970 or after the year 5138")
-        return parsed.timestamp()
+        return seconds
     if isinstance(got, float) and not math.isfinite(got):  # an int is finite, if maybe too large for a float
         raise InvalidEvent("non_finite", "'ts' is not finite")
     if not 0 <= got < 1e11:  # year 5138: milliseconds given as seconds land far beyond

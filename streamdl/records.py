@@ -6,8 +6,9 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
+
+from streamdl.times import iso
 
 Headers = list[tuple[str, bytes]]
 
@@ -53,11 +54,6 @@ def image_id(msg: InMessage) -> str:
     except UnicodeDecodeError:
         text = ""
     return text if text.strip() and len(key) <= MAX_ID_BYTES else "key-" + content_id(key)
-
-
-def iso(ts: float | None) -> str | None:
-    """Seconds since the epoch as an ISO-8601 UTC string."""
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(slots=True)

@@ -10,7 +10,6 @@ checking recall, an exact scan computed here (the bundled node has no scripting 
 from __future__ import annotations
 
 import base64
-import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from streamdl.connectors.es_client import alias_targets, es_client
 from streamdl.errors import StreamdlError
 from streamdl.models.decode import DecodeError, DecodeLimits, decode_image
 from streamdl.settings import Settings
+from streamdl.times import parse_since
 
 MAX_K = 1000
 MAX_CANDIDATES = 10_000
@@ -48,7 +48,7 @@ class Filters:
     label: str | None = None
     source: str | None = None
     since: str | None = None
-    """ISO time, Elasticsearch date math (``now-1h``), or a duration like ``30m``, ``2h``, ``7d``."""
+    """ISO time, or a duration ago like ``30m``, ``2h``, ``7d`` (``now-2h`` too): :func:`streamdl.times.parse_since`."""
     until: str | None = None
     model_version: str | None = None
 
@@ -68,13 +68,16 @@ class Filters:
             if value is not None:
                 out.append({"term": {field: value}})
         if self.since or self.until:
-            bounds = {k: _time(v) for k, v in (("gte", self.since), ("lte", self.until)) if v}
+            bounds: dict[str, Any] = {"format": "epoch_millis"}
+            for bound, name in (("gte", "since"), ("lte", "until")):
+                value = getattr(self, name)
+                if value:
+                    try:
+                        bounds[bound] = int(parse_since(value, flag=name) * 1000)
+                    except StreamdlError as exc:
+                        raise SearchError(str(exc)) from None
             out.append({"range": {"processed_time": bounds}})
         return out
-
-
-def _time(value: str) -> str:
-    return f"now-{value}" if re.fullmatch(r"\d+[smhdwMy]", value) else value
 
 
 @dataclass(frozen=True)

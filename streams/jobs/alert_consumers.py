@@ -31,10 +31,10 @@ from streamdl.connectors.kafka_config import kafka_config
 from streamdl.connectors.kafka_messages import from_confluent
 from streamdl.connectors.kafka_producer import Deliveries, make_producer
 from streamdl.connectors.webhook import Delivery, WebhookSink
-from streamdl.durations import parse_duration
 from streamdl.errors import ServiceUnavailable, SettingsError, StreamdlError
 from streamdl.records import DeadLetter, InMessage
 from streamdl.settings import Settings
+from streamdl.times import parse_since, to_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -58,26 +58,6 @@ _BOLD, _DIM, _RESET = "\033[1m", "\033[2m", "\033[0m"
 
 
 # --- parsing -------------------------------------------------------------------------------------
-
-
-def parse_since(value: str, now: float | None = None, flag: str = "--since") -> float:
-    """``--since`` (or another time flag) as seconds since the epoch: an ISO time (naive = UTC, like
-    Elasticsearch) or a duration meaning that long ago: ``90s``, ``30m``, ``2h``, ``7d``, ``1w``
-    (``now-2h`` works too)."""
-    text = value.strip()
-    try:
-        ago = parse_duration(text[4:] if text.startswith("now-") else text)
-    except ValueError:
-        pass
-    else:
-        return (time.time() if now is None else now) - ago
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise StreamdlError(
-            f"{flag} {value!r}: expected an ISO time (2024-05-01T12:00:00Z) or a duration such as 30m, 2h, 7d"
-        ) from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def check_severity(severity: str | None) -> str | None:
@@ -131,8 +111,8 @@ def _evidence(evidence: Any, limit: int = 6) -> str:
 def _when(alert: dict[str, Any], timestamp_ms: int | None) -> str:
     ts = alert.get("ts")
     try:
-        when = datetime.fromisoformat(ts) if isinstance(ts, str) else None
-    except ValueError:
+        when = datetime.fromtimestamp(to_epoch(ts), UTC) if isinstance(ts, str) else None
+    except (ValueError, OverflowError):
         when = None
     if when is None and timestamp_ms is not None:
         when = datetime.fromtimestamp(timestamp_ms / 1000, UTC)

@@ -15,6 +15,7 @@ from streamdl.errors import StreamdlError
 from streamdl.infra.stack import LocalStack, format_status
 from streamdl.settings import Settings
 from streamdl.streams.agents.worker_process import WorkerProcess
+from streamdl.times import to_epoch
 
 
 def run_demo(settings: Settings, say: Callable[[str], None] = print, timeout: float = 600.0) -> int:
@@ -109,8 +110,8 @@ def events_report(settings: Settings, worker: WorkerProcess, timeout: float) -> 
 
     day = SENSOR_TRAIN_DAYS
     sample = list(sensor_events(days=day + 1))
-    first = _ts(sample[0]["ts"])
-    events = [e for e in sample if _ts(e["ts"]) >= first + day * 86_400]
+    first = to_epoch(sample[0]["ts"])
+    events = [e for e in sample if to_epoch(e["ts"]) >= first + day * 86_400]
     started = time.time()
     report = publish_events(
         settings, (EventItem(e["id"], to_json(e), "sample:sensors") for e in events), total=len(events)
@@ -151,7 +152,7 @@ def events_report(settings: Settings, worker: WorkerProcess, timeout: float) -> 
         )["hits"]["hits"]
     ]
     episodes = [a for a in sensor_anomalies(days=day + 1) if a.start >= first + day * 86_400]
-    score = score_detections([(a["subject_id"], _ts(a["ts"])) for a in alerts], episodes)
+    score = score_detections([(a["subject_id"], to_epoch(a["ts"])) for a in alerts], episodes)
     return "\n".join(
         [
             f"  events indexed        {count} of {report.sent} in {elapsed:.1f}s "
@@ -162,12 +163,6 @@ def events_report(settings: Settings, worker: WorkerProcess, timeout: float) -> 
             "",
         ]
     )
-
-
-def _ts(value: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def similar_report(settings: Settings) -> str:

@@ -201,7 +201,7 @@ def test_format_alert_line_is_readable_and_tolerant():
 
 def test_parse_since():
     from streamdl.errors import StreamdlError
-    from streamdl.streams.jobs.alert_consumers import parse_since
+    from streamdl.times import parse_since
 
     assert parse_since("30m", now=10_000) == 10_000 - 1800
     assert parse_since("now-2h", now=10_000) == 10_000 - 7200
