@@ -126,7 +126,6 @@ def bad_inputs() -> dict[str, tuple[bytes | None, bytes, set[str]]]:
         "oversized": (b"bad-oversized", oversized, {"too_large"}),
         "bomb": (b"bad-bomb", bomb.getvalue(), {"too_many_pixels"}),
         "unsupported": (b"bad-ppm", ppm.getvalue(), {"unsupported_format"}),
-        "missing_key": (None, good, {"missing_key"}),
     }
 
 
@@ -159,6 +158,32 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(stre
         assert msg.key() == key
     assert worker.alive
     assert worker.metric("streamdl_dead_letters_total", "reason", stream="images").get("too_many_pixels") == 1.0
+
+
+def test_images_from_a_plain_client_without_key_or_headers_are_indexed_by_content_hash(stream):
+    """What kcat, Kafka Connect or a camera gateway send: no key and no headers; also a key that is not UTF-8."""
+    from confluent_kafka import Producer
+
+    from streamdl.connectors.image_producer import ImageItem
+
+    settings, worker = stream
+    images = [_png(np.full((24, 24), 3 * i + 1, np.uint8)) for i in range(5)]
+    odd_key, odd_image = b"\xff\xfe-cam", _png(np.full((24, 24), 222, np.uint8))
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    for image in images:
+        producer.produce(settings.topic("images"), value=image)  # no key, no headers
+    producer.produce(settings.topic("images"), value=odd_image, key=odd_key)
+    assert producer.flush(30) == 0
+    expected = {ImageItem(image, source="x").message()[0] for image in images}  # the id `streamdl produce` gives
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not expected <= set(documents(settings)):
+        assert worker.alive, worker.tail()
+        time.sleep(1)
+    docs = documents(settings)
+    assert expected <= set(docs)
+    assert all(docs[i]["model_name"] for i in expected)
+    odd = [d for i, d in docs.items() if i.startswith("key-") and d["kafka"]["topic"] == settings.topic("images")]
+    assert len(odd) == 1
 
 
 def _committed_lag(settings) -> int:
@@ -214,6 +239,7 @@ def test_replay_from_the_start_duplicates_nothing(stream, tmp_path):
         assert all(after[i]["_version"] > before[i]["_version"] for i in after), (
             "replayed documents should be overwritten"
         )
-        assert len(documents(settings)) == DIGITS + 10  # digits + the good images of the mixed batch, nothing more
+        # digits + the good images of the mixed batch + the plain client's 6, nothing more
+        assert len(documents(settings)) == DIGITS + 10 + 6
     finally:
         replayer.stop()
