@@ -11,8 +11,13 @@ STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -
 demo: $(STAMP)
 	$(BIN)/streamdl demo
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff: lint and format check of the whole tree (configured in pyproject.toml)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The web page's browser test drives Debian's Chromium (Playwright without its own browser download).
 chromium:
