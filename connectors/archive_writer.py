@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from streamdl.connectors.archive import SCHEMA, file_name, filesystem, hour_dir, hour_start, put_table
+from streamdl.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class ArchiveWriter:
         self._buffered = 0
         self.clock = clock
         self.attempts = attempts
-        self.backoff_secs = backoff_secs
+        self.backoff = Backoff(first=backoff_secs, max_delay=60.0, attempts=attempts)
         self._open: dict[tuple[str, int], _OpenFile] = {}
 
     # --- feeding -----------------------------------------------------------------------------
@@ -195,7 +196,7 @@ class ArchiveWriter:
                 size = put_table(self.fs, directory, name, table)
                 break
             except Exception:
-                if attempt == self.attempts:
+                if self.backoff.exhausted(attempt):
                     raise
                 logger.warning(
                     "writing %s/%s failed (attempt %d of %d); retrying",
@@ -205,7 +206,7 @@ class ArchiveWriter:
                     self.attempts,
                     exc_info=True,
                 )
-                time.sleep(self.backoff_secs * 2 ** (attempt - 1))
+                time.sleep(self.backoff.delay(attempt))
         del self._open[(current.topic, current.partition)]
         self._buffered -= current.size
         logger.debug(

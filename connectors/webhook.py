@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote, urlsplit
 
+from streamdl.retry import Backoff
+
 logger = logging.getLogger(__name__)
 
 HEADER_ALERT_ID = "X-Streamdl-Alert-Id"
@@ -137,6 +139,7 @@ class WebhookSink:
         self.secret = _bytes(secret) if secret else None
         self.attempts, self.backoff_secs, self.timeout_secs = attempts, max(0.0, backoff_secs), timeout_secs
         self.max_delay_secs = max_delay_secs
+        self.backoff = Backoff(first=self.backoff_secs, max_delay=max_delay_secs, attempts=attempts)
         self.stop = stop
         self.user_agent = user_agent
         self._opener = urllib.request.build_opener(_NoRedirects)
@@ -177,11 +180,9 @@ class WebhookSink:
                 return Delivery(False, status, attempt, error)
             except _Retryable as exc:
                 status, error, retry_after = exc.status, exc.error, exc.retry_after
-            if attempt == self.attempts:
+            if self.backoff.exhausted(attempt):
                 break
-            delay = min(
-                self.max_delay_secs, retry_after if retry_after is not None else self.backoff_secs * 2 ** (attempt - 1)
-            )
+            delay = self.backoff.delay(attempt) if retry_after is None else min(self.max_delay_secs, retry_after)
             logger.warning(
                 "webhook %s try %d/%d for alert %s failed (%s); retrying in %.2fs",
                 self.target,
