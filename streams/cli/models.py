@@ -22,7 +22,9 @@ def add_model_parsers(sub, common: argparse.ArgumentParser) -> None:
         description="Read the archived images and their latest 'label' events, embed them with the current version "
         "through Beam's RunInference, train a new classifier head, evaluate it against the current version, "
         "register it in MLflow and promote it if it passes the gate (then the workers swap it in). "
-        "Beam pipeline options go after '--', e.g. 'streamdl retrain -- --runner=FlinkRunner ...'.",
+        "Beam pipeline options go after '--', e.g. 'streamdl retrain -- --runner=FlinkRunner ...'; without "
+        "--runner the pipeline runs in this process (Beam's FnApiRunner) and downloads nothing. "
+        "('--runner=DirectRunner' lets Beam try its PrismRunner first, which downloads a binary from GitHub.)",
     )
     retrain.add_argument("--since", help="archived images since: ISO time or a duration ago (7d)")
     retrain.add_argument("--until", help="archived images until: ISO time or a duration ago")

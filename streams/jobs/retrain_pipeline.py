@@ -7,9 +7,10 @@
                                           decode ─► RunInference (the served model: embedding + probabilities)
                                           ─► Parquet rows (id, split, label, embedding, probabilities)
 
-Runs on any Beam runner: DirectRunner by default, Flink/Spark/Dataflow through the standard
-pipeline options. Files are read one per element, so a corrupt or truncated file is skipped and
-counted (``corrupt_files``), never a failed run. Only this subpackage imports Beam.
+Runs on any Beam runner: Beam's in-process local runner by default (:data:`LOCAL_RUNNER`),
+Flink/Spark/Dataflow through the standard pipeline options (``--runner=...``). Files are read one
+per element, so a corrupt or truncated file is skipped and counted (``corrupt_files``), never a
+failed run. Only this subpackage imports Beam.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "streamdl.retrain"
 SPLITS = (("train", 70), ("validation", 85), ("test", 100))
 """Cumulative percentages of the id hash: 70% train, 15% validation, 15% test."""
+LOCAL_RUNNER = ("--runner=FnApiRunner", "--direct_running_mode=in_memory")
+"""The runner when the user names none: the DirectRunner's in-process batch engine, in this process.
+
+Not ``--runner=DirectRunner``: since Beam 2.6x that name first tries the PrismRunner, which downloads
+a Go binary from GitHub at run time (and falls back when it cannot). Nothing may download at run time."""
 
 
 def split_of(image_id: str) -> str:
@@ -233,6 +239,15 @@ def build(
     )
 
 
+def pipeline_options(beam_args: Sequence[str] = ()) -> PipelineOptions:
+    """The user's Beam options; :data:`LOCAL_RUNNER` first unless they name a ``--runner`` (their
+    later ``--direct_*`` options win over its defaults)."""
+    args = list(beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args = [*LOCAL_RUNNER, *args]
+    return PipelineOptions(args)
+
+
 def run(
     image_files: list[tuple[str, Any]],
     event_files: list[tuple[str, Any]],
@@ -240,10 +255,9 @@ def run(
     out_prefix: str,
     beam_args: Sequence[str] = (),
 ) -> dict[str, int]:
-    """Run the pipeline (DirectRunner unless ``beam_args`` say otherwise) over ``(archive root, ArchiveFile)``
-    elements; returns its counters."""
-    options = PipelineOptions(list(beam_args) or ["--runner=DirectRunner"])
-    with beam.Pipeline(options=options) as p:
+    """Run the pipeline (in-process, :data:`LOCAL_RUNNER`, unless ``beam_args`` name a runner) over
+    ``(archive root, ArchiveFile)`` elements; returns its counters."""
+    with beam.Pipeline(options=pipeline_options(beam_args)) as p:
         build(p, image_files, event_files, model, out_prefix)
     result = p.result
     counters = {
