@@ -108,6 +108,20 @@ class Settings(BaseSettings):
         le=60,
         description="Longest wait to fill a micro-batch (linger), seconds. Env STREAMDL_MAX_BATCH_DURATION_SECS.",
     )
+    drain_secs: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="At a rebalance or shutdown, the longest wait for the messages in hand to be written and "
+        "committed; the rest is redelivered. Env STREAMDL_DRAIN_SECS.",
+    )
+    shutdown_grace_secs: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="After SIGTERM, how long past drain_secs the worker may take to close its clients before it "
+        "exits anyway (e.g. Kafka gone for good), logging what was not committed. Env STREAMDL_SHUTDOWN_GRACE_SECS.",
+    )
     model_name: str = Field(
         "digits-cnn",
         description="Model the workers serve (a registered name, a Keras application, or a file). "

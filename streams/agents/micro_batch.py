@@ -33,8 +33,9 @@ logger = logging.getLogger(__name__)
 
 ATTEMPTS = 3
 DRAIN_SECS = 10.0
-"""How long a rebalance or a shutdown waits for the messages already taken to be written and acked.
-(Faust's own wait, ``stream_wait_empty``, has no bound: with a service down, SIGTERM hung until it was back.)"""
+"""The default of how long a rebalance or a shutdown waits for the messages already taken to be written and
+acked (``Settings.drain_secs``). Faust's own wait, ``stream_wait_empty``, has no bound: with a service down,
+SIGTERM hung until it was back."""
 EXIT_BATCH_FAILED = 70  # EX_SOFTWARE
 T = TypeVar("T")
 
@@ -79,15 +80,15 @@ async def with_retries(
     os._exit(EXIT_BATCH_FAILED)
 
 
-async def drain(app: faust.App, why: str) -> bool:
-    """Wait (at most :data:`DRAIN_SECS`) until every message handed to the agents was written and acked,
+async def drain(app: faust.App, why: str, limit: float = DRAIN_SECS) -> bool:
+    """Wait (at most ``limit`` seconds) until every message handed to the agents was written and acked,
     then commit; ``False`` when time ran out (the rest stays uncommitted: redelivered).
 
     What Faust's ``Consumer.wait_empty`` does, with a bound: that one cannot be cancelled (it swallows
     the cancellation), so this loop reads the same set of unacked messages itself.
     """
     consumer = app.consumer
-    deadline = time.monotonic() + DRAIN_SECS
+    deadline = time.monotonic() + limit
     gc.collect()  # messages cleared from the stream buffers (flow control) leave the weak set
     while True:
         pending = unacked_messages(consumer)
@@ -100,7 +101,7 @@ async def drain(app: faust.App, why: str) -> bool:
                 "they will be redelivered",
                 why,
                 len(pending),
-                DRAIN_SECS,
+                limit,
             )
             return False
         await asyncio.sleep(0.1)
@@ -114,8 +115,10 @@ def register_batch_agent(
     *,
     max_batch_size: int,
     max_batch_duration_secs: float,
+    drain_secs: float = DRAIN_SECS,
 ) -> None:
-    """Attach an agent called ``name`` that feeds ``topic_name`` to ``pipeline`` (set up already)."""
+    """Attach an agent called ``name`` that feeds ``topic_name`` to ``pipeline`` (set up already); a rebalance
+    or shutdown waits at most ``drain_secs`` for the batches in hand."""
     compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-compute")
     write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-write")
     stopping = threading.Event()
@@ -161,11 +164,11 @@ def register_batch_agent(
 
     @app.on_partitions_revoked.connect
     async def _revoked(app: faust.App, revoked, **kwargs) -> None:
-        await drain(app, "rebalance")  # the next owner of the partitions starts after what was written
+        await drain(app, "rebalance", drain_secs)  # the next owner of the partitions starts after what was written
 
     @app.on_before_shutdown.connect
     async def _stop(app: faust.App, **kwargs) -> None:
-        await drain(app, "shutdown")  # finish the batches in hand (bounded), then give up what is left
+        await drain(app, "shutdown", drain_secs)  # finish the batches in hand (bounded), then give up what is left
         stopping.set()
         pipeline.stop()
         compute_thread.shutdown(wait=True)

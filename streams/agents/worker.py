@@ -15,6 +15,7 @@ from streamdl.settings import Settings
 from streamdl.streams.agents.app import create_app
 from streamdl.streams.agents.hot_swap import ModelFollower
 from streamdl.streams.agents.micro_batch import register_batch_agent
+from streamdl.streams.agents.shutdown import BoundedWorker
 from streamdl.streams.pipelines.writer import MicroBatchPipeline
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,6 @@ def make_pipelines(settings: Settings, rules: tuple[Rule, ...]) -> dict[str, Mic
 
 def run_worker(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM."""
-    import faust
 
     rules = load_rules(
         settings.alert_rules_file, settings.alert_throttle_secs
@@ -84,12 +84,19 @@ def run_worker(settings: Settings) -> int:
             pipeline,
             max_batch_size=settings.max_batch_size,
             max_batch_duration_secs=settings.max_batch_duration_secs,
+            drain_secs=settings.drain_secs,
         )
     followers = (
         [ModelFollower(settings, pipelines["images"]).start()] if settings.hot_swap and "images" in pipelines else []
     )
     logger.info("worker runs %s%s", ", ".join(pipelines), " and follows model updates" if followers else "")
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
+    worker = BoundedWorker(
+        app,
+        shutdown_limit=settings.drain_secs + settings.shutdown_grace_secs,
+        loglevel=settings.log_level.lower(),
+        quiet=True,
+        redirect_stdouts=False,
+    )
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
@@ -99,4 +106,5 @@ def run_worker(settings: Settings) -> int:
             follower.stop()
         for pipeline in pipelines.values():
             pipeline.close()
+        worker.watchdog.cancel()  # the shutdown finished within its bound
     return 0

@@ -9,7 +9,7 @@ import faust
 from faust.transport.consumer import Consumer
 from faust.types import Message
 
-from streamdl.streams.agents.faust_adapter import to_message, unacked_messages
+from streamdl.streams.agents.faust_adapter import committed_offsets, to_message, unacked_messages
 
 
 def message(offset: int, headers=None) -> Message:
@@ -28,6 +28,19 @@ def test_the_consumer_still_keeps_its_unacked_messages_in_a_weak_set():
     done.acked = True
     consumer._unacked_messages.update((done, pending))
     assert unacked_messages(consumer) == [pending]
+
+
+def test_the_consumer_still_keeps_its_committed_offsets_by_partition():
+    from faust.types import TP
+
+    app = faust.App("adapter-test-offsets", broker="kafka://127.0.0.1:1", store="memory://")
+
+    async def make() -> Consumer:
+        return app.consumer
+
+    consumer = asyncio.run(make())
+    consumer._committed_offset[TP("t", 3)] = 41  # what committed_offsets reads, as Faust's commit writes it
+    assert committed_offsets(consumer) == {"t-3": 41}
 
 
 def test_a_faust_event_becomes_an_in_message_with_headers_as_bytes():
