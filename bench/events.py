@@ -8,6 +8,12 @@ day 3 of the sample on (where anomalies are injected):
 - **agent**: a real ``streamdl worker`` running only the events agent (own topics, indices and
   consumer group); events produced as fast as possible, timed until all are searchable, with
   ``max_batch_size`` 256 (micro-batched) and 1 (one event per call);
+- **plain loop**: the same ``EventPipeline`` driven by a plain confluent-kafka loop
+  (:mod:`bench.plain_loop`: consume 256, ``process_batch``, commit; serial), on the same events:
+  the yardstick for the Faust agent's own overhead;
+- **Elasticsearch ceiling**: the same documents (computed beforehand), pre-serialized into bulk
+  bodies of 256, sent one at a time and two at a time, then a refresh: no other work;
+- **profile**: py-spy samples of the micro-batched worker while it runs (top-N tables);
 - **latency**: events produced at half the micro-batched agent rate, a known fraction made
   anomalous (temperature +40 °C, vibration x5); an anomaly rule with ``subject: id`` raises one
   alert per anomalous event (no throttling across events). Time from ``produce()`` to the alert
@@ -33,12 +39,15 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.pipeline import BenchStack, PipelineRun
+from bench.plain_loop import PlainLoopProcess
+from bench.profile import Profile
 from streamdl.connectors.kafka_config import kafka_config
 from streamdl.infra.process import children
 from streamdl.infra.stack import LocalStack
 from streamdl.models.sensor_sample import QUIET_DAYS, sensor_events
 from streamdl.records import to_json
 from streamdl.settings import Settings, load_settings
+from streamdl.streams.agents.worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 MACHINES = 6
@@ -105,6 +114,53 @@ def bare_rates(handler, records: list[dict], batch_size: int, singles: int, repe
             handler.score_batch([r])
         single = max(single, singles / (time.perf_counter() - t0))
     return batched, single
+
+
+# --- the Elasticsearch ceiling ------------------------------------------------------------------
+def es_ceiling(settings: Settings, handler, events: list[dict], batch_size: int, inflight: int) -> PipelineRun:
+    """Events per second Elasticsearch indexes the pipeline's own documents for ``events``, pre-serialized
+    in bulk bodies of ``batch_size`` (``inflight`` requests at a time), until searchable: nothing else runs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamdl.connectors.es_bulk import RESPONSE_FILTER, encode
+    from streamdl.connectors.es_client import es_client
+    from streamdl.connectors.es_mappings import events_index
+    from streamdl.connectors.setup import ensure_fixed_index
+    from streamdl.records import InMessage
+    from streamdl.streams.pipelines.events import EventPipeline
+
+    tag = f"benchceil{os.getpid()}{inflight}"
+    pipeline = EventPipeline(settings, handler)
+    pipeline.info = handler.info()
+    messages = [
+        InMessage(f"{tag}-{i}".encode(), with_id(e, f"{tag}-{i}"), "events", 0, i) for i, e in enumerate(events)
+    ]
+    docs = [
+        d for s in range(0, len(messages), batch_size) for d in pipeline.compute(messages[s : s + batch_size]).documents
+    ]
+    es = es_client(settings)
+    alias = f"{tag}-events"
+    index = ensure_fixed_index(es, alias, events_index())
+    bodies = [
+        b"".join(encode(index, d.id, d.body) for d in docs[s : s + batch_size]) for s in range(0, len(docs), batch_size)
+    ]
+
+    def send(body: bytes) -> None:
+        if es.bulk(operations=body, filter_path=RESPONSE_FILTER).get("errors"):
+            raise RuntimeError("the ceiling's bulk request had errors")
+
+    try:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(inflight) as pool:
+            list(pool.map(send, bodies))
+        es.indices.refresh(index=alias)
+        run = PipelineRun(len(docs), time.perf_counter() - t0)
+        if es.count(index=alias)["count"] != len(docs):
+            raise RuntimeError("the ceiling's documents are not all searchable")
+        return run
+    finally:
+        es.options(ignore_status=404).indices.delete(index=f"{tag}-*")
+        es.close()
 
 
 # --- CPU accounting ------------------------------------------------------------------------------
@@ -177,14 +233,24 @@ class Latency:
 class EventStack(BenchStack):
     """A worker running only the events agent, with its own topics, indices, consumer group and rules file."""
 
-    def __init__(self, base: Settings, log_dir: Path, batch_size: int, linger: float, rules_file: Path) -> None:
+    def __init__(
+        self,
+        base: Settings,
+        log_dir: Path,
+        batch_size: int,
+        linger: float | None,
+        rules_file: Path,
+        process: type[WorkerProcess] = WorkerProcess,
+    ) -> None:
+        linger_setting = {} if linger is None else {"max_batch_duration_secs": linger}
         super().__init__(
             base,
             log_dir,
             stream="events",
+            process=process,
             max_batch_size=batch_size,
-            max_batch_duration_secs=linger,
             alert_rules_file=rules_file,
+            **linger_setting,
         )
 
     def stage_seconds(self) -> dict[str, float]:
@@ -193,11 +259,16 @@ class EventStack(BenchStack):
     def batches(self) -> float:
         return self.worker.metric("streamdl_batch_size_count", "stream").get("events", 0.0)
 
-    def throughput(self, messages: list[tuple[str, bytes]], meter: CpuMeter | None = None) -> PipelineRun:
+    def throughput(
+        self, messages: list[tuple[str, bytes]], meter: CpuMeter | None = None, profile: Profile | None = None
+    ) -> PipelineRun:
         """Produce ``messages`` (key, value) as fast as possible; time until all are searchable.
-        With ``meter``, ``self.cpu`` holds the CPU seconds each process used meanwhile."""
+        With ``meter``, ``self.cpu`` holds the CPU seconds each process used meanwhile; ``profile`` samples
+        the worker meanwhile."""
         topic = self.settings.topic("events")
         start_count = self.count()
+        if profile is not None:
+            profile.start(self.worker.proc.pid)
         if meter is not None:
             meter.pids["worker"] = self.worker.proc.pid
             cpu0 = meter.snapshot()
@@ -225,6 +296,8 @@ class EventStack(BenchStack):
         run = PipelineRun(len(messages), time.perf_counter() - t0)
         if meter is not None:
             self.cpu = CpuMeter.diff(cpu0, meter.snapshot())
+        if profile is not None:
+            profile.stop()
         return run
 
     def alert_latency(
@@ -347,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--anomalous", type=float, default=0.03, help="fraction of the latency run's events made anomalous"
     )
+    parser.add_argument(
+        "--no-profile", dest="profile", action="store_false", help="no py-spy profile of the micro-batched worker"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "events.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -386,13 +462,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     if injected_min < ALERT_THRESHOLD:
         raise SystemExit(f"an injected anomaly scored {injected_min:.2f}, under the threshold {ALERT_THRESHOLD}")
-    del handler
 
     say(f"agent, max_batch_size {args.batch_size}, linger {args.linger}s: {args.events} events")
     stack = EventStack(settings, log_dir, args.batch_size, args.linger, rules_file)
+    profile = Profile(log_dir / f"{stack.tag}.pyspy.txt") if args.profile and Profile.available() else None
     try:
         run = stack.throughput(
-            [(f"{stack.tag}-{i}", with_id(e, f"{stack.tag}-{i}")) for i, e in enumerate(sample[: args.events])], meter
+            [(f"{stack.tag}-{i}", with_id(e, f"{stack.tag}-{i}")) for i, e in enumerate(sample[: args.events])],
+            meter,
+            profile,
         )
         cpu = stack.cpu
         stages = stack.stage_seconds()
@@ -427,6 +505,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack1.close()
 
+    say(f"plain confluent-kafka loop, max_batch_size {args.batch_size}: {args.events} events")
+    loop_stack = EventStack(settings, log_dir, args.batch_size, args.linger, rules_file, process=PlainLoopProcess)
+    try:
+        loop_run = loop_stack.throughput(
+            [
+                (f"{loop_stack.tag}-{i}", with_id(e, f"{loop_stack.tag}-{i}"))
+                for i, e in enumerate(sample[: args.events])
+            ]
+        )
+        say(f"  {loop_run.rate:.0f} events/s ({loop_run.seconds:.1f}s)")
+    finally:
+        loop_stack.close()
+    ceilings = {}
+    for inflight in (1, 2):
+        ceilings[inflight] = es_ceiling(settings, handler, sample[: args.events], args.batch_size, inflight)
+        say(f"Elasticsearch ceiling, {inflight} bulk in flight: {ceilings[inflight].rate:.0f} events/s")
     table = render(
         args,
         info,
@@ -446,12 +540,33 @@ def main(argv: list[str] | None = None) -> int:
             (f"latency run ({lat.sent} events at {lat.rate:.0f}/s)", lat.stages, lat.batches, None),
         ],
     )
+    table += "\n\n" + render_yardsticks(run, loop_run, ceilings)
+    if profile is not None:
+        table += "\n\n" + profile.tables(f"the micro-batched worker ({args.events} events)")
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         f"<!-- python -m bench.events, {time.strftime('%Y-%m-%d %H:%M')}, linger {args.linger}s -->\n{table}\n"
     )
     return 0
+
+
+def render_yardsticks(run: PipelineRun, loop: PipelineRun, ceilings: dict[int, PipelineRun]) -> str:
+    """The agent against the same pipeline in a plain loop, and against Elasticsearch alone."""
+    best = max(c.rate for c in ceilings.values())
+    lines = [
+        "| run (same events, produce→searchable) | events/s | Faust worker / this |",
+        "| --- | ---: | ---: |",
+        f"| Faust worker, micro-batched | {run.rate:.0f} | 1.00 |",
+        f"| plain confluent-kafka loop (consume, process_batch, commit) | {loop.rate:.0f} "
+        f"| **{run.rate / loop.rate:.2f}** |",
+    ]
+    for inflight, c in ceilings.items():
+        lines.append(
+            f"| Elasticsearch ceiling: pre-serialized bulks, {inflight} in flight | {c.rate:.0f} "
+            f"| {run.rate / c.rate:.2f}{' (of the best ceiling)' if c.rate == best else ''} |"
+        )
+    return "\n".join(lines)
 
 
 def render(

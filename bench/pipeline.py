@@ -61,9 +61,18 @@ class PipelineRun:
 
 class BenchStack:
     """A worker running one agent (``stream``: images or events) with its own topics, indices and consumer
-    group on the running local stack; ``overrides`` are further settings (model, batch size, rules file)."""
+    group on the running local stack; ``overrides`` are further settings (model, batch size, rules file);
+    ``process`` runs it (the worker, or ``bench.plain_loop``'s loop)."""
 
-    def __init__(self, base: Settings, log_dir: Path, *, stream: str = "images", **overrides) -> None:
+    def __init__(
+        self,
+        base: Settings,
+        log_dir: Path,
+        *,
+        stream: str = "images",
+        process: type[WorkerProcess] = WorkerProcess,
+        **overrides,
+    ) -> None:
         tag = f"bench{uuid.uuid4().hex[:6]}"
         self.stream = stream
         self.settings = base.model_copy(
@@ -79,7 +88,7 @@ class BenchStack:
         )
         self.tag = tag
         init_all(self.settings)
-        self.worker = WorkerProcess(self.settings, log_dir / f"{tag}.log").start(timeout=600)
+        self.worker = process(self.settings, log_dir / f"{tag}.log").start(timeout=600)
         self.es = es_client(self.settings)
         self.deliveries = Deliveries(make_producer(self.settings))
 
