@@ -13,10 +13,7 @@ import contextlib
 import io
 import json
 import logging
-import os
 import platform
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+from streamdl.models.cache import train_once
 
 if TYPE_CHECKING:
     import keras
@@ -214,34 +213,25 @@ def ensure_digits_model(state_dir: Path, *, progress: Progress | None = None) ->
     crash never leaves a half-written cache and concurrent trainers agree on one result.
     """
     final = digits_model_dir(state_dir)
-    with _train_lock:
-        if _complete(final):
-            logger.debug("using cached %s in %s", MODEL_NAME, final)
-            return final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        logger.info("training %s (%d epochs, once); cache %s", MODEL_NAME, EPOCHS, final)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{VERSION}-", dir=final.parent))
-        try:
-            info = train_digits_cnn(tmp, progress=progress)
-            if not _complete(final):
-                shutil.rmtree(final, ignore_errors=True)  # leftovers of an older crash
-                try:
-                    os.rename(tmp, final)
-                except OSError:
-                    if not _complete(final):
-                        raise
-            if _complete(tmp):
-                logger.info("another process cached %s first; using it", MODEL_NAME)
-            else:
-                logger.info(
-                    "trained %s in %.1fs, held-out accuracy %.4f",
-                    MODEL_NAME,
-                    info["train_seconds"],
-                    info["holdout_accuracy"],
-                )
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    if _complete(final):
+        logger.debug("using cached %s in %s", MODEL_NAME, final)
         return final
+    trained: dict = {}
+
+    def train(tmp: Path) -> None:
+        logger.info("training %s (%d epochs, once); cache %s", MODEL_NAME, EPOCHS, final)
+        trained.update(train_digits_cnn(tmp, progress=progress))
+
+    if train_once(final, _complete, train, _train_lock):
+        logger.info(
+            "trained %s in %.1fs, held-out accuracy %.4f",
+            MODEL_NAME,
+            trained["train_seconds"],
+            trained["holdout_accuracy"],
+        )
+    elif trained:
+        logger.info("another process cached %s first; using it", MODEL_NAME)
+    return final
 
 
 def _complete(folder: Path) -> bool:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from streamdl.models.cache import rename_into_place
 from streamdl.models.digits import _deterministic, _versions
 from streamdl.models.errors import ModelNotFound
 from streamdl.models.event_features import EventFeatures, EventRecord
@@ -356,18 +357,15 @@ def _publish(tmp: Path, name: str, version: str | None = None) -> Path:
     """
     parent = tmp.parent
     with _registry_lock:
+        if version is not None:
+            _set_version(tmp, version)
+            if not rename_into_place(tmp, parent / version, is_complete):
+                logger.info("another process saved %s version %s first; using it", name, version)
+            return parent / version
         while True:
             taken = [int(p.name) for p in parent.iterdir() if p.name.isdigit()]
-            target = parent / (version or str(max(taken, default=0) + 1))
-            if version is not None and is_complete(target):
-                logger.info("another process saved %s version %s first; using it", name, version)
-                return target
-            info_path = tmp / "info.json"
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-            info["version"] = target.name
-            info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-            if version is not None:
-                shutil.rmtree(target, ignore_errors=True)  # leftovers of an older crash
+            target = parent / str(max(taken, default=0) + 1)
+            _set_version(tmp, target.name)
             try:
                 os.rename(tmp, target)
             except OSError:
@@ -376,6 +374,13 @@ def _publish(tmp: Path, name: str, version: str | None = None) -> Path:
                 raise
             logger.info("saved %s version %s in %s", name, target.name, target)
             return target
+
+
+def _set_version(folder: Path, version: str) -> None:
+    info_path = folder / "info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info["version"] = version
+    info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
 def resolve_ref(ref: str) -> tuple[str, str | None]:
