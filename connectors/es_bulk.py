@@ -1,5 +1,9 @@
 """Bulk indexing with deterministic ids: retry only what failed for a transient reason, with capped
-backoff, and hand back the documents Elasticsearch rejected for good."""
+backoff, and hand back the documents Elasticsearch rejected for good.
+
+A write block is transient: an index turned read-only at the disk's flood-stage watermark
+(``index.blocks.read_only_allow_delete``, item status 429) or blocked by an operator
+(``cluster_block_exception``, 403) is waited out like an outage, never rejected."""
 
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from elasticsearch import ApiError, Elasticsearch, TransportError
 logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = {429, 502, 503, 504}
+BLOCKED = "cluster_block_exception"
+"""The error type of a write refused by an index or cluster block (read-only, flood stage): wait, not reject."""
 
 
 @dataclass(frozen=True)
@@ -30,9 +36,13 @@ RESPONSE_FILTER = ["errors", "items.*.status", "items.*.error.type", "items.*.er
 """Only what the retry loop reads: item order, status and error (a 256-image response shrinks ~20x)."""
 
 
-def encode(index: str, doc_id: str, doc: Mapping[str, Any]) -> bytes:
-    """One bulk ``index`` action as NDJSON lines, serialized once (numpy arrays as lists)."""
-    action = orjson.dumps({"index": {"_index": index, "_id": doc_id}})
+def encode(index: str, doc_id: str, doc: Mapping[str, Any], op: str = "index", version: int | None = None) -> bytes:
+    """One bulk action (``index`` or ``create``) as NDJSON lines, serialized once (numpy arrays as lists);
+    with ``version``, an ``index`` that only replaces a document of a lower version (external versioning)."""
+    meta: dict[str, Any] = {"_index": index, "_id": doc_id}
+    if version is not None:
+        meta.update(version=version, version_type="external")
+    action = orjson.dumps({op: meta})
     return action + b"\n" + orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
 
 
@@ -44,45 +54,58 @@ def bulk_index(
     max_backoff: float = 30.0,
     give_up_after: float | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    op: str = "index",
+    versions: Mapping[str, int] | None = None,
+    on_blocked: Callable[[str], None] = lambda why: None,
 ) -> list[Rejected]:
     """Index ``(id, document)`` pairs into ``index``; returns the permanently rejected ones.
 
     Each document is serialized once into a pre-encoded NDJSON body; a retry re-sends only the
-    lines of the documents that failed. Connection errors, timeouts and item statuses
-    429/502/503/504 are retried with exponential backoff capped at ``max_backoff`` seconds, for as
-    long as it takes unless ``give_up_after`` seconds pass (then :class:`TransportError`
-    propagates) or ``should_stop()`` turns true. Because ids are deterministic, a retried document
-    overwrites itself: no duplicates.
+    lines of the documents that failed. Connection errors, timeouts, item statuses
+    429/502/503/504 and write blocks (``cluster_block_exception``) are retried with exponential
+    backoff capped at ``max_backoff`` seconds, for as long as it takes unless ``give_up_after``
+    seconds pass (then :class:`TransportError` propagates) or ``should_stop()`` turns true;
+    ``on_blocked(reason)`` is called at each attempt refused by a block. Because ids are
+    deterministic, a retried document overwrites itself: no duplicates. ``op="create"`` writes
+    only what is not there yet; ``versions`` (by id) replace a document only when their version is
+    higher than the stored one. Either way a conflict comes back as a :class:`Rejected` of status 409.
     """
-    pending = [(doc_id, encode(index, doc_id, doc)) for doc_id, doc in docs]
+    versions = versions or {}
+    pending = [(doc_id, encode(index, doc_id, doc, op, versions.get(doc_id))) for doc_id, doc in docs]
     rejected: list[Rejected] = []
     delay, start, attempt = 0.2, time.monotonic(), 0
     while pending:
         attempt += 1
         retry: list[tuple[str, bytes]] = []
+        blocked_by = ""
         try:
             resp = client.bulk(operations=b"".join(lines for _, lines in pending), filter_path=RESPONSE_FILTER)
         except TransportError as exc:  # connection refused or reset, timeouts
             retry, why = pending, f"{type(exc).__name__}: {exc}"
         except ApiError as exc:
-            if exc.status_code not in RETRY_STATUSES:
+            blocked = _error_type(exc.body) == BLOCKED
+            if exc.status_code not in RETRY_STATUSES and not blocked:
                 raise
-            retry, why = pending, f"HTTP {exc.status_code}"
+            retry, why = pending, f"HTTP {exc.status_code}" + (f" {BLOCKED}" if blocked else "")
+            blocked_by = str(exc) if blocked else ""
         else:
             why = ""
             if resp.get("errors"):
                 for (doc_id, lines), item in zip(pending, resp["items"]):
-                    result = item["index"]
+                    result = next(iter(item.values()))
                     status = result.get("status", 500)
                     if status < 300:
                         continue
-                    if status in RETRY_STATUSES:
+                    err = result.get("error", {})
+                    reason = f"{err.get('type', 'error')}: {err.get('reason', '')}"[:500]
+                    if status in RETRY_STATUSES or err.get("type") == BLOCKED:
                         retry.append((doc_id, lines))
-                        why = f"item status {status}"
+                        why = f"item status {status} {err.get('type', '')}".rstrip()
+                        blocked_by = reason if err.get("type") == BLOCKED else blocked_by
                     else:
-                        err = result.get("error", {})
-                        reason = f"{err.get('type', 'error')}: {err.get('reason', '')}"[:500]
                         rejected.append(Rejected(doc_id, status, reason))
+        if blocked_by:
+            on_blocked(blocked_by)
         if not retry:
             break
         if should_stop() or (give_up_after is not None and time.monotonic() - start > give_up_after):
@@ -96,3 +119,9 @@ def bulk_index(
         delay = min(delay * 2, max_backoff)
         pending = retry
     return rejected
+
+
+def _error_type(body: Any) -> str:
+    """``error.type`` of an Elasticsearch error body, or ``""``."""
+    error = body.get("error") if isinstance(body, Mapping) else None
+    return str(error.get("type", "")) if isinstance(error, Mapping) else ""

@@ -96,6 +96,7 @@ def alerts_index() -> dict[str, Any]:
                 "kind": {"type": "keyword"},
                 "evidence": {"type": "object", "enabled": False},
                 "suppressed": {"type": "integer"},
+                "trigger": {"type": "keyword"},
                 **_MODEL,
                 "ts": {"type": "date"},
                 "window_start": {"type": "date"},

@@ -4,6 +4,10 @@ Throttling uses tumbling windows of *event time*: the same rule on the same subj
 one alert per window (its first firing) and counts the rest in ``suppressed``. The alert's id
 is ``rule:subject:window-start``, so a batch replayed after a crash rewrites the same alert
 instead of adding one. Dead-letter rates are judged on processing time over a sliding window.
+
+The throttle state here is per worker and in memory; across workers and restarts the alerts
+index decides (:class:`~streamdl.streams.pipelines.sinks.ElasticsearchAlerts` creates each
+alert id only once: the first worker to write it publishes it, the others count it suppressed).
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ class Alert:
     """Processing time of the first firing."""
     suppressed: int = 0
     """Further firings of the same rule on the same subject in the window."""
+    trigger: str = ""
+    """Id of the document whose firing raised the alert (``""`` for rate alerts): a replay of that
+    document raises it again, any other firing of the window only counts as suppressed."""
 
     @property
     def alert_id(self) -> str:
@@ -54,6 +61,7 @@ class Alert:
             "model_version": self.model_version,
             "evidence": self.evidence,
             "suppressed": self.suppressed,
+            "trigger": self.trigger,
             "ts": iso(self.ts),
             "window_start": iso(self.window_start),
             "raised_at": iso(self.raised_at),
@@ -130,6 +138,7 @@ class AlertEngine:
                         evidence,
                         item.model_name,
                         item.model_version,
+                        item.id,
                     )
         return out
 
@@ -168,6 +177,7 @@ class AlertEngine:
         evidence: dict[str, Any],
         model_name: str,
         model_version: str,
+        trigger: str = "",
     ) -> None:
         window = math.floor(ts / rule.throttle_secs) * rule.throttle_secs
         key = (rule.name, subject, window)
@@ -187,6 +197,7 @@ class AlertEngine:
             ts=ts,
             window_start=window,
             raised_at=now,
+            trigger=trigger,
         )
         if len(self._open) > self.MAX_OPEN_WINDOWS:
             self._forget_oldest()
@@ -215,4 +226,13 @@ def _evidence(rule: Rule, item: Scored) -> dict[str, Any] | None:
             return {"score": round(item.anomaly_score, 6), "threshold": rule.threshold}
     elif rule.kind == "finding":
         return item.findings.get(rule.finding)
+    elif rule.kind == "drift_above":  # a model version's closed drift window (streamdl.streams.quality)
+        drift = item.findings.get("drift") or {}
+        value = drift.get(rule.signal)
+        if value is not None and value > rule.threshold:
+            return {**drift, "signal": rule.signal, "value": round(value, 6), "threshold": rule.threshold}
+    elif rule.kind == "accuracy_below":  # a model version's live accuracy over the rule's window
+        live = (item.findings.get("accuracy") or {}).get(rule.window_secs)
+        if live and live["labelled"] >= rule.min_messages and live["accuracy"] < rule.threshold:
+            return {**live, "threshold": rule.threshold, "min_labels": rule.min_messages}
     return None

@@ -2,10 +2,12 @@
 
 The writer (:class:`~streamdl.streams.pipelines.writer.BatchWriter`) first indexes the documents
 (:class:`ElasticsearchDocuments`: a document Elasticsearch refuses for good becomes a dead letter and
-gets no prediction or alert), then runs the alert rules on what was indexed, then hands the batch's
-:class:`Outputs` to each :class:`Sink` in order: the alerts index, the Kafka topics, then any sink a
-deployment adds (``Settings.extra_sinks`` or the pipelines' ``sinks`` argument). Offsets are committed
-only after every sink returned, so a sink must be idempotent by id: a batch can come again after a crash.
+gets no prediction or alert), then runs the alert rules on what was indexed, then claims the new alerts
+in the alerts index (:class:`ElasticsearchAlerts`: create-only by alert id, so of several workers only
+the first publishes a window's alert), then hands the batch's :class:`Outputs` to each :class:`Sink` in
+order: the Kafka topics, then any sink a deployment adds (``Settings.extra_sinks`` or the pipelines'
+``sinks`` argument). Offsets are committed only after every sink returned, so a sink must be idempotent
+by id: a batch can come again after a crash.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
+from typing import Any
 
 from elasticsearch import Elasticsearch
 
@@ -39,9 +42,9 @@ class Outputs:
     predictions: dict[str, bytes] = field(default_factory=dict)
     """JSON prediction by document id."""
     alerts: list[Alert] = field(default_factory=list)
-    """Alerts raised by this batch (published once)."""
+    """Alerts this batch raised first (created in the alerts index by this worker; published)."""
     updated_alerts: list[Alert] = field(default_factory=list)
-    """Alerts of earlier batches whose suppressed count changed (re-indexed, not published again)."""
+    """Alerts raised earlier or by another worker whose suppressed count changed (not published again)."""
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
@@ -70,25 +73,77 @@ class ElasticsearchDocuments:
 
     def __init__(self, es: Elasticsearch, index: str, should_stop: Callable[[], bool]) -> None:
         self.es, self.index, self.should_stop = es, index, should_stop
+        self.on_blocked: Callable[[str], None] = lambda reason: None
+        """Called at each attempt refused by a write block (read-only index, flood stage)."""
 
     def write(self, documents: Sequence[Document]) -> list[Rejected]:
-        """Index ``documents``; waits out outages; returns those Elasticsearch refused for good."""
-        return bulk_index(self.es, self.index, [(d.id, d.body) for d in documents], should_stop=self.should_stop)
+        """Index ``documents``; waits out outages and write blocks; returns those Elasticsearch refused for good."""
+        docs = [(d.id, d.body) for d in documents]
+        return bulk_index(self.es, self.index, docs, should_stop=self.should_stop, on_blocked=self.on_blocked)
 
 
-class ElasticsearchAlerts(Sink):
-    """New and updated alerts into the alerts alias (one document per alert id, the latest count winning)."""
+class ElasticsearchAlerts:
+    """The alerts alias, one document per alert id, written before any :class:`Sink` so that only the worker
+    that created an alert publishes it.
 
-    def __init__(self, es: Elasticsearch, alias: str, should_stop: Callable[[], bool]) -> None:
-        self.es, self.alias, self.should_stop = es, alias, should_stop
+    A new alert is *created* (``op_type=create``): 201 means this worker raised it; 409 means the id exists.
+    Then the stored ``trigger`` tells a replay (the same document fired again after a crash or a rebalance:
+    published again, at-least-once) from another worker's firing in the same window (not published, counted
+    as suppressed). A suppressed count goes in as the whole document with external version ``count + 1``, so
+    a lower count never overwrites a higher one (no script needed): the stored count is the largest any one
+    worker reported, idempotent under replays, a lower bound (not a sum) across workers.
+    """
 
-    def write(self, outputs: Outputs) -> None:
-        latest = {a.alert_id: a for a in [*outputs.alerts, *outputs.updated_alerts]}
-        if not latest:
-            return
-        docs = [(alert_id, alert.as_json()) for alert_id, alert in latest.items()]
-        for rejected in bulk_index(self.es, self.alias, docs, should_stop=self.should_stop):
-            logger.error("alert %s refused by Elasticsearch: %s", rejected.doc_id, rejected.reason)
+    def __init__(
+        self, es: Elasticsearch, alias: str, should_stop: Callable[[], bool], remembered: int = 100_000
+    ) -> None:
+        """``remembered``: how many alerts raised by other workers are kept (their stored document, to
+        update their count); the oldest are forgotten first."""
+        self.es, self.alias, self.should_stop, self.remembered = es, alias, should_stop, remembered
+        self._theirs: dict[str, dict[str, Any]] = {}
+        """The stored document of alerts another worker raised, by id (bounded by ``remembered``)."""
+
+    def write(self, new: Sequence[Alert], updated: Sequence[Alert] = ()) -> list[Alert]:
+        """Create ``new``, raise the counts of ``updated``; returns the new alerts another worker raised first
+        (their first firing counts as suppressed). Waits out outages and blocks like the documents."""
+        lost = self._create(new)
+        counts = {a.alert_id: (a, a.suppressed) for a in updated}
+        for alert in lost:  # its first firing is one more suppressed firing of the window
+            counts[alert.alert_id] = (alert, max(counts.get(alert.alert_id, (alert, 0))[1], alert.suppressed + 1))
+        docs = [(i, {**self._theirs.get(i, alert.as_json()), "suppressed": n}) for i, (alert, n) in counts.items()]
+        if docs:
+            versions = {i: n + 1 for i, (_, n) in counts.items()}  # above the creation's version 1
+            rejected = bulk_index(self.es, self.alias, docs, should_stop=self.should_stop, versions=versions)
+            self._log([r for r in rejected if r.status != 409])  # 409: a higher count is stored already
+        return lost
+
+    def _create(self, new: Sequence[Alert]) -> list[Alert]:
+        if not new:
+            return []
+        by_id = {a.alert_id: a for a in new}
+        docs = [(alert_id, alert.as_json()) for alert_id, alert in by_id.items()]
+        rejected = bulk_index(self.es, self.alias, docs, should_stop=self.should_stop, op="create")
+        taken = [r.doc_id for r in rejected if r.status == 409]
+        self._log([r for r in rejected if r.status != 409])
+        if not taken:
+            return []
+        found = self.es.mget(index=self.alias, ids=taken)["docs"]
+        stored = {d["_id"]: d["_source"] for d in found if d.get("found")}
+        lost = []
+        for alert_id in taken:
+            alert, doc = by_id[alert_id], stored.get(alert_id, {})
+            if alert.trigger and doc.get("trigger") == alert.trigger:
+                continue  # our own alert again (a replay): published again
+            lost.append(alert)
+            self._theirs[alert_id] = doc or alert.as_json()
+        while len(self._theirs) > self.remembered:
+            self._theirs.pop(next(iter(self._theirs)))
+        return lost
+
+    @staticmethod
+    def _log(rejected: Sequence[Rejected]) -> None:
+        for r in rejected:
+            logger.error("alert %s refused by Elasticsearch (%d): %s", r.doc_id, r.status, r.reason)
 
 
 class KafkaOutputs(Sink):

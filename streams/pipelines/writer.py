@@ -2,9 +2,14 @@
 
 Order, so that offsets can be committed once :meth:`BatchWriter.write` returns: documents are
 bulk-indexed (a document Elasticsearch refuses becomes a dead letter and gets no prediction or
-alert); the rules run on what was indexed; then the batch's outputs go to each sink in turn
-(:mod:`~streamdl.streams.pipelines.sinks`: the alerts index, the Kafka topics, any sink a deployment
-adds), each returning only once what it wrote is acknowledged.
+alert); the rules run on what was indexed; the new alerts are created in the alerts index (only
+those this worker created first are published; the others count as suppressed); then the batch's
+outputs go to each sink in turn (:mod:`~streamdl.streams.pipelines.sinks`: the Kafka topics, any sink
+a deployment adds), each returning only once what it wrote is acknowledged.
+
+While Elasticsearch refuses writes with a block (read-only at the disk's flood stage), the batch waits
+and one ``sink_blocked`` alert per blocked spell goes to the sinks (the alerts index is blocked too: it
+is indexed once the block is lifted).
 """
 
 from __future__ import annotations
@@ -53,15 +58,23 @@ class BatchWriter:
         processed: Counter,
         *,
         publish: bool = True,
+        alerts: ElasticsearchAlerts | None = None,
     ) -> None:
-        """``publish=False`` (a reindex) writes documents only: no sinks, rules or dead letters again."""
+        """``publish=False`` (a reindex) writes documents only: no sinks, rules or dead letters again.
+        ``alerts`` (the alerts index) decides which new alerts this worker publishes; without it, all."""
         self.stream, self.documents, self.sinks = stream, documents, list(sinks)
-        self.engine, self.processed, self.publish = engine, processed, publish
+        self.engine, self.processed, self.publish, self.alerts = engine, processed, publish, alerts
+        self._blocked: Alert | None = None
+        """The ``sink_blocked`` alert of the current blocked spell (raised once; indexed when it ends)."""
+        self.documents.on_blocked = self._on_blocked
 
     def write(self, computed: Computed) -> BatchReport:
         """Write one batch; returns once every sink acknowledged it, raises when one did not."""
         t0 = time.perf_counter()
-        for rejected in self.documents.write(computed.documents):
+        rejections = self.documents.write(computed.documents)
+        if computed.documents:
+            self._unblocked()
+        for rejected in rejections:
             reason = f"Elasticsearch rejected the document ({rejected.status}): {rejected.reason}"
             computed.dead.append(DeadLetter(computed.messages[rejected.doc_id], "index_rejected", reason, "index"))
             computed.predictions.pop(rejected.doc_id, None)
@@ -72,6 +85,7 @@ class BatchWriter:
         if self.engine is not None and self.publish:
             alerts.extend(self.engine.evaluate(list(computed.scored.values())))
             alerts.extend(self.engine.observe(computed.size, len(computed.dead)))
+            alerts = self._claim(alerts)
         report = BatchReport(size=computed.size, indexed=len(computed.documents) - refused, alerts=len(alerts.new))
         for dead in computed.dead:
             report.dead_letters[dead.code] = report.dead_letters.get(dead.code, 0) + 1
@@ -92,10 +106,57 @@ class BatchWriter:
         return report
 
     def raise_alert(self, alert: Alert) -> None:
-        """An alert from outside the rules (e.g. a refused model version): written to every sink now."""
+        """An alert from outside the rules (e.g. a refused model version): indexed, then written to every
+        sink now unless another worker raised it first."""
+        if not self._claim(AlertBatch(new=[alert])).new:
+            metrics.ALERTS_SUPPRESSED.labels(self.stream, alert.rule).inc()
+            return
         for sink in self.sinks:
             sink.write(Outputs(stream=self.stream, alerts=[alert]))
         metrics.ALERTS.labels(self.stream, alert.rule).inc()
+
+    def _claim(self, alerts: AlertBatch) -> AlertBatch:
+        """Index the batch's alerts; the new ones another worker created first become updated ones."""
+        if self.alerts is None or not (alerts.new or alerts.updated):
+            return alerts
+        lost = {a.alert_id for a in self.alerts.write(alerts.new, alerts.updated)}
+        if lost:
+            logger.info("%d alerts of the batch were raised first by another worker: suppressed here", len(lost))
+        return AlertBatch(
+            new=[a for a in alerts.new if a.alert_id not in lost],
+            updated=[*alerts.updated, *(a for a in alerts.new if a.alert_id in lost)],
+        )
+
+    def _on_blocked(self, reason: str) -> None:
+        """Called by the documents' bulk at each attempt Elasticsearch refused with a write block."""
+        if self._blocked is not None:
+            return
+        now = time.time()
+        index = self.documents.index
+        self._blocked = alert = Alert(
+            rule="sink_blocked",
+            kind="sink_blocked",
+            severity="critical",
+            subject_id=index,
+            model_name="",
+            model_version="",
+            evidence={"index": index, "reason": reason[:500]},
+            ts=now,
+            window_start=now,
+            raised_at=now,
+        )
+        logger.error("Elasticsearch refuses writes to %s (%s): waiting until the block is lifted", index, reason)
+        metrics.ALERTS.labels(self.stream, alert.rule).inc()
+        for sink in self.sinks:  # the Kafka alerts topic: the alerts index is most likely blocked too
+            sink.write(Outputs(stream=self.stream, alerts=[alert]))
+
+    def _unblocked(self) -> None:
+        """After a write went through: the blocked spell (if any) ended; its alert is indexed now."""
+        alert, self._blocked = self._blocked, None
+        if alert is not None:
+            logger.info("Elasticsearch accepts writes to %s again", alert.subject_id)
+            if self.alerts is not None:
+                self.alerts.write([alert])
 
     def _record(self, report: BatchReport, alerts: AlertBatch) -> None:
         self.processed.inc(report.indexed)
@@ -154,16 +215,15 @@ class MicroBatchPipeline(Stage):
         ensure_fixed_index(es, self.settings.alias("alerts"), alerts_index())
         self.deliveries = Deliveries(make_producer(self.settings))
         stopping = self._stopping.is_set
-        sinks: list[Sink] = [
-            ElasticsearchAlerts(es, self.settings.alias("alerts"), stopping),
-            KafkaOutputs(self.settings, self.deliveries, stopping),
-            *self.extra_sinks,
-        ]
+        sinks: list[Sink] = [KafkaOutputs(self.settings, self.deliveries, stopping), *self.extra_sinks]
         for sink in sinks:
             sink.setup()
         engine = AlertEngine(self.rules, self.stream, self.settings.topic(self.stream))
         documents = ElasticsearchDocuments(es, self.index, stopping)
-        self.writer = BatchWriter(self.stream, documents, sinks, engine, self.processed, publish=self.publish)
+        alerts = ElasticsearchAlerts(es, self.settings.alias("alerts"), stopping)
+        self.writer = BatchWriter(
+            self.stream, documents, sinks, engine, self.processed, publish=self.publish, alerts=alerts
+        )
 
     def write(self, computed: Computed) -> BatchReport:
         """I/O only (:class:`BatchWriter`); returns once all is acknowledged."""
