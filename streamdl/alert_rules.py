@@ -21,10 +21,20 @@ The file::
         dead_letter_rate_above: 0.05    # condition: dead letters / messages over a sliding window
         window: 5m                      # (default 5m)
         min_messages: 50                # no judgement on fewer messages (default 20)
+      - name: prediction_drift
+        severity: warning
+        drift_above: 0.25               # condition: a model version's drift in a closed drift window
+        signal: class_psi               # class_psi (default), class_js, confidence_psi or embedding_mmd
+      - name: live_accuracy
+        severity: critical
+        accuracy_below: 0.8             # condition: live accuracy from late labels ...
+        window: 1h                      # ... over this quality window (default 5m)
+        min_labels: 50                  # no judgement on fewer labels (default 20)
 
 Each rule has exactly one condition. ``streams`` (``[images]``, ``[events]`` or both) limits
 where it applies; by default class and dead-letter rules watch both streams, anomaly rules the
-events and findings the images.
+events and findings the images; drift and accuracy rules judge model versions (subject: the
+version, ``name:version``), reported by the quality sink (:mod:`streamdl.streams.quality`).
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from streamdl.times import parse_duration
 
 SEVERITIES = ("info", "warning", "critical")
 FINDINGS = ("near_duplicate", "novel")
+DRIFT_SIGNALS = ("class_psi", "class_js", "confidence_psi", "embedding_mmd")
 STREAMS = ("images", "events")
 DEFAULT_RULES_FILE = Path(__file__).with_name("default_alert_rules.yaml")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -51,12 +62,16 @@ _CONDITIONS = {
     "anomaly_score_at_least": (),
     "finding": (),
     "dead_letter_rate_above": ("window", "min_messages"),
+    "drift_above": ("signal",),
+    "accuracy_below": ("window", "min_labels"),
 }
 _DEFAULT_STREAMS = {
     "class_in": STREAMS,
     "anomaly_score_at_least": ("events",),
     "finding": ("images",),
     "dead_letter_rate_above": STREAMS,
+    "drift_above": ("images",),
+    "accuracy_below": ("images",),
 }
 _COMMON = ("name", "severity", "subject", "throttle", "streams")
 
@@ -72,7 +87,8 @@ class Rule:
     name: str
     severity: str
     kind: str
-    """The condition: ``class_in``, ``anomaly_score_at_least``, ``finding`` or ``dead_letter_rate_above``."""
+    """The condition: ``class_in``, ``anomaly_score_at_least``, ``finding``, ``dead_letter_rate_above``,
+    ``drift_above`` or ``accuracy_below``."""
     streams: tuple[str, ...]
     throttle_secs: float
     subject: str = "id"
@@ -82,6 +98,9 @@ class Rule:
     finding: str = ""
     window_secs: float = 300.0
     min_messages: int = 20
+    """Messages (``dead_letter_rate_above``) or labels (``accuracy_below``, key ``min_labels``) needed to judge."""
+    signal: str = ""
+    """The drift signal of a ``drift_above`` rule."""
     line: int = 0
 
     def applies_to(self, stream: str) -> bool:
@@ -134,13 +153,22 @@ def parse_rules(text: str, default_throttle_secs: float, source: str = "<rules>"
     if doc.get("version", 1) != 1:
         raise fail(doc["__lines__"].get("version", 1), f"version {doc.get('version')!r} is not supported (1 is)")
     rules: list[Rule] = []
+    errors: list[RulesError] = []  # every rule is checked: one error per bad rule, all reported at once
     for item in doc["rules"]:
-        if not isinstance(item, dict):
-            raise fail(doc["__lines__"]["rules"], f"each rule is a mapping of keys, got {item!r}")
-        rule = _rule(item, default_throttle_secs, fail)
-        if any(r.name == rule.name for r in rules):
-            raise fail(rule.line, f"rule name {rule.name!r} is used twice")
+        try:
+            if not isinstance(item, dict):
+                raise fail(doc["__lines__"]["rules"], f"each rule is a mapping of keys, got {item!r}")
+            rule = _rule(item, default_throttle_secs, fail)
+            if any(r.name == rule.name for r in rules):
+                raise fail(rule.line, f"rule name {rule.name!r} is used twice")
+        except RulesError as exc:
+            errors.append(exc)
+            continue
         rules.append(rule)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise RulesError(f"{len(errors)} rules are not valid:\n  " + "\n  ".join(str(e) for e in errors))
     return tuple(rules)
 
 
@@ -214,11 +242,18 @@ def _rule(item: dict[str, Any], default_throttle: float, fail) -> Rule:
         if value not in FINDINGS:
             raise fail(at(kind), where + f"'finding' must be one of {', '.join(FINDINGS)}, got {value!r}")
         rule["finding"] = value
+    elif kind == "drift_above":
+        rule["threshold"] = _number(value, 0, float("inf"), kind, where, at, fail)
+        signal = fields.get("signal", "class_psi")
+        if signal not in DRIFT_SIGNALS:
+            raise fail(at("signal"), where + f"'signal' must be one of {', '.join(DRIFT_SIGNALS)}, got {signal!r}")
+        rule["signal"] = signal
     else:
         rule["threshold"] = _number(value, 0, 1, kind, where, at, fail)
-        minimum = fields.get("min_messages", 20)
+        key = "min_labels" if kind == "accuracy_below" else "min_messages"
+        minimum = fields.get(key, 20)
         if not isinstance(minimum, int) or isinstance(minimum, bool) or minimum < 1:
-            raise fail(at("min_messages"), where + f"'min_messages' must be a whole number >= 1, got {minimum!r}")
+            raise fail(at(key), where + f"'{key}' must be a whole number >= 1, got {minimum!r}")
         rule["min_messages"] = minimum
     return Rule(**rule)
 

@@ -288,6 +288,99 @@ class Settings(BaseSettings):
         "Env STREAMDL_HOT_SWAP.",
     )
 
+    # --- Model quality: live accuracy from late labels, drift, automatic rollback ----------
+    quality: bool = Field(
+        True,
+        description="Workers join label events to the predictions they judge, compute live quality and drift per "
+        "model version, index it and export it as metrics (docs/model-quality.md). Env STREAMDL_QUALITY.",
+    )
+    quality_windows: str = Field(
+        "5m,1h",
+        pattern=r"^\s*\d+(\.\d+)?[smhd]?\s*(,\s*\d+(\.\d+)?[smhd]?\s*)*$",
+        description="Sliding windows live quality is reported over (comma-separated durations). "
+        "Env STREAMDL_QUALITY_WINDOWS.",
+    )
+    quality_interval_secs: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="How often a worker recomputes the quality windows, retries waiting labels, checks drift and "
+        "the rollback rule. Env STREAMDL_QUALITY_INTERVAL_SECS.",
+    )
+    quality_pending_ttl_secs: float = Field(
+        600.0,
+        gt=0,
+        description="How long a label whose prediction is not indexed (yet) waits before it counts as an orphan. "
+        "Env STREAMDL_QUALITY_PENDING_TTL_SECS.",
+    )
+    quality_max_pending: int = Field(
+        10_000,
+        ge=0,
+        description="Most labels waiting for their prediction; beyond it a new early label is an orphan at once. "
+        "Env STREAMDL_QUALITY_MAX_PENDING.",
+    )
+    quality_max_labels_per_image: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Further label events kept per image (duplicates and contradictions, for idempotent counting); "
+        "beyond it they are counted without their ids. Env STREAMDL_QUALITY_MAX_LABELS_PER_IMAGE.",
+    )
+    quality_calibration_bins: int = Field(
+        10, ge=2, le=100, description="Confidence bins of the expected calibration error. "
+        "Env STREAMDL_QUALITY_CALIBRATION_BINS."
+    )
+    rollback: bool = Field(
+        True,
+        description="Roll the champion back to the previous one when its live accuracy is significantly lower by "
+        "more than rollback_margin. Env STREAMDL_ROLLBACK.",
+    )
+    rollback_margin: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Accuracy the champion may lose against the previous champion before it is rolled back. "
+        "Env STREAMDL_ROLLBACK_MARGIN.",
+    )
+    rollback_min_labels: int = Field(
+        100,
+        ge=10,
+        description="Labelled predictions each of the two versions needs before the rollback rule judges. "
+        "Env STREAMDL_ROLLBACK_MIN_LABELS.",
+    )
+    rollback_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=0.5,
+        description="Overall false-rollback probability of the one-sided two-proportion z-test, spent over its "
+        "looks (see docs/model-quality.md). Env STREAMDL_ROLLBACK_ALPHA.",
+    )
+    drift_window_secs: float = Field(
+        300.0,
+        gt=0,
+        description="Tumbling window of the drift signals (predicted classes, confidence, embeddings). "
+        "Env STREAMDL_DRIFT_WINDOW_SECS.",
+    )
+    drift_reference_size: int = Field(
+        500,
+        ge=20,
+        le=100_000,
+        description="Predictions of a version that make its drift reference (its first ones served). "
+        "Env STREAMDL_DRIFT_REFERENCE_SIZE.",
+    )
+    drift_min_predictions: int = Field(
+        100,
+        ge=10,
+        description="Predictions a window needs before its drift is judged. Env STREAMDL_DRIFT_MIN_PREDICTIONS.",
+    )
+    drift_reservoir_size: int = Field(
+        256,
+        ge=16,
+        le=4096,
+        description="Embeddings kept per window and in the reference for the MMD embedding drift (reservoir "
+        "sample). Env STREAMDL_DRIFT_RESERVOIR_SIZE.",
+    )
+
     # --- Local state and operations ------------------------------------------
     state_dir: Path = Field(
         Path(".streamdl"),
@@ -316,6 +409,25 @@ class Settings(BaseSettings):
         120,
         gt=0,
         description="How long `stack up` waits for each service to become healthy. Env STREAMDL_STACK_TIMEOUT_SECS.",
+    )
+    tools_dir: Path = Field(
+        Path("~/.cache/streamdl/tools"),
+        description="Where tools built from the Go module proxy (Beam's Prism job server, helm) are cached, one "
+        "folder per version. Env STREAMDL_TOOLS_DIR.",
+    )
+    beam_job_server_timeout_secs: float = Field(
+        60,
+        gt=0,
+        le=3600,
+        description="How long a retraining run on a portable Beam runner (Prism, Flink, Spark) waits for its job "
+        "server to answer before it fails naming the runner. Env STREAMDL_BEAM_JOB_SERVER_TIMEOUT_SECS.",
+    )
+    job_server_port: int = Field(
+        8099,
+        ge=1,
+        le=65535,
+        description="Job port of the portable Beam job server that `stack up --with prism` starts on 127.0.0.1. "
+        "Env STREAMDL_JOB_SERVER_PORT.",
     )
 
     @field_validator("kafka_bootstrap_servers")

@@ -47,16 +47,22 @@ def make_handler(settings: Settings) -> ModelHandler:
 def make_pipelines(settings: Settings, rules: tuple[Rule, ...]) -> dict[str, MicroBatchPipeline]:
     """The pipelines of the configured agents, not set up yet (bad model names fail here)."""
     pipelines: dict[str, MicroBatchPipeline] = {}
+
+    def quality() -> list:  # live quality, drift and rollback (docs/model-quality.md): one sink per pipeline
+        from streamdl.streams.quality.sink import QualitySink
+
+        return [QualitySink(settings, rules=rules)] if settings.quality else []
+
     if "images" in settings.agents:
         from streamdl.streams.pipelines.images import ImagePipeline
 
-        pipelines["images"] = ImagePipeline(settings, make_handler(settings), rules)
+        pipelines["images"] = ImagePipeline(settings, make_handler(settings), rules, sinks=quality())
     if "events" in settings.agents:
         from streamdl.models.event_handler import load_event_handler
         from streamdl.streams.pipelines.events import EventPipeline
 
         pipelines["events"] = EventPipeline(
-            settings, load_event_handler(settings.event_model, settings.state_dir), rules
+            settings, load_event_handler(settings.event_model, settings.state_dir), rules, sinks=quality()
         )
     return pipelines
 

@@ -1,0 +1,178 @@
+"""Drift without labels: each window's predictions of a version against the version's reference.
+
+The reference of a version is the first ``drift_reference_size`` predictions this worker made with it
+(the distribution it was promoted into); each tumbling window of ``drift_window_secs`` (processing time)
+is compared with it on three signals:
+
+* ``class_psi`` / ``class_js``: the predicted-class distribution (population stability index,
+  Jensen-Shannon divergence);
+* ``confidence_psi``: the top-class confidence histogram (ten bins);
+* ``embedding_mmd``: squared MMD (Gaussian kernel, median bandwidth) between a reservoir sample of the
+  window's embeddings and one of the reference's.
+
+Per batch the cost is a few counter updates and a reservoir step per image; the MMD runs once per
+window on two reservoirs (``drift_reservoir_size`` rows each).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamdl.records import Document
+from streamdl.settings import Settings
+from streamdl.streams.quality.stats import confidence_bin, jensen_shannon, median_distance, mmd, psi
+
+CONFIDENCE_BINS = 10
+
+
+@dataclass
+class Sample:
+    """Predicted classes, a confidence histogram and a reservoir of embeddings."""
+
+    capacity: int
+    seed: int = 0
+    n: int = 0
+    classes: dict[str, int] = field(default_factory=dict)
+    confidence: np.ndarray = field(default_factory=lambda: np.zeros(CONFIDENCE_BINS))
+    confidence_sum: float = 0.0
+    reservoir: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def add(self, label: str | None, score: float | None, embedding: Any) -> None:
+        self.n += 1
+        key = "" if label is None else str(label)
+        self.classes[key] = self.classes.get(key, 0) + 1
+        conf = float(score or 0.0)
+        self.confidence[confidence_bin(conf, CONFIDENCE_BINS)] += 1
+        self.confidence_sum += conf
+        if embedding is None:
+            return
+        if len(self.reservoir) < self.capacity:  # Algorithm R
+            self.reservoir.append(np.asarray(embedding, np.float32))
+        else:
+            j = self._rng.randrange(self.n)
+            if j < self.capacity:
+                self.reservoir[j] = np.asarray(embedding, np.float32)
+
+
+@dataclass
+class DriftReport:
+    """One window of one version against its reference."""
+
+    model_name: str
+    model_version: str
+    window_start: float
+    window_end: float
+    predictions: int
+    class_psi: float
+    class_js: float
+    confidence_psi: float
+    mean_confidence: float
+    embedding_mmd: float | None
+
+    def signals(self) -> dict[str, float]:
+        out = {"class_psi": self.class_psi, "class_js": self.class_js, "confidence_psi": self.confidence_psi}
+        if self.embedding_mmd is not None:
+            out["embedding_mmd"] = self.embedding_mmd
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": "drift", **asdict(self)}
+
+
+def compare(reference: Sample, window: Sample, bandwidth: float | None) -> dict[str, float | None]:
+    """The drift signals of ``window`` against ``reference``."""
+    classes = sorted(set(reference.classes) | set(window.classes))
+    ref = np.array([reference.classes.get(c, 0) for c in classes], float)
+    cur = np.array([window.classes.get(c, 0) for c in classes], float)
+    embedding = None
+    if len(reference.reservoir) >= 2 and len(window.reservoir) >= 2:
+        embedding = mmd(np.stack(reference.reservoir), np.stack(window.reservoir), bandwidth)
+    return {
+        "class_psi": psi(ref, cur),
+        "class_js": jensen_shannon(ref, cur),
+        "confidence_psi": psi(reference.confidence, window.confidence),
+        "embedding_mmd": embedding,
+    }
+
+
+@dataclass
+class _Version:
+    reference: Sample
+    window: Sample
+    window_start: float
+    bandwidth: float | None = None
+
+
+class DriftTracker:
+    """Per model version: the reference, the open window, and the reports of closed windows."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self.window_secs = settings.drift_window_secs
+        self.reference_size = settings.drift_reference_size
+        self.min_predictions = settings.drift_min_predictions
+        self.reservoir = settings.drift_reservoir_size
+        self.clock = clock
+        self.versions: dict[tuple[str, str], _Version] = {}
+
+    def observe(self, documents: Sequence[Document]) -> list[DriftReport]:
+        """Add a batch of image documents; returns the reports of windows that closed."""
+        now = self.clock()
+        closed = self.close_windows(now)
+        for doc in documents:
+            body = doc.body
+            key = (str(body.get("model_name")), str(body.get("model_version")))
+            state = self.versions.get(key)
+            if state is None:
+                state = self.versions[key] = _Version(
+                    Sample(self.reservoir, seed=1), Sample(self.reservoir, seed=2), self._start(now)
+                )
+            if state.reference.n < self.reference_size:
+                state.reference.add(body.get("label"), body.get("score"), body.get("embedding"))
+                if state.reference.n == self.reference_size and len(state.reference.reservoir) >= 2:
+                    state.bandwidth = median_distance(_unit_rows(state.reference.reservoir))
+            else:
+                state.window.add(body.get("label"), body.get("score"), body.get("embedding"))
+        return closed
+
+    def close_windows(self, now: float) -> list[DriftReport]:
+        """Close every window that ended by ``now``; a full one is compared with its complete reference."""
+        out = []
+        for (name, version), state in self.versions.items():
+            end = state.window_start + self.window_secs
+            if now < end:
+                continue
+            window = state.window
+            if window.n >= self.min_predictions and state.reference.n >= self.reference_size:
+                signals = compare(state.reference, window, state.bandwidth)
+                out.append(
+                    DriftReport(
+                        model_name=name,
+                        model_version=version,
+                        window_start=state.window_start,
+                        window_end=end,
+                        predictions=window.n,
+                        mean_confidence=window.confidence_sum / window.n,
+                        **signals,
+                    )
+                )
+            state.window = Sample(self.reservoir, seed=int(end))
+            state.window_start = self._start(now)
+        return out
+
+    def _start(self, now: float) -> float:
+        return now - now % self.window_secs
+
+
+def _unit_rows(rows: list[np.ndarray]) -> np.ndarray:
+    x = np.stack(rows).astype(np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1)

@@ -1,0 +1,267 @@
+"""Live quality, drift and rollback: the statistics, the label state transitions, the drift windows and the
+rollback decision, without a broker (the integration tests run them against Kafka and Elasticsearch)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from streamdl.alert_rules import RulesError, parse_rules
+from streamdl.records import Document
+from streamdl.settings import load_settings
+from streamdl.streams.pipelines.alerts import AlertEngine, Scored
+from streamdl.streams.quality import stats
+from streamdl.streams.quality.drift import DriftTracker
+from streamdl.streams.quality.labels import Label, Limits, apply_label
+from streamdl.streams.quality.rollback import decide
+from streamdl.streams.quality.sink import quality_windows
+from streamdl.streams.quality.windows import reports
+
+LIMITS = Limits(pending_ttl_secs=60, max_pending=10, max_labels_per_image=2, calibration_bins=10)
+PREDICTION = {"model_name": "m", "model_version": "2", "label": "7", "score": 0.93, "processed_time": 100.0}
+
+
+def settings(**overrides):
+    return load_settings(overrides, env_file=None)
+
+
+# --- statistics -------------------------------------------------------------------------------------
+def test_precision_and_recall_per_class():
+    precision, recall = stats.accuracy_by_class({("a", "a"): 8, ("a", "b"): 2, ("b", "b"): 5, ("c", "b"): 5})
+    assert precision == {"a": 1.0, "b": 5 / 12}
+    assert recall == {"a": 0.8, "b": 1.0, "c": 0.0}
+
+
+def test_expected_calibration_error():
+    assert stats.expected_calibration_error([]) is None
+    assert stats.expected_calibration_error([(10, 0.9, 9)]) == pytest.approx(0.0)
+    assert stats.expected_calibration_error([(10, 0.95, 5), (30, 0.5, 15)]) == pytest.approx(0.25 * 0.45)
+    assert stats.confidence_bin(1.0, 10) == 9 and stats.confidence_bin(0.0, 10) == 0
+
+
+def test_the_z_test_waits_for_labels_and_spends_its_level_over_looks():
+    assert stats.worse_by_margin((5, 50), (95, 100), 0.05, 0.01, 100) is None
+    bad = stats.worse_by_margin((10, 100), (95, 100), 0.05, 0.01, 100)
+    assert bad.significant and bad.look == 1 and bad.alpha == pytest.approx(0.005)
+    assert bad.critical == pytest.approx(2.5758, abs=1e-3)
+    equal = stats.worse_by_margin((90, 100), (92, 100), 0.05, 0.01, 100)
+    assert not equal.significant
+    later = stats.worse_by_margin((700, 800), (760, 800), 0.05, 0.01, 100)
+    assert later.look == 4 and later.alpha == pytest.approx(0.01 / 20)
+    assert stats.worse_by_margin((10, 100), (95, 100), 0.05, 0.01, 100, after_look=1) is None  # taken already
+    assert sum(0.01 / (k * (k + 1)) for k in range(1, 10_000)) < 0.01
+
+
+def test_the_level_is_kept_under_the_null_over_many_looks():
+    """Simulated equal versions, tested after every 25 labels up to 3,200: false rollbacks stay under alpha."""
+    rng = np.random.default_rng(7)
+    runs, false = 400, 0
+    for _ in range(runs):
+        a, b = rng.random(3200) < 0.9, rng.random(3200) < 0.9
+        last = 0
+        for n in range(100, 3201, 25):
+            test = stats.worse_by_margin((int(a[:n].sum()), n), (int(b[:n].sum()), n), 0.0, 0.05, 100, last)
+            if test is None:
+                continue
+            last = test.look
+            if test.significant:
+                false += 1
+                break
+    assert false / runs <= 0.05
+
+
+def test_distribution_distances():
+    same = np.array([10.0, 20, 30])
+    assert stats.psi(same, same) == pytest.approx(0) and stats.jensen_shannon(same, same) == pytest.approx(0)
+    assert stats.psi(same, np.array([30.0, 20, 10])) > 0.5
+    assert stats.jensen_shannon(np.array([1.0, 0]), np.array([0.0, 1])) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    ref, again, moved = rng.normal(size=(200, 8)), rng.normal(size=(200, 8)), rng.normal(size=(200, 8)) + 1.0
+    assert stats.mmd(ref, moved) > 10 * stats.mmd(ref, again)
+
+
+# --- the label state ------------------------------------------------------------------------------------
+def test_a_label_joins_its_prediction():
+    doc, outcome = apply_label(None, Label("e1", "img", "7", 130.0), PREDICTION, LIMITS, False)
+    assert outcome == "joined"
+    assert doc["status"] == "joined" and doc["correct"] == 1 and doc["model_version"] == "2"
+    assert doc["delay_secs"] == pytest.approx(30.0) and doc["conf_bin"] == 9
+
+
+def test_an_early_label_waits_and_a_full_wait_list_makes_it_an_orphan():
+    doc, outcome = apply_label(None, Label("e1", "img", "7", 130.0), None, LIMITS, False)
+    assert (outcome, doc["status"]) == ("pending", "pending")
+    doc, outcome = apply_label(None, Label("e1", "img", "7", 130.0), None, LIMITS, True)
+    assert (outcome, doc["status"], doc["orphan_reason"]) == ("orphan", "orphan", "pending_full")
+
+
+def test_duplicates_contradictions_and_replays_are_counted_not_lost():
+    first, _ = apply_label(None, Label("e1", "img", "7", 130.0), PREDICTION, LIMITS, False)
+    assert apply_label(first, Label("e1", "img", "7", 131.0), None, LIMITS, False) == (None, "replay")
+    dup, outcome = apply_label(first, Label("e2", "img", "7", 131.0), None, LIMITS, False)
+    assert outcome == "duplicate" and dup["duplicates"] == 1 and dup["label"] == "7"
+    both, outcome = apply_label(dup, Label("e3", "img", "1", 132.0), None, LIMITS, False)
+    assert outcome == "contradiction" and both["contradictions"] == 1 and both["correct"] == 1
+    assert apply_label(both, Label("e3", "img", "1", 133.0), None, LIMITS, False) == (None, "replay")
+    full, _ = apply_label(both, Label("e4", "img", "1", 134.0), None, LIMITS, False)
+    assert full["contradictions"] == 2 and len(full["other_labels"]) == LIMITS.max_labels_per_image
+
+
+def test_reports_from_an_aggregation():
+    response = {
+        "aggregations": {
+            "versions": {
+                "buckets": [
+                    {
+                        "key": "2",
+                        "doc_count": 4,
+                        "name": {"buckets": [{"key": "m"}]},
+                        "correct": {"value": 3.0},
+                        "duplicates": {"value": 1.0},
+                        "contradictions": {"value": 0.0},
+                        "delay": {"values": {"50.0": 2.0, "95.0": 9.0}},
+                        "truth": {
+                            "buckets": [
+                                {"key": "a", "predicted": {"buckets": [{"key": "a", "doc_count": 2}]}},
+                                {
+                                    "key": "b",
+                                    "predicted": {
+                                        "buckets": [{"key": "b", "doc_count": 1}, {"key": "a", "doc_count": 1}]
+                                    },
+                                },
+                            ]
+                        },
+                        "bins": {"buckets": [{"doc_count": 4, "confidence": {"value": 0.9}, "correct": {"value": 3}}]},
+                    }
+                ]
+            }
+        }
+    }
+    (r,) = reports(response, "5m", 300)
+    assert (r.model_version, r.labelled, r.correct, r.accuracy) == ("2", 4, 3, 0.75)
+    assert r.precision == {"a": 2 / 3, "b": 1.0} and r.recall == {"a": 1.0, "b": 0.5}
+    assert r.ece == pytest.approx(0.15) and r.delay_p95_secs == 9.0 and r.duplicates == 1
+
+
+# --- drift ----------------------------------------------------------------------------------------------
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def images(rng, n: int, classes: list[str], shift: float = 0.0) -> list[Document]:
+    return [
+        Document(
+            f"i{k}",
+            {
+                "model_name": "m",
+                "model_version": "1",
+                "label": classes[k % len(classes)],
+                "score": 0.95 - shift / 2,
+                "embedding": rng.normal(size=8) + shift,
+            },
+        )
+        for k in range(n)
+    ]
+
+
+def test_drift_windows_against_the_reference():
+    clock, rng = Clock(), np.random.default_rng(1)
+    tracker = DriftTracker(
+        settings(drift_window_secs=10, drift_reference_size=100, drift_min_predictions=50, drift_reservoir_size=64),
+        clock,
+    )
+    digits = [str(d) for d in range(10)]
+    assert tracker.observe(images(rng, 100, digits)) == []  # the reference
+    tracker.observe(images(rng, 100, digits))
+    clock.now += 10
+    (steady,) = tracker.observe(images(rng, 100, ["1", "7"], shift=1.0))  # closes the steady window
+    assert steady.predictions == 100 and steady.class_psi < 0.05 and steady.confidence_psi < 0.05
+    clock.now += 10
+    (moved,) = tracker.close_windows(clock.now)
+    assert moved.class_psi > 1.0 and moved.confidence_psi > 1.0 and moved.class_js > 0.3
+    assert moved.embedding_mmd > 5 * steady.embedding_mmd
+    clock.now += 10
+    tracker.observe(images(rng, 10, digits))
+    clock.now += 10
+    assert tracker.close_windows(clock.now) == []  # too few predictions to judge
+
+
+# --- rules and rollback ---------------------------------------------------------------------------------
+RULES = """
+version: 1
+rules:
+  - name: drift
+    severity: warning
+    drift_above: 0.25
+    signal: class_psi
+  - name: accuracy
+    severity: critical
+    accuracy_below: 0.8
+    window: 5m
+    min_labels: 30
+"""
+
+
+def test_drift_and_accuracy_rules_fire_on_quality_findings():
+    rules = parse_rules(RULES, 300)
+    assert [(r.kind, r.signal, r.min_messages, r.streams) for r in rules] == [
+        ("drift_above", "class_psi", 20, ("images",)),
+        ("accuracy_below", "", 30, ("images",)),
+    ]
+    engine = AlertEngine(rules, "images", "t")
+    quiet = Scored(id="m:2", ts=1.0, model_name="m", model_version="2", findings={"drift": {"class_psi": 0.1}})
+    assert engine.evaluate([quiet], 1.0).new == []
+    drifting = Scored(id="m:2", ts=2.0, model_name="m", model_version="2", findings={"drift": {"class_psi": 0.4}})
+    (alert,) = engine.evaluate([drifting], 2.0).new
+    assert alert.kind == "drift_above" and alert.evidence["value"] == 0.4 and alert.subject_id == "m:2"
+    few = {300.0: {"accuracy": 0.5, "labelled": 10}}
+    assert (
+        engine.evaluate([Scored(id="m:2", ts=3, model_name="m", model_version="2", findings={"accuracy": few})]).new
+        == []
+    )
+    low = {300.0: {"accuracy": 0.5, "labelled": 40}}
+    (alert,) = engine.evaluate(
+        [Scored(id="m:2", ts=4, model_name="m", model_version="2", findings={"accuracy": low})]
+    ).new
+    assert alert.kind == "accuracy_below" and alert.evidence["accuracy"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("drift_above: 0.2\n    signal: colour", "'signal' must be one of"),
+        ("drift_above: -1", "'drift_above' must be a number"),
+        ("accuracy_below: 2", "'accuracy_below' must be a number between 0 and 1"),
+        ("accuracy_below: 0.5\n    min_labels: 0", "'min_labels' must be a whole number"),
+        ("accuracy_below: 0.5\n    signal: class_psi", "unknown key 'signal'"),
+    ],
+)
+def test_bad_quality_rules_name_their_line_and_reason(text, says):
+    with pytest.raises(RulesError, match=says):
+        parse_rules(f"rules:\n  - name: r\n    severity: info\n    {text}\n", 300)
+
+
+def test_the_quality_windows_include_the_accuracy_rules_windows():
+    rules = parse_rules(RULES.replace("window: 5m", "window: 2m"), 300)
+    assert quality_windows(settings(quality_windows="5m, 1h"), rules) == {"5m": 300.0, "1h": 3600.0, "120s": 120.0}
+
+
+def test_rollback_needs_history_labels_and_significance():
+    s = settings(rollback_margin=0.05, rollback_alpha=0.01, rollback_min_labels=100)
+    good, bad = (950, 1000), (30, 150)
+    assert decide("m", ["1"], {"1": good}, s) is None
+    assert decide("m", ["1", "2"], {"1": good, "2": (10, 50)}, s) is None  # too few labels
+    assert decide("m", ["1", "2"], {"1": good, "2": (930, 1000)}, s) is None  # within the margin
+    looks: dict = {}
+    decision = decide("m", ["1", "2"], {"1": good, "2": bad}, s, looks)
+    assert (decision.champion, decision.previous) == ("2", "1") and looks == {("2", "1"): 1}
+    assert decide("m", ["1", "2"], {"1": good, "2": (60, 199)}, s, looks) is None  # look 1 was taken
+    evidence = decision.evidence(0.05)
+    assert evidence["champion_accuracy"] == 0.2 and evidence["previous_accuracy"] == 0.95
+    assert math.isfinite(evidence["z"]) and evidence["z"] > evidence["critical_z"]
