@@ -77,7 +77,8 @@ class QualitySink(Sink):
         self.join: LabelJoin | None = None
         self.drift = DriftTracker(settings, clock)
         self.engine = AlertEngine(self.rules, "images", settings.topic("images"))
-        self.alert_sinks: list[Sink] = []
+        self.alert_index: Any = None
+        self.alert_topic: Sink | None = None
         self.guard: RollbackGuard | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -91,10 +92,8 @@ class QualitySink(Sink):
         ensure_quality_indices(es, self.settings)
         self.join = LabelJoin(es, self.settings, self.clock)
         stopping = self._stopping.is_set
-        self.alert_sinks = [
-            ElasticsearchAlerts(es, self.settings.alias("alerts"), stopping),
-            KafkaOutputs(self.settings, Deliveries(make_producer(self.settings)), stopping),
-        ]
+        self.alert_index = ElasticsearchAlerts(es, self.settings.alias("alerts"), stopping)
+        self.alert_topic = KafkaOutputs(self.settings, Deliveries(make_producer(self.settings)), stopping)
         if self.settings.rollback:
             self.guard = RollbackGuard(self.settings, self.raise_alert, self._registry, self._announce, self.clock)
 
@@ -117,8 +116,8 @@ class QualitySink(Sink):
 
     def close(self) -> None:
         self._stopping.set()
-        for sink in self.alert_sinks:
-            sink.close()
+        if self.alert_topic is not None:
+            self.alert_topic.close()
         if self.es is not None:
             self.es.close()
 
@@ -192,15 +191,20 @@ class QualitySink(Sink):
     # --- writing ---------------------------------------------------------------------------------------
     def _alerts(self, scored: list[Scored], now: float) -> None:
         batch = self.engine.evaluate(scored, now)
-        if batch.new or batch.updated:
-            outputs = Outputs(stream="images", alerts=batch.new, updated_alerts=batch.updated)
-            for sink in self.alert_sinks:
-                sink.write(outputs)
+        self._publish(batch.new, batch.updated)
 
     def raise_alert(self, alert: Alert) -> None:
         """An alert from outside the rules (a rollback): to the alerts index and topic now."""
-        for sink in self.alert_sinks:
-            sink.write(Outputs(stream="images", alerts=[alert]))
+        self._publish([alert], [])
+
+    def _publish(self, new: list[Alert], updated: list[Alert]) -> None:
+        """Index the alerts (each id created once across workers); publish those this worker created."""
+        if not (new or updated):
+            return
+        lost = {a.alert_id for a in self.alert_index.write(new, updated)}
+        mine = [a for a in new if a.alert_id not in lost]
+        if mine:
+            self.alert_topic.write(Outputs(stream="images", alerts=mine))
 
     def _index_reports(self, docs: list[dict[str, Any]], now: float, bucket_secs: float | None) -> None:
         """Report documents; a quality report's id is its version, window and time bucket (all workers compute
