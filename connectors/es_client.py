@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from elastic_transport import TlsError
@@ -44,10 +45,14 @@ def es_client(settings: Settings, **kwargs: Any) -> Elasticsearch:
     )
 
 
-def check_elasticsearch(client: Elasticsearch, settings: Settings, timeout: float = 10.0) -> str:
-    """Fail fast with a clear message when the cluster does not answer; returns its health status."""
+def check_elasticsearch(client: Elasticsearch, settings: Settings, timeout: float | None = None) -> str:
+    """Fail fast with a one-line message when the cluster does not answer within ``timeout`` (default
+    ``connect_timeout_secs``; one try, no retries); returns its health status."""
+    timeout = settings.connect_timeout_secs if timeout is None else timeout
     try:
-        health = client.options(request_timeout=timeout).cluster.health(timeout=f"{max(1, int(timeout) - 1)}s")
+        health = client.options(request_timeout=timeout, max_retries=0).cluster.health(
+            timeout=f"{max(1, int(timeout) - 1)}s"
+        )
     except AuthenticationException:
         how = (
             "the API key (STREAMDL_ES_API_KEY)"
@@ -76,11 +81,20 @@ def check_elasticsearch(client: Elasticsearch, settings: Settings, timeout: floa
             "names the host in STREAMDL_ES_URL; if the server does not speak TLS, use an http:// URL."
         ) from None
     except (TransportError, ApiError) as exc:
-        raise ServiceUnavailable(
-            f"Elasticsearch at {settings.es_url} did not answer ({exc}). "
-            "Is it running? Try 'streamdl stack up' or check STREAMDL_ES_URL."
-        ) from None
+        raise ServiceUnavailable(es_unavailable(settings, exc)) from None
     return str(health["status"])
+
+
+def es_unavailable(settings: Settings, exc: Exception) -> str:
+    """The one-line message for an Elasticsearch that did not answer: where, the cause in a few words,
+    what to do."""
+    text = f"{exc} {getattr(exc, 'message', '')}"
+    cause = re.search(r"\[Errno -?\d+\] ([^)\]'\"]+)", text)
+    why = cause.group(1).strip() if cause else _short(exc, 120)
+    return (
+        f"Elasticsearch at {settings.es_url} did not answer ({why}); is it running? "
+        "Start it with 'streamdl stack up', or set STREAMDL_ES_URL."
+    )
 
 
 def _short(exc: Exception, limit: int = 300) -> str:

@@ -27,29 +27,35 @@ def admin_client(settings: Settings) -> AdminClient:
     return admin
 
 
-def check_kafka(admin: AdminClient, settings: Settings, timeout: float = 10.0) -> None:
-    """Fail fast with a clear message when no broker answers, or (:class:`SettingsError`) when it
-    refuses the credentials, its certificate is not trusted, or it speaks another security protocol."""
+def check_kafka(admin: AdminClient, settings: Settings, timeout: float | None = None) -> None:
+    """Fail fast with a one-line message when no broker answers within ``timeout`` (default
+    ``connect_timeout_secs``), or (:class:`SettingsError`) when it refuses the credentials, its
+    certificate is not trusted, or it speaks another security protocol."""
     errors: KafkaErrors | None = getattr(admin, "streamdl_errors", None)
+    timeout = settings.connect_timeout_secs if timeout is None else timeout
     deadline = time.monotonic() + timeout
     while True:
         try:
             meta = admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
             break
-        except KafkaException as exc:
+        except KafkaException:
             admin.poll(0)  # serves the error events (authentication, TLS) to errors
             problem = errors.explain() if errors is not None else None
             if problem:
                 raise SettingsError(problem) from None
             if time.monotonic() >= deadline:
-                protocol = settings.kafka_security_protocol
-                raise ServiceUnavailable(
-                    f"Kafka at {settings.kafka_bootstrap_servers} did not answer within {timeout:.0f}s ({exc}). "
-                    "Is it running? Try 'streamdl stack up' or check STREAMDL_KAFKA_BOOTSTRAP_SERVERS, and that "
-                    f"STREAMDL_KAFKA_SECURITY_PROTOCOL ({protocol}) is what the broker's listener expects."
-                ) from None
+                raise ServiceUnavailable(kafka_unavailable(settings, timeout)) from None
     if not meta.brokers:
         raise ServiceUnavailable(f"Kafka at {settings.kafka_bootstrap_servers} reported no brokers.")
+
+
+def kafka_unavailable(settings: Settings, timeout: float) -> str:
+    """The one-line message for brokers that did not answer within ``timeout`` seconds."""
+    return (
+        f"Kafka at {settings.kafka_bootstrap_servers} did not answer within {timeout:.0f}s; is it running? "
+        "Start it with 'streamdl stack up', or set STREAMDL_KAFKA_BOOTSTRAP_SERVERS (and check that "
+        f"STREAMDL_KAFKA_SECURITY_PROTOCOL ({settings.kafka_security_protocol}) is the broker listener's)."
+    )
 
 
 def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPIC_NAMES, timeout: float = 30.0) -> dict[str, str]:

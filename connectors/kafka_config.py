@@ -60,12 +60,27 @@ class KafkaErrors:
         return explain_kafka_errors(self.settings, events, only_security=True)
 
 
+class LibrdkafkaLog:
+    """librdkafka's ``logger``: its log lines (``Connect to ... failed: Connection refused``, once a second
+    while a broker is down) go to the ``librdkafka`` Python logger at DEBUG instead of to stderr. What a
+    user must know reaches them through the ``error_cb`` (:class:`KafkaErrors`) and the product's errors."""
+
+    logger = logging.getLogger("librdkafka")
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        self.logger.debug(msg, *args)
+
+
+LIBRDKAFKA_LOG = LibrdkafkaLog()
+
+
 def kafka_config(settings: Settings, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The confluent-kafka configuration for the configured cluster: ``bootstrap.servers``, the
     security protocol, SASL credentials, CA file and certificate verification, plus ``extra``
     (client options such as ``group.id``; they may override anything here).
 
-    Unless ``extra`` gives one, an ``error_cb`` (:class:`KafkaErrors`) records the client's errors.
+    Unless ``extra`` gives one, an ``error_cb`` (:class:`KafkaErrors`) records the client's errors, and
+    librdkafka's own log lines go to Python logging at DEBUG (:class:`LibrdkafkaLog`), not to stderr.
     ``kafka_ssl_verify=False`` logs a warning each time a client is configured with it.
     """
     protocol = settings.kafka_security_protocol
@@ -82,6 +97,7 @@ def kafka_config(settings: Settings, extra: Mapping[str, Any] | None = None) -> 
             config["ssl.endpoint.identification.algorithm"] = "none"
             logger.warning(VERIFY_OFF_WARNING)
     config["error_cb"] = KafkaErrors(settings)
+    config["logger"] = LIBRDKAFKA_LOG
     config.update(extra or {})
     return config
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, Producer
 
+from streamdl.connectors.kafka_admin import admin_client, check_kafka
 from streamdl.connectors.kafka_config import KafkaErrors, kafka_config
 from streamdl.errors import ServiceUnavailable, SettingsError
 from streamdl.records import Headers
@@ -160,13 +161,17 @@ def publish_items(
     progress: bool = True,
 ) -> ProduceReport:
     """Publish ``items`` to ``topic``, paced at ``rate`` per second when given, with a progress bar;
-    waits for every ack. ``Skipped`` items are reported, not sent."""
+    waits for every ack. ``Skipped`` items are reported, not sent.
+
+    Kafka not answering within ``connect_timeout_secs`` is a one-line :class:`ServiceUnavailable` before
+    anything is queued."""
     from tqdm import tqdm
 
+    check_kafka(admin_client(settings), settings)
     report = ProduceReport(topic=topic, unit=unit)
     deliveries = _deliveries(settings)
     start = time.monotonic()
-    bar = tqdm(total=total, unit=unit[:3], desc="produce", disable=not progress, leave=False)
+    bar = tqdm(total=total, unit=unit, desc="produce", disable=not progress, leave=False)
     for item in items:
         if isinstance(item, Skipped):
             report.skipped.append(item)

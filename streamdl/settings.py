@@ -411,6 +411,13 @@ class Settings(BaseSettings):
         description="How long `stack up` waits for each service to become healthy. Env STREAMDL_STACK_TIMEOUT_SECS.",
     )
     tools_dir: Path = Field(
+    connect_timeout_secs: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="How long a command waits for Kafka or Elasticsearch to first answer before it says which one "
+        "did not and exits. Env STREAMDL_CONNECT_TIMEOUT_SECS.",
+    )
         Path("~/.cache/streamdl/tools"),
         description="Where tools built from the Go module proxy (Beam's Prism job server, helm) are cached, one "
         "folder per version. Env STREAMDL_TOOLS_DIR.",
@@ -589,11 +596,17 @@ def env_var(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
-def load_settings(overrides: Mapping[str, Any] | None = None, env_file: str | os.PathLike | None = ".env") -> Settings:
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    env_file: str | os.PathLike | None = ".env",
+    *,
+    flags: Mapping[str, str] | None = None,
+) -> Settings:
     """Build the settings from defaults, ``env_file``, the environment and ``overrides``.
 
     ``None`` values in ``overrides`` are ignored (a CLI flag that was not given).
-    Raises :class:`SettingsError` naming the setting and its environment variable.
+    Raises :class:`SettingsError` naming the setting and its environment variable, or the flag that
+    set it when ``flags`` (field -> the flag the user typed) has it.
     """
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     given.update(_secrets_from_files(env_file, given))
@@ -607,7 +620,10 @@ def load_settings(overrides: Mapping[str, Any] | None = None, env_file: str | os
                 lines.append(str(err["msg"]).removeprefix("Value error, "))
                 continue
             got = "**********" if field in SECRET_FIELDS else repr(err.get("input"))
-            lines.append(f"setting {field} ({env_var(field)}): {err['msg']}; got {got}")
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            msg = msg if got in msg else f"{msg}; got {got}"
+            flag = (flags or {}).get(field)
+            lines.append(f"{flag}: {msg}" if flag else f"setting {field} ({env_var(field)}): {msg}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
 
 

@@ -47,6 +47,7 @@ class Filters:
 
     label: str | None = None
     source: str | None = None
+    """A source (file path) or a folder: ``photos`` matches ``photos/a.jpg`` and ``photos/cats/b.jpg``."""
     since: str | None = None
     """ISO time, or a duration ago like ``30m``, ``2h``, ``7d`` (``now-2h`` too): :func:`streamdl.times.parse_since`."""
     until: str | None = None
@@ -63,10 +64,13 @@ class Filters:
 
     def clauses(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for name, field in (("label", "label"), ("source", "source"), ("model_version", "model_version")):
+        for name, field in (("label", "label"), ("model_version", "model_version")):
             value = getattr(self, name)
             if value is not None:
                 out.append({"term": {field: value}})
+        if self.source is not None:  # the exact source, or anything under it as a folder
+            folder = self.source.rstrip("/") + "/"
+            out.append({"bool": {"should": [{"term": {"source": self.source}}, {"prefix": {"source": folder}}]}})
         if self.since or self.until:
             bounds: dict[str, Any] = {"format": "epoch_millis"}
             for bound, name in (("gte", "since"), ("lte", "until")):
@@ -138,10 +142,14 @@ _SOURCE = ["image_id", "label", "true_label", "source", "model_version", "proces
 class SimilaritySearch:
     """Queries against the images alias. The query model is loaded on first use and kept."""
 
-    def __init__(self, settings: Settings, es: Elasticsearch | None = None, alias: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, es: Elasticsearch | None = None, alias: str | None = None, model: str | None = None
+    ) -> None:
         self.settings = settings
         self.es = es or es_client(settings)
         self.alias = alias or settings.alias("images")
+        self.model = model
+        """Search the index this model built (the alias's when it is that model's; ``None``: the alias's)."""
         self._handler = None
         self._handler_for: IndexModel | None = None
         self._loading = threading.Lock()  # the query model loads once, even when queries come from many threads
@@ -155,6 +163,8 @@ class SimilaritySearch:
             )
         index = targets[0]
         meta = self.es.indices.get_mapping(index=index)[index]["mappings"].get("_meta", {})
+        if self.model is not None and self.model not in (meta.get("model_name"), meta.get("model_ref")):
+            index, meta = self._index_of(self.model)
         if "model_name" not in meta:
             raise SearchError(f"index {index} does not say which model built it (no _meta.model_name); reindex it")
         return IndexModel(
@@ -164,6 +174,22 @@ class SimilaritySearch:
             int(meta["embedding_size"]),
             str(meta.get("model_ref", meta["model_name"])),
         )
+
+    def _index_of(self, model: str) -> tuple[str, dict[str, Any]]:
+        """The newest index behind this alias's name that ``model`` built; :class:`NotFound` naming the
+        models that have one otherwise."""
+        mappings = self.es.options(ignore_status=404).indices.get_mapping(index=f"{self.alias}-*")
+        metas = {i: m["mappings"].get("_meta", {}) for i, m in mappings.items() if isinstance(m, dict)}
+        built = sorted(
+            (i for i, m in metas.items() if model in (m.get("model_name"), m.get("model_ref"))), reverse=True
+        )
+        if not built:
+            known = sorted({str(m["model_name"]) for m in metas.values() if "model_name" in m})
+            raise NotFound(
+                f"no images index was built by model {model!r}; indexed models: {', '.join(known) or 'none'} "
+                f"('streamdl index reindex --model {model}' builds one)"
+            )
+        return built[0], metas[built[0]]
 
     def stored(self, image_id: str, index: str | None = None) -> Neighbour | None:
         """An indexed image's own label and thumbnail (similarity 1.0), to show it beside its neighbours."""

@@ -7,7 +7,6 @@ a flag beats its ``STREAMDL_*`` environment variable, which beats ``.env``, whic
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,9 @@ from streamdl.errors import StreamdlError
 from streamdl.settings import Settings, load_settings
 from streamdl.streams.cli.alerts import add_alert_parsers, cmd_alerts, cmd_webhook
 from streamdl.streams.cli.archive import add_archive_parsers, cmd_archive
+from streamdl.streams.cli.console import EXIT_CODES, configure_logging, exit_code, format_table, in_user_terms
 from streamdl.streams.cli.models import add_model_parsers, cmd_models, cmd_retrain
+from streamdl.streams.cli.rules import add_rules_parsers, cmd_rules
 
 # flag -> settings field; values given on the command line override everything else
 SETTING_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -59,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Real-time deep learning over Kafka: featurize and classify image and event streams, "
         "index embeddings into Elasticsearch, publish predictions and alerts.",
         epilog="Start here: 'streamdl stack up' then 'streamdl init'. "
-        "Run 'streamdl COMMAND --help' for a command's options.",
+        "Run 'streamdl COMMAND --help' for a command's options. Exit codes: "
+        + "; ".join(f"{code} {what}" for code, what in EXIT_CODES.items())
+        + ".",
     )
     parser.add_argument("--version", action="version", version=f"streamdl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -98,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     similar.add_argument("--k", type=int, default=10, help="how many neighbours (default 10)")
     similar.add_argument("--num-candidates", type=int, help="HNSW candidates per shard (default max(100, 10k))")
     similar.add_argument("--label", help="only neighbours with this label")
-    similar.add_argument("--source", help="only neighbours from this source")
+    similar.add_argument(
+        "--source", help="only neighbours from this source: a file path, or a folder (everything under it)"
+    )
     similar.add_argument(
         "--since", help="only neighbours processed since: ISO time, date math (now-1h) or a duration (30m, 2h, 7d)"
     )
@@ -187,13 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_parsers(sub, common)
     sub.add_parser("settings", parents=[common], help="print the effective settings (secrets masked)")
     sub.add_parser("demo", parents=[common], help="the end-to-end demo: stack up, init, run the pipeline, report")
+    add_rules_parsers(sub, common)
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Load the settings with the flags given in ``args`` as the highest-priority overrides."""
     overrides = {field: getattr(args, field) for field, _, _ in SETTING_FLAGS.values() if hasattr(args, field)}
-    return load_settings(overrides, env_file=getattr(args, "env_file", ".env"))
+    return load_settings(overrides, env_file=getattr(args, "env_file", ".env"), flags=given_flags(args))
+
+
+def given_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The settings given as flags on this command line: field -> flag."""
+    return {field: flag for flag, (field, _, _) in SETTING_FLAGS.items() if hasattr(args, field)}
 
 
 def _say(msg: str) -> None:
@@ -291,9 +302,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
     from streamdl.streams.search import Filters, SimilaritySearch
 
+    from streamdl.connectors.es_client import check_elasticsearch
     if bool(args.image) == bool(args.image_id):
         raise StreamdlError("give an IMAGE file or --id ID (one of the two)")
-    search = SimilaritySearch(settings)
+    search = SimilaritySearch(settings, model=getattr(args, "model_name", None))  # --model: that model's index
+    check_elasticsearch(search.es, settings)  # one line and exit 3 within connect_timeout_secs when it is down
     filters = Filters(label=args.label, source=args.source, since=args.since)
     options = {"k": args.k, "num_candidates": args.num_candidates, "filters": filters, "exact": args.exact}
     if args.image_id:
@@ -312,9 +325,11 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
         f"{'exact' if result.exact else 'approximate'} kNN in {result.index} "
         f"({result.model_name} v{result.model_version}), {result.took_ms:.0f} ms"
     )
-    print(f"{'rank':>4}  {'similarity':>10}  {'label':<10}{'true':<8}id")
-    for rank, n in enumerate(result.neighbours, 1):
-        print(f"{rank:>4}  {n.similarity:>10.4f}  {n.label or '-':<10}{n.true_label or '-':<8}{n.image_id}")
+    rows = [
+        [str(rank), f"{n.similarity:.4f}", n.label or "-", n.true_label or "-", n.source or "-", n.image_id]
+        for rank, n in enumerate(result.neighbours, 1)
+    ]
+    print(format_table(["rank", "similarity", "label", "true", "source", "id"], rows, right=(0, 1)))
     if args.png:
         from streamdl.streams.web.contact_sheet import contact_sheet
 
@@ -375,18 +390,18 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "models": cmd_models,
 }
 
+    "rules": cmd_rules,
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``streamdl`` console script."""
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-        logging.getLogger("elastic_transport").setLevel(max(logging.WARNING, logging.getLogger().level))
+        configure_logging(settings.log_level)
         return COMMANDS[args.command](args, settings)
     except StreamdlError as exc:
-        print(f"streamdl: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"streamdl: error: {in_user_terms(str(exc), given_flags(args))}", file=sys.stderr)
+        return exit_code(exc)
     except KeyboardInterrupt:
         print("streamdl: interrupted", file=sys.stderr)
         return 130
