@@ -145,6 +145,11 @@ class Settings(BaseSettings):
         False, description="Run the model in mixed float16 (GPUs). Env STREAMDL_MIXED_PRECISION."
     )
     top_k: int = Field(5, ge=1, le=100, description="How many labels each prediction lists. Env STREAMDL_TOP_K.")
+    api_max_rows: int = Field(
+        1_000_000,
+        ge=1,
+        description="Most messages the Python API's read_topic loads into one table. Env STREAMDL_API_MAX_ROWS.",
+    )
     max_message_bytes: int = Field(
         10 * 1024 * 1024, ge=1, description="Largest image accepted, in bytes. Env STREAMDL_MAX_MESSAGE_BYTES."
     )

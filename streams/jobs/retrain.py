@@ -127,10 +127,13 @@ def _run(settings: Settings, since, until, beam_args, search, trials, skip_uncha
 
     from streamdl.models.retraining import heads
     from streamdl.streams.jobs import retrain_pipeline as pipeline
+    from streamdl.streams.jobs import runners
 
     with tempfile.TemporaryDirectory(prefix="streamdl-retrain-") as tmp:
         t = time.perf_counter()
-        counters = pipeline.run(image_files, event_files, served, str(Path(tmp) / "embedded" / "part"), beam_args)
+        out = str(Path(tmp) / "embedded" / "part")
+        job_args = runners.prepare(settings, beam_args, say)
+        counters = runners.run_job(job_args, lambda a: pipeline.run(image_files, event_files, served, out, a))
         data = _load_embedded(Path(tmp) / "embedded")
         seconds["embed"] = time.perf_counter() - t
         say(
@@ -169,42 +172,77 @@ def _run(settings: Settings, since, until, beam_args, search, trials, skip_uncha
         new = heads.evaluate(probabilities, y[test], labels)
         current_pred = np.array([current_labels[j] for j in data["probabilities"][test].argmax(axis=1)])
         current_acc = float((current_pred == data["label"][test]).mean())
-        recorded = champion.metrics.get("test_accuracy", champion.metrics.get("holdout_accuracy"))
-        bar = max(current_acc, recorded) if recorded is not None else current_acc
         seconds["evaluate"] = time.perf_counter() - t
-        changes = _label_changes(current_labels, labels)
-        say(
-            f"evaluate: test accuracy {new.accuracy:.4f} (current v{champion.version}: {current_acc:.4f} here, "
-            f"{'-' if recorded is None else f'{recorded:.4f}'} recorded) on "
-            f"{int(test.sum())} images; best {trained.candidate}{'; ' + changes if changes else ''}"
-        )
-
-        gate_ok, reason = _gate(
-            new.accuracy, bar, settings.retrain_tolerance, probabilities, int(test.sum()), len(labels)
-        )
-        t = time.perf_counter()
-        version = _register(
+        return register_head(
             settings,
             registry,
-            name,
             champion,
             trained,
             new,
+            probabilities,
             current_acc,
-            labels,
-            labels_seen,
-            since,
-            until,
-            counters,
-            {**seconds},
-            Path(tmp),
-            changes,
-            reason,
+            current_labels,
+            labels_seen=labels_seen,
+            since=since,
+            until=until,
+            counters=counters,
+            seconds=seconds,
+            say=say,
         )
-        seconds["register"] = time.perf_counter() - t
-    registry.set_model_tag(name, LABELS_SEEN, labels_seen)
-    metrics = {"test_accuracy": new.accuracy, "current_accuracy": current_acc, "val_accuracy": trained.val_accuracy}
-    if not gate_ok:
+
+
+def register_head(
+    settings: Settings,
+    registry,
+    champion,
+    trained,
+    evaluation,
+    probabilities: np.ndarray,
+    current_acc: float,
+    current_labels: Sequence[str],
+    *,
+    gate: bool = True,
+    labels_seen: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    counters: dict[str, int] | None = None,
+    seconds: dict[str, float] | None = None,
+    say: Say = print,
+) -> RetrainResult:
+    """Judge a trained head against the champion, register it as the next version of ``settings.model_name``
+    (MLflow run, artifacts, model version), then promote and announce it when the gate passes (``gate=False``:
+    promote whatever the gate says, recording what it said). ``evaluation`` and ``probabilities`` are the
+    head's on the test split; ``current_acc`` the champion's on the same images. ``streamdl retrain`` and
+    the Python API's ``Head.register`` both end here."""
+    name, labels = settings.model_name, list(evaluation.labels)
+    counters, seconds = dict(counters or {}), dict(seconds or {})
+    n = int(evaluation.confusion.sum())  # the test images the head was judged on
+    recorded = champion.metrics.get("test_accuracy", champion.metrics.get("holdout_accuracy"))
+    bar = max(current_acc, recorded) if recorded is not None else current_acc
+    changes = _label_changes(current_labels, labels)
+    say(
+        f"evaluate: test accuracy {evaluation.accuracy:.4f} (current v{champion.version}: {current_acc:.4f} here, "
+        f"{'-' if recorded is None else f'{recorded:.4f}'} recorded) on "
+        f"{n} images; best {trained.candidate}{'; ' + changes if changes else ''}"
+    )
+    gate_ok, reason = _gate(evaluation.accuracy, bar, settings.retrain_tolerance, probabilities, n, len(labels))
+    if not gate and not gate_ok:
+        reason = f"promoted without the gate (gate=False); the gate said: {reason}"
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="streamdl-register-") as tmp:
+        version = _register(
+            settings, registry, name, champion, trained, evaluation, current_acc, labels, labels_seen or "",
+            since, until, counters, {**seconds}, Path(tmp), changes, reason,
+        )  # fmt: skip
+    seconds["register"] = time.perf_counter() - t
+    if labels_seen is not None:
+        registry.set_model_tag(name, LABELS_SEEN, labels_seen)
+    metrics = {
+        "test_accuracy": evaluation.accuracy,
+        "current_accuracy": current_acc,
+        "val_accuracy": trained.val_accuracy,
+    }
+    if gate and not gate_ok:
         registry.note(name, version.version, "not_promoted", reason)
         return RetrainResult("registered", reason, version.version, metrics, seconds, counters)
     registry.promote(name, version.version, reason)
