@@ -332,8 +332,10 @@ class Settings(BaseSettings):
         "beyond it they are counted without their ids. Env STREAMDL_QUALITY_MAX_LABELS_PER_IMAGE.",
     )
     quality_calibration_bins: int = Field(
-        10, ge=2, le=100, description="Confidence bins of the expected calibration error. "
-        "Env STREAMDL_QUALITY_CALIBRATION_BINS."
+        10,
+        ge=2,
+        le=100,
+        description="Confidence bins of the expected calibration error. Env STREAMDL_QUALITY_CALIBRATION_BINS.",
     )
     rollback: bool = Field(
         True,
@@ -397,6 +399,26 @@ class Settings(BaseSettings):
         le=65535,
         description="Port of the worker's Prometheus endpoint (0 = off). Env STREAMDL_METRICS_PORT.",
     )
+    archive_metrics_port: int = Field(
+        9465,
+        ge=0,
+        le=65535,
+        description="Port of the archiver's Prometheus endpoint (0 = off); not the worker's, so both run on one "
+        "host. Env STREAMDL_ARCHIVE_METRICS_PORT.",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the Prometheus endpoints listen on: 127.0.0.1 (this machine only), or 0.0.0.0 "
+        "for every interface (containers, a Prometheus on another host). Env STREAMDL_METRICS_HOST.",
+    )
+    connect_timeout_secs: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="How long a command waits for Kafka or Elasticsearch to first answer before it says which one "
+        "did not and exits. Env STREAMDL_CONNECT_TIMEOUT_SECS.",
+    )
     log_level: str = Field("INFO", description="Python log level. Env STREAMDL_LOG_LEVEL.")
 
     # --- The local stack -----------------------------------------------------
@@ -416,13 +438,6 @@ class Settings(BaseSettings):
         description="How long `stack up` waits for each service to become healthy. Env STREAMDL_STACK_TIMEOUT_SECS.",
     )
     tools_dir: Path = Field(
-    connect_timeout_secs: float = Field(
-        10.0,
-        gt=0,
-        le=600,
-        description="How long a command waits for Kafka or Elasticsearch to first answer before it says which one "
-        "did not and exits. Env STREAMDL_CONNECT_TIMEOUT_SECS.",
-    )
         Path("~/.cache/streamdl/tools"),
         description="Where tools built from the Go module proxy (Beam's Prism job server, helm) are cached, one "
         "folder per version. Env STREAMDL_TOOLS_DIR.",

@@ -10,7 +10,7 @@ from streamdl.connectors.kafka_admin import ensure_topics
 from streamdl.errors import SettingsError
 from streamdl.models.catalog import load_handler
 from streamdl.models.handler import ModelHandler
-from streamdl.prometheus import serve_metrics
+from streamdl.prometheus import check_metrics_port, serve_metrics
 from streamdl.settings import Settings
 from streamdl.streams.agents.app import create_app
 from streamdl.streams.agents.hot_swap import ModelFollower
@@ -73,6 +73,7 @@ def run_worker(settings: Settings) -> int:
     rules = load_rules(
         settings.alert_rules_file, settings.alert_throttle_secs
     )  # a bad file fails before anything starts
+    check_metrics_port(settings, "metrics_port")  # a taken port fails now, not after the model loaded
     pipelines = make_pipelines(settings, rules)
     ensure_topics(settings)
     for pipeline in pipelines.values():
@@ -80,7 +81,12 @@ def run_worker(settings: Settings) -> int:
     gc.collect()
     gc.freeze()  # the ~400k long-lived TensorFlow/Keras/Faust objects leave the collector's sight: full collections
     # stop all threads for 5-50 ms instead of 200-265 ms (bench.events, docs/benchmarks.md)
-    serve_metrics(settings.metrics_port)
+    try:
+        serve_metrics(settings, "metrics_port")
+    except SettingsError:  # taken since the check at start
+        for pipeline in pipelines.values():
+            pipeline.close()
+        raise
     app = create_app(settings)
     for name, pipeline in pipelines.items():
         register_batch_agent(

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from streamdl.errors import StreamdlError
+from streamdl.prometheus import metrics_port
 from streamdl.settings import Settings, settings_env
 
 
@@ -25,7 +26,8 @@ class WorkerProcess:
         self.settings = settings
         self.log = log
         self.command = command
-        self.ready_url = ready_url or f"http://127.0.0.1:{settings.metrics_port}/metrics"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port(settings, command[0])}/metrics"
+        self.ready_url = ready_url or self.metrics_url
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 180.0) -> WorkerProcess:
@@ -61,8 +63,9 @@ class WorkerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def metrics(self) -> str | None:
-        """The worker's Prometheus text, or ``None`` when it does not answer."""
-        return self._get(f"http://127.0.0.1:{self.settings.metrics_port}/metrics")
+        """The process's Prometheus text (the worker's, or the archiver's on ``archive_metrics_port``), or
+        ``None`` when it does not answer."""
+        return self._get(self.metrics_url)
 
     def metric(self, sample: str, label: str, **where: str) -> dict[str, float]:
         """The values of one sample of the worker's metrics by one label, summed over the other

@@ -31,6 +31,8 @@ SETTING_FLAGS: dict[str, tuple[str, type, str]] = {
     "--batch-linger": ("max_batch_duration_secs", str, "longest wait to fill a micro-batch, seconds"),
     "--model": ("model_name", str, "model the workers serve"),
     "--metrics-port": ("metrics_port", str, "port of the worker's Prometheus endpoint (0 = off)"),
+    "--archive-metrics-port": ("archive_metrics_port", str, "port of the archiver's Prometheus endpoint (0 = off)"),
+    "--metrics-host": ("metrics_host", str, "address the Prometheus endpoints listen on (0.0.0.0 = all)"),
     "--log-level": ("log_level", str, "DEBUG, INFO, WARNING or ERROR"),
 }
 
@@ -300,9 +302,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
+    from streamdl.connectors.es_client import check_elasticsearch
     from streamdl.streams.search import Filters, SimilaritySearch
 
-    from streamdl.connectors.es_client import check_elasticsearch
     if bool(args.image) == bool(args.image_id):
         raise StreamdlError("give an IMAGE file or --id ID (one of the two)")
     search = SimilaritySearch(settings, model=getattr(args, "model_name", None))  # --model: that model's index
@@ -388,9 +390,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "archive": cmd_archive,
     "retrain": cmd_retrain,
     "models": cmd_models,
+    "rules": cmd_rules,
 }
 
-    "rules": cmd_rules,
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``streamdl`` console script."""

@@ -239,12 +239,13 @@ class Archiver:
 
 
 def run_archiver(settings: Settings) -> int:
-    """``streamdl archive run``: archive until SIGTERM/SIGINT; metrics on ``metrics_port``."""
+    """``streamdl archive run``: archive until SIGTERM/SIGINT; metrics on ``archive_metrics_port``."""
     from streamdl.connectors.archive import filesystem, is_local
     from streamdl.connectors.kafka_admin import ensure_topics
-    from streamdl.prometheus import serve_metrics
+    from streamdl.prometheus import check_metrics_port, serve_metrics
 
     topics = archive_topics(settings)  # a bad setting fails before anything is contacted
+    check_metrics_port(settings, "archive_metrics_port")  # so does a taken metrics port
     short = tuple(t[len(settings.topic_prefix) :] for t in topics)
     fs, base = filesystem(archive_root(settings))  # an s3:// URL without s3fs fails here, with what to install
     if is_local(fs):
@@ -256,7 +257,7 @@ def run_archiver(settings: Settings) -> int:
 
     with graceful_stop(say) as stop:
         archiver = Archiver(settings, stop)
-        serve_metrics(settings.metrics_port)
+        serve_metrics(settings, "archive_metrics_port")  # not the worker's port: both run on one host
         started = time.monotonic()
         try:
             archiver.run()

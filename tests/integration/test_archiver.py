@@ -82,7 +82,7 @@ def archive_settings(stack: Settings, tmp_path: Path):
             "topic_prefix": f"{tag}.",
             "consumer_group": f"{tag}-workers",
             "archive_url": str(tmp_path / "archive"),
-            "metrics_port": free_port(),
+            "archive_metrics_port": free_port(),
             "topic_partitions": PARTITIONS,
             "archive_topics": "images,events",
             "archive_max_file_messages": FILE_MESSAGES,

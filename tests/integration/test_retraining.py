@@ -56,7 +56,7 @@ def loop(stream_factory, tmp_path_factory):
         retrain_min_labels=100,
     ) as (settings, worker):
         archiver = WorkerProcess(
-            settings.model_copy(update={"metrics_port": free_port()}),
+            settings.model_copy(update={"archive_metrics_port": free_port()}),
             folder / "archiver.log",
             command=("archive", "run"),
         ).start()

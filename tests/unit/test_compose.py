@@ -32,6 +32,8 @@ def test_versions_and_ports_match_the_local_stack_defaults():
     assert defaults.kafka_address[1] in published_ports(SERVICES["kafka"])
     assert defaults.es_address[1] in published_ports(SERVICES["elasticsearch"])
     assert defaults.metrics_port in published_ports(SERVICES["worker"])
+    # the endpoints listen on 127.0.0.1 by default; in a container the published port needs every interface
+    assert SERVICES["worker"]["environment"]["STREAMDL_METRICS_HOST"] == "0.0.0.0"
 
 
 def test_worker_environment_is_valid_settings_pointing_at_compose_services(monkeypatch):
