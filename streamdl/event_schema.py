@@ -15,6 +15,12 @@ An event is one JSON object (UTF-8)::
 and archived, never scored. Anything else is refused with an :class:`InvalidEvent` whose
 ``reason`` is one of :data:`EVENT_REASONS`; unknown categorical *values* are fine (the models
 encode them as unknown), unknown top-level *fields* are not (a typo would silently lose data).
+
+Speed: a value is first parsed by orjson (which only accepts strict JSON in valid UTF-8, so its strings
+need no surrogate check) and its feature maps are checked in one pass when they hold only plain numbers or
+texts. Whatever that fast path refuses goes through the precise path (``json`` and per-item checks), which
+decides and gives the reason; the fast path accepts only what the precise one accepts, as the same event
+(``tests/unit/test_fuzz_events.py`` checks both on every generated input).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from streamdl.errors import StreamdlError
 from streamdl.records import MAX_ID_BYTES
@@ -119,8 +127,17 @@ def parse_event(
     if size > max_bytes:
         raise InvalidEvent("too_large", f"the event is {size} bytes, over the {max_bytes}-byte limit")
     try:
+        return validate_event(orjson.loads(raw), now=now, max_future_secs=max_future_secs, plain=True)
+    except (orjson.JSONDecodeError, InvalidEvent):  # refused by the fast path: the precise path decides, and why
+        pass
+    return validate_event(_loads(raw), now=now, max_future_secs=max_future_secs)
+
+
+def _loads(raw: bytes | str) -> Any:
+    """The standard library's parse, for its precise error messages (and NaN refused as ``non_finite``)."""
+    try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        value = json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant)
     except InvalidEvent:
         raise
     except UnicodeDecodeError as exc:
@@ -131,14 +148,17 @@ def parse_event(
         raise InvalidEvent("invalid_json", "the JSON is nested too deeply") from None
     except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits
         raise InvalidEvent("invalid_json", f"invalid JSON: {str(exc).split(';')[0]}") from None
-    return validate_event(value, now=now, max_future_secs=max_future_secs)
 
 
-def validate_event(value: Any, *, now: float, max_future_secs: float = 300.0) -> Event:
-    """Check a parsed JSON value against the contract; raises :class:`InvalidEvent`."""
+def validate_event(value: Any, *, now: float, max_future_secs: float = 300.0, plain: bool = False) -> Event:
+    """Check a parsed JSON value against the contract; raises :class:`InvalidEvent`.
+
+    ``plain``: ``value`` came from orjson, so its texts are valid Unicode (integers beyond 64 bits came as
+    floats: :func:`parse_event` gives whatever this refuses to the precise path).
+    """
     if not isinstance(value, dict):
         raise InvalidEvent("not_an_object", f"an event is a JSON object, got {_json_type(value)}")
-    unknown = sorted(set(value) - _FIELDS)
+    unknown = [] if value.keys() <= _FIELDS else sorted(set(value) - _FIELDS)
     if unknown:
         raise InvalidEvent(
             "unknown_field",
@@ -152,10 +172,10 @@ def validate_event(value: Any, *, now: float, max_future_secs: float = 300.0) ->
     for name in ("id", "ts", "type"):
         if value.get(name) is None:
             raise InvalidEvent("missing_field", f"the required field {name!r} is missing or null")
-    event_id = _text(value, "id")
+    event_id = _text(value, "id", plain)
     if not event_id.strip() or len(event_id.encode()) > MAX_ID_BYTES:
         raise InvalidEvent("wrong_type", f"'id' must be non-empty text of at most {MAX_ID_BYTES} bytes")
-    event_type = _text(value, "type")
+    event_type = _text(value, "type", plain)
     if not _TYPE.fullmatch(event_type):  # not match: its $ also matches before a final newline
         raise InvalidEvent("wrong_type", f"'type' must match [A-Za-z0-9_.-]{{1,64}}, got {event_type[:80]!r}")
     ts = _timestamp(value["ts"])
@@ -165,9 +185,9 @@ def validate_event(value: Any, *, now: float, max_future_secs: float = 300.0) ->
             f"'ts' {iso(ts)} is {ts - now:.0f}s in the future "
             f"(at most {max_future_secs:.0f}s allowed: a clock or unit error?)",
         )
-    numeric = _features(value, "numeric", _number)
-    categorical = _features(value, "categorical", _category)
-    text, image_id, label = (_optional_text(value, name) for name in ("text", "image_id", "label"))
+    numeric = _features(value, "numeric", _number, _plain_numbers if plain else None)
+    categorical = _features(value, "categorical", _category, _plain_categories if plain else None)
+    text, image_id, label = (_optional_text(value, name, plain) for name in ("text", "image_id", "label"))
     if text is not None and len(text) > MAX_TEXT_CHARS:
         raise InvalidEvent("too_large", f"'text' has {len(text)} characters, over the {MAX_TEXT_CHARS} allowed")
     if event_type == LABEL_TYPE and (not image_id or not label):
@@ -181,11 +201,11 @@ def _json_type(value: Any) -> str:
     )
 
 
-def _text(value: dict[str, Any], name: str) -> str:
+def _text(value: dict[str, Any], name: str, plain: bool = False) -> str:
     got = value[name]
     if not isinstance(got, str):
         raise InvalidEvent("wrong_type", f"{name!r} must be text, got {_json_type(got)}")
-    return _unicode(repr(name), got)
+    return got if plain else _unicode(repr(name), got)
 
 
 def _unicode(where: str, text: str) -> str:
@@ -201,8 +221,8 @@ def _unicode(where: str, text: str) -> str:
     return text
 
 
-def _optional_text(value: dict[str, Any], name: str) -> str | None:
-    return None if value.get(name) is None else _text(value, name)
+def _optional_text(value: dict[str, Any], name: str, plain: bool = False) -> str | None:
+    return None if value.get(name) is None else _text(value, name, plain)
 
 
 def _timestamp(got: Any) -> float:
@@ -223,7 +243,7 @@ def _timestamp(got: Any) -> float:
     return float(got)
 
 
-def _features(value: dict[str, Any], name: str, check) -> dict[str, Any]:
+def _features(value: dict[str, Any], name: str, check, plain=None) -> dict[str, Any]:
     got = value.get(name)
     if got is None:
         return {}
@@ -231,6 +251,10 @@ def _features(value: dict[str, Any], name: str, check) -> dict[str, Any]:
         raise InvalidEvent("wrong_type", f"{name!r} must be an object of name -> value, got {_json_type(got)}")
     if len(got) > MAX_FEATURES:
         raise InvalidEvent("too_large", f"{name!r} has {len(got)} features, over the {MAX_FEATURES} allowed")
+    if plain is not None and (not got or 0 < min(map(len, got)) and max(map(len, got)) <= MAX_NAME_CHARS):
+        out = plain(got)
+        if out is not None:
+            return out
     out = {}
     for key, item in got.items():
         if not key or len(key) > MAX_NAME_CHARS:
@@ -238,6 +262,37 @@ def _features(value: dict[str, Any], name: str, check) -> dict[str, Any]:
         _unicode(f"a {name} feature name", key)
         out[key] = None if item is None else check(f"{name}.{key}", item)
     return out
+
+
+_FLOATS = {float, type(None)}
+_NUMBERS = {float, int, type(None)}
+_TEXTS = {str, type(None)}
+_CATEGORIES = {str, int, type(None)}
+
+
+def _plain_numbers(got: dict[str, Any]) -> dict[str, float | None] | None:
+    """The map's values as floats in one pass when all are numbers or null (``bool`` is not ``int`` here);
+    else ``None``. orjson yields no NaN or infinity, so only the conversion of huge values needs checking."""
+    types = set(map(type, got.values()))
+    if types <= _FLOATS:
+        return dict(got)
+    if not types <= _NUMBERS:
+        return None
+    out = {k: float(v) if type(v) is int else v for k, v in got.items()}
+    try:
+        return out if math.isfinite(math.fsum(filter(None, out.values()))) else None
+    except OverflowError:  # huge finite values: the precise path checks them one by one
+        return None
+
+
+def _plain_categories(got: dict[str, Any]) -> dict[str, str | None] | None:
+    """The map with integer codes as text in one pass when all values are texts, integers or null; else ``None``."""
+    types = set(map(type, got.values()))
+    if types <= _TEXTS:
+        return dict(got)
+    if not types <= _CATEGORIES:
+        return None
+    return {k: str(v) if type(v) is int else v for k, v in got.items()}
 
 
 def _number(where: str, item: Any) -> float:

@@ -30,7 +30,9 @@ from streamdl.event_schema import (
     MAX_TEXT_CHARS,
     Event,
     InvalidEvent,
+    _loads,
     parse_event,
+    validate_event,
 )
 from streamdl.records import to_json
 from tests.unit.fuzzing import fuzz, note
@@ -45,11 +47,28 @@ FIELDS = ("schema", "id", "ts", "type", "numeric", "categorical", "text", "image
 # --- the property ----------------------------------------------------------------
 
 
+def assert_precise_path_agrees(raw: bytes | str, now: float, max_bytes: int, got: Event | InvalidEvent) -> None:
+    """The fast path (orjson, one-pass maps) gives what the precise path (json, per-item checks) gives alone:
+    the same event, or the same reason and message."""
+    if not raw or len(raw) > max_bytes:
+        return  # refused before parsing, by code both paths share
+    try:
+        want: Event | InvalidEvent = validate_event(_loads(raw), now=now, max_future_secs=MAX_FUTURE)
+    except InvalidEvent as exc:
+        want = exc
+    if isinstance(got, InvalidEvent):
+        assert isinstance(want, InvalidEvent), f"fast path refused ({got.reason}) what the precise one accepts"
+        assert (got.reason, got.message) == (want.reason, want.message)
+    else:
+        assert got == want, f"fast path gave {got!r}, the precise one {want!r}"
+
+
 def check(raw: bytes | str, *, max_bytes: int = MAX_BYTES, now: float = NOW) -> Event | str:
     """An event keeping the contract, or a refusal with a known reason and a message; returns which."""
     try:
         got = parse_event(raw, now=now, max_bytes=max_bytes, max_future_secs=MAX_FUTURE)
     except InvalidEvent as exc:
+        assert_precise_path_agrees(raw, now, max_bytes, exc)
         assert exc.reason in EVENT_REASONS, exc.reason
         assert exc.message and str(exc).strip(), repr(exc)
         exc.message.encode()  # the dead-letter topic carries it as UTF-8
@@ -58,6 +77,7 @@ def check(raw: bytes | str, *, max_bytes: int = MAX_BYTES, now: float = NOW) -> 
         note(f"refused: {exc.reason}")
         return exc.reason
     assert len(raw) <= max_bytes
+    assert_precise_path_agrees(raw, now, max_bytes, got)
     assert_contract(got, now)
     note("accepted")
     return got
