@@ -14,8 +14,8 @@ from streamdl.settings import TOPIC_NAMES, Settings
 
 logger = logging.getLogger(__name__)
 
-COMPACTED = ("model-updates",)
-"""Topics keyed by name where only the latest value matters."""
+COMPACTED = ("model-updates", "dlq-replayed")
+"""Topics keyed by name where only the latest value matters (a model's announcement, a dead letter's replay)."""
 
 
 def admin_client(settings: Settings) -> AdminClient:

@@ -17,6 +17,7 @@ from streamdl.settings import Settings, load_settings
 from streamdl.streams.cli.alerts import add_alert_parsers, cmd_alerts, cmd_webhook
 from streamdl.streams.cli.archive import add_archive_parsers, cmd_archive
 from streamdl.streams.cli.console import EXIT_CODES, configure_logging, exit_code, format_table, in_user_terms
+from streamdl.streams.cli.dlq import add_dlq_parsers, cmd_dlq
 from streamdl.streams.cli.models import add_model_parsers, cmd_models, cmd_retrain
 from streamdl.streams.cli.rules import add_rules_parsers, cmd_rules
 
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_alert_parsers(sub, common)
     add_archive_parsers(sub, common)
     add_model_parsers(sub, common)
+    add_dlq_parsers(sub, common)
     sub.add_parser("settings", parents=[common], help="print the effective settings (secrets masked)")
     sub.add_parser("demo", parents=[common], help="the end-to-end demo: stack up, init, run the pipeline, report")
     add_rules_parsers(sub, common)
@@ -391,6 +393,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "retrain": cmd_retrain,
     "models": cmd_models,
     "rules": cmd_rules,
+    "dlq": cmd_dlq,
 }
 
 
