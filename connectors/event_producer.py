@@ -43,13 +43,16 @@ def iter_jsonl(path: Path, *, max_bytes: int, max_future_secs: float) -> Iterato
             line = line.strip()
             if not line:
                 continue
-            where = f"{path}:{number}"
-            try:
-                event = parse_event(line, now=time.time(), max_bytes=max_bytes, max_future_secs=max_future_secs)
-            except InvalidEvent as exc:
-                yield Skipped(where, f"{exc.reason}: {exc.message}")
-                continue
-            yield EventItem(event.id, to_json(event.as_json()), where)
+            yield event_item(line, f"{path}:{number}", max_bytes=max_bytes, max_future_secs=max_future_secs)
+
+
+def event_item(raw: bytes, where: str, *, max_bytes: int, max_future_secs: float) -> EventItem | Skipped:
+    """One event checked against the event contract now: the item to publish, or why it is skipped."""
+    try:
+        event = parse_event(raw, now=time.time(), max_bytes=max_bytes, max_future_secs=max_future_secs)
+    except InvalidEvent as exc:
+        return Skipped(where, f"{exc.reason}: {exc.message}")
+    return EventItem(event.id, to_json(event.as_json()), where)
 
 
 def iter_sensors(limit: int | None = None) -> Iterator[EventItem]:

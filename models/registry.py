@@ -6,6 +6,9 @@ classifier heads over the base's featurizer, stored as run artifacts (``head/hea
 ``head/info.json``). The version the workers serve carries the alias ``champion``; the registered
 model's tag ``champion_history`` keeps the promotions in order, so a rollback returns to the
 previous one.
+
+Until the first ``streamdl retrain`` nothing is registered and the workers serve the base model as it is
+(``digits-cnn`` v1); asking for a version then is a :class:`NotRegistered` error that says so.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamdl.models import digits
 from streamdl.models.errors import ModelNotFound
 
 logger = logging.getLogger(__name__)
@@ -24,6 +28,15 @@ logger = logging.getLogger(__name__)
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
 EXPERIMENT = "streamdl-retraining"
+
+
+class NotRegistered(ModelNotFound):
+    """The model has no registered version (nothing was retrained yet): the message says what serves."""
+
+
+def base_model(name: str) -> str:
+    """The model the workers serve while ``name`` has no registered version: ``digits-cnn v1``, or the name."""
+    return f"{name} v{digits.VERSION}" if name == digits.MODEL_NAME else name
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,8 @@ class Registry:
 
     def __init__(self, tracking_uri: str, artifact_root: Path) -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):  # "Creating initial MLflow database tables..."
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         import mlflow
         from mlflow import MlflowClient
 
@@ -95,13 +110,28 @@ class Registry:
         found = self.client.search_model_versions(f"name='{name}'")
         return sorted((self._version(mv, champion) for mv in found), key=lambda v: int(v.version))
 
+    def unregistered(self, name: str) -> str:
+        """One line: ``name`` has no registered versions, what the workers serve instead, what registers it."""
+        return (
+            f"{name} has no registered versions in the registry ({self.tracking_uri}); the workers serve the "
+            f"base model {base_model(name)} (registered as version 1 by the first 'streamdl retrain')"
+        )
+
     def show(self, name: str, version: str) -> Version:
-        for v in self.versions(name):
+        """One version; :class:`NotRegistered` when ``name`` has none, :class:`ModelNotFound` naming the
+        versions there are when ``version`` is not one of them."""
+        versions = self.versions(name)
+        for v in versions:
             if v.version == str(version):
                 return v
-        known = ", ".join(v.version for v in self.versions(name)) or "none"
+        if not versions:
+            raise NotRegistered(
+                f"no version {version!r}: {self.unregistered(name)}; run 'streamdl retrain' to register versions"
+            )
+        serving = next((f"; version {v.version} serves" for v in versions if v.champion), "")
         raise ModelNotFound(
-            f"{name} has no version {version!r} in the registry ({self.tracking_uri}); versions: {known}"
+            f"{name} has no version {version!r} in the registry ({self.tracking_uri}); versions: "
+            f"{', '.join(v.version for v in versions)}{serving} ('streamdl models list' shows them)"
         )
 
     def champion(self, name: str) -> Version | None:
@@ -159,9 +189,15 @@ class Registry:
 
     def rollback(self, name: str) -> Version:
         """Make the previously promoted version the champion again."""
+        if not self.versions(name):
+            raise NotRegistered(f"nothing to roll back to: {self.unregistered(name)}")
         history = self._history(name)
         if len(history) < 2:
-            raise ModelNotFound(f"{name}: nothing to roll back to (promotions so far: {', '.join(history) or 'none'})")
+            serving = f"; version {history[-1]} serves" if history else ""
+            raise ModelNotFound(
+                f"{name}: nothing to roll back to (promotions so far: {', '.join(history) or 'none'}{serving}); "
+                "'streamdl models promote VERSION' serves another registered version"
+            )
         self._set_champion(name, history[-2], history=history[:-1])
         return self.show(name, history[-2])
 

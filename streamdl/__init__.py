@@ -16,10 +16,16 @@ API_NAMES = (
     "Head",
     "ImageFeaturizer",
     "ImagePredictor",
+    "IndexFolderReport",
+    "contact_sheet",
     "fit_head",
+    "index_folder",
+    "publish_events",
+    "publish_images",
     "read_archive",
     "read_images",
     "read_topic",
+    "similar",
 )
 
 __all__ = ["__version__", *API_NAMES]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -158,19 +158,3 @@ def read_archive(
     return scan(
         archive_root(settings), settings.topic(stream), since=_when(since, "since"), until=_when(until, "until")
     ).to_table()
-
-
-def messages(table: pa.Table) -> Iterator[InMessage]:
-    """The rows of a :func:`read_images` table as the messages ``streamdl produce`` would send (key = id)."""
-    for i, row in enumerate(table.select(["id", "path", "bytes", "content_type"]).to_pylist()):
-        headers = {"source": row["path"].encode()}
-        if row["content_type"]:
-            headers["content-type"] = row["content_type"].encode()
-        yield InMessage(
-            key=row["id"].encode() if row["id"] else None,
-            value=row["bytes"],
-            topic="file",
-            partition=0,
-            offset=i,
-            headers=headers,
-        )

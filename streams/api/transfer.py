@@ -128,12 +128,10 @@ def fit_head(
 ) -> Head:
     """Train a classifier head on ``featurizer``'s embeddings of the labelled, usable rows of ``table``.
 
-    The rows are split (stratified) 60/20/20 into train, validation and test; ``search`` (``"grid"``, or
-    ``"random"`` with ``trials``) picks architecture, learning rate and L2 on validation; the best is
-    judged on test. Raises ``ValueError`` when there are too few labelled rows or classes.
+    The rows are split 60/20/20 into train, validation and test (stratified where the classes are large
+    enough); ``search`` (``"grid"``, or ``"random"`` with ``trials``) picks architecture, learning rate and
+    L2 on validation; the best is judged on test. Raises ``ValueError`` when there are too few labelled rows or classes.
     """
-    from sklearn.model_selection import train_test_split
-
     from streamdl.models.retraining import heads
 
     if label_column not in table.column_names:
@@ -156,14 +154,24 @@ def fit_head(
     index = {label: i for i, label in enumerate(labels)}
     y = np.array([index[v] for v in y_text])
     rows = np.arange(table.num_rows)
-    train, rest = train_test_split(rows, test_size=1 - SPLITS[0], stratify=y, random_state=seed)
-    val, test = train_test_split(rest, test_size=SPLITS[2] / (1 - SPLITS[0]), stratify=y[rest], random_state=seed)
+    train, rest = _split(rows, y, 1 - SPLITS[0], seed)
+    val, test = _split(rest, y[rest], SPLITS[2] / (1 - SPLITS[0]), seed)
     x = featurizer.embeddings(table)
     say = _progress(progress, len(tried))
     trained = heads.train_head(x[train], y[train], x[val], y[val], len(labels), tried, seed=seed, progress=say)
     probabilities = np.asarray(trained.model.predict(x[test], batch_size=1024, verbose=0))
     evaluation = heads.evaluate(probabilities, y[test], labels)
     return Head(featurizer, labels, trained, evaluation, table.take(pa.array(test)), probabilities)
+
+
+def _split(rows: np.ndarray, y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` split in two, stratified by ``y`` where every class has enough rows for it."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        return tuple(train_test_split(rows, test_size=share, stratify=y, random_state=seed))
+    except ValueError:  # a class too small to appear on both sides
+        return tuple(train_test_split(rows, test_size=share, random_state=seed))
 
 
 def _progress(progress: bool | None, total: int):

@@ -7,8 +7,8 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from streamdl.durations import parse_duration
 from streamdl.settings import Settings
+from streamdl.times import parse_duration
 
 EXIT_BUSY = 3
 EXIT_TOO_FEW = 4
@@ -38,7 +38,14 @@ def add_model_parsers(sub, common: argparse.ArgumentParser) -> None:
     retrain.add_argument("--trials", type=int, default=8, help="candidates of the random search (default 8)")
     retrain.add_argument("beam_args", nargs=argparse.REMAINDER, help="after '--': Beam pipeline options")
 
-    models = sub.add_parser("models", help="the model registry (MLflow): list, show, promote, roll back")
+    models = sub.add_parser(
+        "models",
+        help="the model registry (MLflow): list, show, promote, roll back",
+        description="The registered versions of the served model (STREAMDL_MODEL_NAME). Until the first "
+        "'streamdl retrain' nothing is registered and the workers serve the base model (digits-cnn v1): "
+        "'list' says so, and 'show', 'promote' and 'rollback' exit 2 with a one-line error (as they do for a "
+        "version that is not registered or when there is nothing to roll back to).",
+    )
     models_sub = models.add_subparsers(dest="action", metavar="ACTION", required=True)
     models_sub.add_parser("list", parents=[common], help="the versions of the served model (STREAMDL_MODEL_NAME)")
     show = models_sub.add_parser("show", parents=[common], help="one version: metrics, tags, where it is stored")
@@ -53,8 +60,8 @@ def add_model_parsers(sub, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
-    from streamdl.streams.jobs.alert_consumers import parse_since
     from streamdl.streams.jobs.retrain import RetrainBusy, TooFewLabels, retrain
+    from streamdl.times import parse_since
 
     beam_args = [a for a in args.beam_args if a != "--"]
     every = parse_duration(args.every) if args.every else None
@@ -100,7 +107,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "list":
         versions = registry.versions(name)
         if not versions:
-            print(f"{name}: no registered versions yet ({registry.tracking_uri}); 'streamdl retrain' registers them")
+            print(registry.unregistered(name))
             return 0
         print(
             f"{'version':>7}  {'kind':<5} {'serving':<8}{'promoted':<9}{'test acc':>9}  "
