@@ -411,8 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--linger",
         type=float,
-        default=0.05,
-        help="max_batch_duration_secs of the workers (the main latency knob; the product's default is 0.5)",
+        default=None,
+        help="max_batch_duration_secs of the workers (the main latency knob); default: the product's events "
+        "linger (events_batch_linger_secs)",
     )
     parser.add_argument(
         "--latency-secs", type=float, default=25.0, help="how long to produce at half the measured rate"
@@ -429,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     settings = load_settings({"state_dir": ROOT / ".streamdl"}, env_file=None)
+    default_linger = args.default_linger = args.linger is None
+    args.linger = settings.linger("events") if default_linger else args.linger
     local = LocalStack(settings, say=lambda m: print(f"[stack] {m}", file=sys.stderr))
     local.up()
     meter = CpuMeter(
@@ -464,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"an injected anomaly scored {injected_min:.2f}, under the threshold {ALERT_THRESHOLD}")
 
     say(f"agent, max_batch_size {args.batch_size}, linger {args.linger}s: {args.events} events")
-    stack = EventStack(settings, log_dir, args.batch_size, args.linger, rules_file)
+    linger = None if default_linger else args.linger  # None: the workers run with the product's default
+    stack = EventStack(settings, log_dir, args.batch_size, linger, rules_file)
     profile = Profile(log_dir / f"{stack.tag}.pyspy.txt") if args.profile and Profile.available() else None
     try:
         run = stack.throughput(
@@ -489,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.close()
 
     say(f"agent, max_batch_size 1: {args.one_per_call_events} events")
-    stack1 = EventStack(settings, log_dir, 1, args.linger, rules_file)
+    stack1 = EventStack(settings, log_dir, 1, linger, rules_file)
     try:
         run1 = stack1.throughput(
             [
@@ -506,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         stack1.close()
 
     say(f"plain confluent-kafka loop, max_batch_size {args.batch_size}: {args.events} events")
-    loop_stack = EventStack(settings, log_dir, args.batch_size, args.linger, rules_file, process=PlainLoopProcess)
+    loop_stack = EventStack(settings, log_dir, args.batch_size, linger, rules_file, process=PlainLoopProcess)
     try:
         loop_run = loop_stack.throughput(
             [
@@ -592,7 +596,7 @@ def render(
         f"| **{run.rate / run1.rate:.1f}x** "
         f"| {run.rate / bare:.3f} "
         f"| **{lat.pct('alert', 50):.0f} / {lat.pct('alert', 99):.0f}** at {lat.rate:.0f} ev/s, "
-        f"linger {args.linger:g}s "
+        f"linger {args.linger:g}s{' (default)' if args.default_linger else ''} "
         f"| {lat.arrived} / {lat.expected} ({lat.anomalous} injected"
         f"{f', {lat.unexpected} unexpected' if lat.unexpected else ''}) "
         f"| {lat.pct('prediction', 50):.0f} / {lat.pct('prediction', 99):.0f} ({lat.predictions} of {lat.sent}) |",

@@ -2,7 +2,7 @@
 
 ``python -m bench.plain_loop`` (settings from ``STREAMDL_*``, as a worker) sets up the same
 :class:`~streamdl.streams.pipelines.events.EventPipeline` the worker runs, serves the same metrics,
-then loops: consume up to ``max_batch_size`` messages (waiting at most ``max_batch_duration_secs``),
+then loops: consume up to ``max_batch_size`` messages (waiting at most the events linger),
 ``process_batch`` (compute then write, serial: no stage overlap), commit synchronously. Offsets are
 committed only after the batch was written, as in the worker. SIGTERM ends the loop after the batch in hand.
 """
@@ -47,7 +47,7 @@ def run(settings: Settings) -> None:
     start_http_server(settings.metrics_port, addr="127.0.0.1", registry=REGISTRY)
     try:
         while not stop:
-            msgs = consumer.consume(settings.max_batch_size, timeout=settings.max_batch_duration_secs)
+            msgs = consumer.consume(settings.max_batch_size, timeout=settings.linger("events"))
             batch = [from_confluent(m) for m in msgs if m.error() is None]
             if batch:
                 pipeline.process_batch(batch)

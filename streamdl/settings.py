@@ -102,11 +102,27 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(
         64, ge=1, le=4096, description="Most messages in one micro-batch. Env STREAMDL_MAX_BATCH_SIZE."
     )
-    max_batch_duration_secs: float = Field(
+    max_batch_duration_secs: float | None = Field(
+        None,
+        gt=0,
+        le=60,
+        description="Longest wait to fill a micro-batch (linger), seconds, for every stream; unset: each stream's "
+        "own (events_batch_linger_secs, images_batch_linger_secs). Env STREAMDL_MAX_BATCH_DURATION_SECS.",
+    )
+    events_batch_linger_secs: float = Field(
+        0.05,
+        gt=0,
+        le=60,
+        description="The events agent's linger when max_batch_duration_secs is unset: short, so that "
+        "produce-to-alert stays within 250 ms at half the maximum rate (docs/benchmarks.md). "
+        "Env STREAMDL_EVENTS_BATCH_LINGER_SECS.",
+    )
+    images_batch_linger_secs: float = Field(
         0.5,
         gt=0,
         le=60,
-        description="Longest wait to fill a micro-batch (linger), seconds. Env STREAMDL_MAX_BATCH_DURATION_SECS.",
+        description="The images agent's linger when max_batch_duration_secs is unset: longer, so that batches "
+        "fill for the model. Env STREAMDL_IMAGES_BATCH_LINGER_SECS.",
     )
     drain_secs: float = Field(
         10.0,
@@ -530,6 +546,12 @@ class Settings(BaseSettings):
         if self.es_ca_file and not self.es_url.startswith("https://"):
             raise ValueError(f"STREAMDL_ES_CA_FILE is only used with an https:// STREAMDL_ES_URL, not {self.es_url}")
         return self
+
+    def linger(self, stream: str) -> float:
+        """The longest wait to fill a micro-batch of ``stream`` (``images`` or ``events``), seconds."""
+        if self.max_batch_duration_secs is not None:
+            return self.max_batch_duration_secs
+        return self.events_batch_linger_secs if stream == "events" else self.images_batch_linger_secs
 
     @field_validator("worker_agents")
     @classmethod

@@ -95,7 +95,7 @@ def run_worker(settings: Settings) -> int:
             settings.topic(name),
             pipeline,
             max_batch_size=settings.max_batch_size,
-            max_batch_duration_secs=settings.max_batch_duration_secs,
+            max_batch_duration_secs=settings.linger(name),
             drain_secs=settings.drain_secs,
         )
     followers = (

@@ -109,3 +109,13 @@ def test_unknown_topic_or_alias_is_refused():
         s.topic("imagez")
     with pytest.raises(ValueError, match="unknown alias"):
         s.alias("dlq")
+
+
+def test_each_stream_has_its_own_default_linger_and_max_batch_duration_sets_both():
+    defaults = load_settings({}, env_file=None)
+    assert defaults.max_batch_duration_secs is None
+    assert (defaults.linger("events"), defaults.linger("images")) == (0.05, 0.5)
+    tuned = load_settings({"events_batch_linger_secs": 0.02, "images_batch_linger_secs": 1.0}, env_file=None)
+    assert (tuned.linger("events"), tuned.linger("images")) == (0.02, 1.0)
+    both = load_settings({"max_batch_duration_secs": 0.2, "events_batch_linger_secs": 0.02}, env_file=None)
+    assert (both.linger("events"), both.linger("images")) == (0.2, 0.2)
