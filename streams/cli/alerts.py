@@ -17,8 +17,10 @@ def add_alert_parsers(sub: argparse._SubParsersAction, common: argparse.Argument
         "alerts",
         parents=[common],
         help="print alerts: the recent ones, or follow new ones live",
-        description="Print alerts from the alerts topic, one line each. Without --follow: the alerts "
-        f"since --since (default the last {DEFAULT_SINCE}), then exit. With --follow: new "
+        description="Print alerts from the alerts topic, one line each, by the time they were raised (the event "
+        "time beside it when it differs). Without --follow: the alerts raised "
+        f"since --since (default the last {DEFAULT_SINCE}) with their suppressed counts from the alerts index, "
+        "then exit. With --follow: new "
         "alerts as they come (after those since --since, when given) until Ctrl-C. "
         "Never commits offsets, so it disturbs no other consumer.",
     )
@@ -33,7 +35,7 @@ def add_alert_parsers(sub: argparse._SubParsersAction, common: argparse.Argument
     alerts.add_argument(
         "--since",
         metavar="TIME",
-        help=f"start at this ISO time (UTC unless it says otherwise) or this long ago: 30m, 2h, 7d "
+        help=f"alerts raised since this ISO time (UTC unless it says otherwise) or this long ago: 30m, 2h, 7d "
         f"(default without --follow: {DEFAULT_SINCE}; with --follow: only new alerts)",
     )
 
@@ -58,7 +60,7 @@ def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     except KeyboardInterrupt:  # the normal end of --follow
         return 0
     if not args.follow:
-        print(f"{count} alert{'' if count == 1 else 's'} since {since}", file=sys.stderr)
+        print(f"{count} alert{'' if count == 1 else 's'} raised since {since}", file=sys.stderr)
     return 0
 
 

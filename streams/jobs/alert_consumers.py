@@ -108,23 +108,35 @@ def _evidence(evidence: Any, limit: int = 6) -> str:
     return " ".join(f"{k}={_short(scalars[k])}" for k in keys[:limit])
 
 
-def _when(alert: dict[str, Any], timestamp_ms: int | None) -> str:
-    ts = alert.get("ts")
+def _epoch(value: Any) -> float | None:
     try:
-        when = datetime.fromtimestamp(to_epoch(ts), UTC) if isinstance(ts, str) else None
+        return to_epoch(value) if isinstance(value, str) else None
     except (ValueError, OverflowError):
-        when = None
-    if when is None and timestamp_ms is not None:
-        when = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
-    if when is None:
+        return None
+
+
+def raised_at(alert: dict[str, Any], timestamp_ms: int | None = None) -> float | None:
+    """When the alert was raised (epoch seconds): its ``raised_at``, else the message's timestamp, else its
+    event time ``ts``."""
+    raised = _epoch(alert.get("raised_at"))
+    if raised is None and timestamp_ms is not None:
+        raised = timestamp_ms / 1000
+    return raised if raised is not None else _epoch(alert.get("ts"))
+
+
+def _clock(epoch: float | None) -> str:
+    if epoch is None:
         return "-" * 20
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _when(alert: dict[str, Any], timestamp_ms: int | None) -> str:
+    return _clock(raised_at(alert, timestamp_ms))
 
 
 def format_alert(alert: dict[str, Any], *, colour: bool = False, timestamp_ms: int | None = None) -> str:
-    """One readable line: time, severity, rule, subject, model, key evidence, ``(+N suppressed)``."""
+    """One readable line: when it was raised, severity, rule, subject, model, key evidence, the event time
+    when it is another minute (replayed or late data), ``(+N suppressed)``."""
     severity = str(alert.get("severity") or "?")
     rule = str(alert.get("rule") or alert.get("kind") or "?")
     subject = str(alert.get("subject_id") or "-")
@@ -138,6 +150,9 @@ def format_alert(alert: dict[str, Any], *, colour: bool = False, timestamp_ms: i
     evidence = _evidence(alert.get("evidence"))
     if evidence:
         parts.append(f"{_DIM}{evidence}{_RESET}" if colour else evidence)
+    event, raised = _epoch(alert.get("ts")), raised_at(alert, timestamp_ms)
+    if event is not None and raised is not None and abs(raised - event) >= 60:
+        parts.append(f"event {_clock(event)}")
     suppressed = alert.get("suppressed")
     if isinstance(suppressed, int) and not isinstance(suppressed, bool) and suppressed > 0:
         parts.append(f"(+{suppressed} suppressed)")
@@ -181,8 +196,10 @@ def follow_alerts(
     """Print alerts one line each; returns how many it printed.
 
     Without ``since`` it starts at the end (new alerts only); with ``since`` (ISO time or a duration
-    such as ``30m``) each partition starts at the first alert at or after that time. ``follow=False``
-    stops at the end as it was when the command started and prints in time order (with
+    such as ``30m``) each partition starts at the first alert at or after that time, and alerts raised
+    (``raised_at``) before it are skipped. ``follow=False`` stops at the end as it was when the command started,
+    takes the suppressed counts from the alerts index (:func:`suppressed_counts`) and prints in the order
+    the alerts were raised (with
     ``follow=True`` lines come as they arrive, in order per partition). ``rule`` may list several,
     comma-separated; ``severity`` keeps that level and above. ``ready`` is set once every partition is positioned.
     """
@@ -199,13 +216,14 @@ def follow_alerts(
         **{"enable.partition.eof": True, "auto.offset.reset": "latest"},
     )
     printed = 0
-    backlog: list[tuple[str, str]] = []
+    backlog: list[tuple[str, dict[str, Any] | str, int | None]] = []  # (when raised, alert or a line, timestamp)
 
-    def emit(when: str, line: str) -> None:
+    def emit(when: str, item: dict[str, Any] | str, ts_ms: int | None) -> None:
         if follow:
-            print(line, file=out, flush=True)
+            print(item if isinstance(item, str) else format_alert(item, colour=colour, timestamp_ms=ts_ms), file=out)
+            out.flush()
         else:
-            backlog.append((when, line))
+            backlog.append((when, item, ts_ms))
 
     try:
         partitions = _partitions(consumer, settings, topic)
@@ -252,20 +270,53 @@ def follow_alerts(
                 alert = parse_alert(msg.value())
             except ValueError as exc:
                 line = f"warning: malformed alert at {msg.topic()}[{msg.partition()}]@{msg.offset()}: {exc}"
-                emit(_when({}, ts_ms), f"\033[33m{line}{_RESET}" if colour else line)
+                emit(_when({}, ts_ms), f"\033[33m{line}{_RESET}" if colour else line, ts_ms)
                 continue
             if rules is not None and alert.get("rule") not in rules and alert.get("kind") not in rules:
                 continue
             if not severity_passes(alert.get("severity"), minimum):
                 continue
-            emit(_when(alert, ts_ms), format_alert(alert, colour=colour, timestamp_ms=ts_ms))
+            raised = raised_at(alert, ts_ms)
+            if start_ms is not None and raised is not None and raised * 1000 < start_ms:
+                continue  # raised before --since (the topic was positioned by message time)
+            emit(_when(alert, ts_ms), alert, ts_ms)
             printed += 1
-        for _, line in sorted(backlog, key=lambda item: item[0]):  # follow=False: in time order across partitions
-            print(line, file=out)
+        counts = suppressed_counts(settings, [a["alert_id"] for _, a, _ in backlog if isinstance(a, dict)])
+        for _, item, ts_ms in sorted(backlog, key=lambda b: b[0]):  # follow=False: in time order across partitions
+            if isinstance(item, dict):
+                item = {**item, "suppressed": counts.get(item["alert_id"], item.get("suppressed"))}
+                item = format_alert(item, colour=colour, timestamp_ms=ts_ms)
+            print(item, file=out)
         out.flush()
     finally:
         consumer.close()
     return printed
+
+
+def suppressed_counts(settings: Settings, alert_ids: list[Any]) -> dict[str, int]:
+    """The current ``suppressed`` count of each alert, from the alerts index (the topic holds the count at the
+    time the alert was raised, usually 0). ``{}`` with a warning when Elasticsearch does not answer."""
+    from elasticsearch import ApiError, TransportError
+
+    from streamdl.connectors.es_client import es_client, es_unavailable
+
+    ids = sorted({i for i in alert_ids if isinstance(i, str)})
+    if not ids:
+        return {}
+    counts: dict[str, int] = {}
+    es = es_client(settings).options(request_timeout=settings.connect_timeout_secs, max_retries=0, ignore_status=404)
+    try:
+        for i in range(0, len(ids), 1000):
+            resp = es.mget(index=settings.alias("alerts"), ids=ids[i : i + 1000], source=["suppressed"])
+            for doc in resp.get("docs", []):
+                value = doc.get("_source", {}).get("suppressed") if doc.get("found") else None
+                if isinstance(value, int):
+                    counts[doc["_id"]] = value
+    except (TransportError, ApiError) as exc:
+        logger.warning("suppressed counts not shown: %s", es_unavailable(settings, exc))
+    finally:
+        es.close()
+    return counts
 
 
 # --- the webhook sink -----------------------------------------------------------------------------

@@ -337,3 +337,29 @@ def test_alerts_since_without_follow_prints_and_returns(alerts_settings):
     # nothing since the future; no since at all: only new alerts, so none
     assert follow_alerts(settings, since="2099-01-01T00:00:00Z", follow=False, out=_Out()) == 0
     assert follow_alerts(settings, follow=False, out=_Out()) == 0
+
+
+def test_alerts_since_is_by_raise_time_and_shows_the_indexed_suppressed_counts(alerts_settings, es, index_factory):
+    """``alerts --since 1h`` keeps what was raised in the last hour whatever its event time (a replay of
+    January's data raises alerts today), prints the raise time first and the event time beside it, and the
+    suppressed counts the workers keep in the alerts index."""
+    from datetime import timedelta
+
+    from streamdl.streams.jobs.alert_consumers import follow_alerts
+
+    settings = alerts_settings.model_copy(update={"index_prefix": index_factory("alertsidx") + "-"})
+    now = datetime.now(UTC)
+    january = alert("old-data", ts="2026-01-07T08:00:00.000+00:00")
+    earlier = alert("raised-2h-ago", raised_at=(now - timedelta(hours=2)).isoformat(timespec="milliseconds"))
+    fresh = alert("fresh")
+    produce(settings, january, earlier, fresh)
+    es.index(index=settings.alias("alerts"), id=fresh["alert_id"], document={**fresh, "suppressed": 7}, refresh=True)
+
+    out = _Out()
+    assert follow_alerts(settings, since="1h", follow=False, out=out) == 2
+    lines = out.lines()
+    (old_line,) = [line for line in lines if "old-data" in line]
+    assert old_line.startswith(now.strftime("%Y-%m-%d")) and "event 2026-01-07 08:00:00Z" in old_line
+    (fresh_line,) = [line for line in lines if " fresh " in line]
+    assert "(+7 suppressed)" in fresh_line and "event " not in fresh_line
+    assert follow_alerts(settings, since="3h", follow=False, out=_Out()) == 3
