@@ -14,6 +14,7 @@ from streamdl.prometheus import check_metrics_port, serve_metrics
 from streamdl.settings import Settings
 from streamdl.streams.agents.app import create_app
 from streamdl.streams.agents.hot_swap import ModelFollower
+from streamdl.streams.agents.lag import LagMonitor
 from streamdl.streams.agents.micro_batch import register_batch_agent
 from streamdl.streams.agents.shutdown import BoundedWorker
 from streamdl.streams.pipelines.writer import MicroBatchPipeline
@@ -48,21 +49,21 @@ def make_pipelines(settings: Settings, rules: tuple[Rule, ...]) -> dict[str, Mic
     """The pipelines of the configured agents, not set up yet (bad model names fail here)."""
     pipelines: dict[str, MicroBatchPipeline] = {}
 
-    def quality() -> list:  # live quality, drift and rollback (docs/model-quality.md): one sink per pipeline
+    def quality(stream: str) -> list:  # live quality, drift and rollback (docs/model-quality.md)
         from streamdl.streams.quality.sink import QualitySink
 
-        return [QualitySink(settings, rules=rules)] if settings.quality else []
+        return [QualitySink(settings, stream=stream, rules=rules)] if settings.quality else []
 
     if "images" in settings.agents:
         from streamdl.streams.pipelines.images import ImagePipeline
 
-        pipelines["images"] = ImagePipeline(settings, make_handler(settings), rules, sinks=quality())
+        pipelines["images"] = ImagePipeline(settings, make_handler(settings), rules, sinks=quality("images"))
     if "events" in settings.agents:
         from streamdl.models.event_handler import load_event_handler
         from streamdl.streams.pipelines.events import EventPipeline
 
         pipelines["events"] = EventPipeline(
-            settings, load_event_handler(settings.event_model, settings.state_dir), rules, sinks=quality()
+            settings, load_event_handler(settings.event_model, settings.state_dir), rules, sinks=quality("events")
         )
     return pipelines
 
@@ -102,6 +103,7 @@ def run_worker(settings: Settings) -> int:
         [ModelFollower(settings, pipelines["images"]).start()] if settings.hot_swap and "images" in pipelines else []
     )
     logger.info("worker runs %s%s", ", ".join(pipelines), " and follows model updates" if followers else "")
+    lag = LagMonitor(settings, [settings.topic(name) for name in pipelines]).start()  # the dashboard's lag panel
     worker = BoundedWorker(
         app,
         shutdown_limit=settings.drain_secs + settings.shutdown_grace_secs,
@@ -116,6 +118,7 @@ def run_worker(settings: Settings) -> int:
     finally:
         for follower in followers:
             follower.stop()
+        lag.stop()
         for pipeline in pipelines.values():
             pipeline.close()
         worker.watchdog.cancel()  # the shutdown finished within its bound

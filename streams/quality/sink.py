@@ -28,6 +28,7 @@ from streamdl.alert_rules import Rule, load_rules
 from streamdl.connectors.es_bulk import bulk_index
 from streamdl.records import iso
 from streamdl.settings import Settings
+from streamdl.streams.pipelines import metrics as pipeline_metrics
 from streamdl.streams.pipelines.alerts import Alert, AlertEngine, Scored
 from streamdl.streams.pipelines.sinks import Outputs, Sink
 from streamdl.streams.quality import metrics
@@ -59,12 +60,13 @@ class QualitySink(Sink):
         self,
         settings: Settings,
         *,
+        stream: str | None = None,
         rules: Sequence[Rule] | None = None,
         clock: Callable[[], float] = time.time,
         registry: Any = None,
         announce: Callable[[Settings, Any], None] | None = None,
     ) -> None:
-        self.settings, self.clock = settings, clock
+        self.settings, self.clock, self.stream = settings, clock, stream
         if rules is None:
             rules = load_rules(settings.alert_rules_file, settings.alert_throttle_secs)
         self.rules = tuple(r for r in rules if r.kind in QUALITY_RULES)
@@ -72,7 +74,9 @@ class QualitySink(Sink):
         self._registry, self._announce = registry, announce
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._stopping = threading.Event()
-        self._next_tick = 0.0
+        self._lock = threading.Lock()
+        """Held by a batch's write and by the periodic work: one of them at a time touches the label state."""
+        self._ticker = threading.Thread(target=self._tick_forever, name=f"quality-{stream or 'sink'}", daemon=True)
         self.es = None
         self.join: LabelJoin | None = None
         self.drift = DriftTracker(settings, clock)
@@ -96,32 +100,47 @@ class QualitySink(Sink):
         self.alert_topic = KafkaOutputs(self.settings, Deliveries(make_producer(self.settings)), stopping)
         if self.settings.rollback:
             self.guard = RollbackGuard(self.settings, self.raise_alert, self._registry, self._announce, self.clock)
+        self._ticker.start()
 
     def write(self, outputs: Outputs) -> None:
-        """Labels (events) or drift (images) of one batch; the periodic work when its interval passed."""
-        if outputs.stream == "images":
-            self._drift(self.drift.observe(outputs.documents))
-            return
-        labels = [
-            Label(doc.id, str(doc.body["image_id"]), str(doc.body["label"]), to_epoch(doc.body["processed_time"]))
-            for doc in outputs.documents
-            if doc.body.get("type") == "label" and doc.body.get("image_id") and doc.body.get("label") is not None
-        ]
-        if labels:
-            self.join.add(labels)
-        now = self.clock()
-        if now >= self._next_tick:
-            self._next_tick = now + self.settings.quality_interval_secs
-            self.tick(now)
+        """Labels (events) or drift (images) of one batch."""
+        self.stream = self.stream or outputs.stream
+        with self._lock:
+            if outputs.stream == "images":
+                self._drift(self.drift.observe(outputs.documents))
+                return
+            labels = [
+                Label(doc.id, str(doc.body["image_id"]), str(doc.body["label"]), to_epoch(doc.body["processed_time"]))
+                for doc in outputs.documents
+                if doc.body.get("type") == "label" and doc.body.get("image_id") and doc.body.get("label") is not None
+            ]
+            if labels:
+                self.join.add(labels)
 
     def close(self) -> None:
         self._stopping.set()
+        if self._ticker.is_alive():
+            self._ticker.join(timeout=30)
         if self.alert_topic is not None:
             self.alert_topic.close()
         if self.es is not None:
             self.es.close()
 
-    # --- the periodic work (events pipeline) -----------------------------------------------------------
+    # --- the periodic work ------------------------------------------------------------------------------
+    def _tick_forever(self) -> None:
+        """Every ``quality_interval_secs``, batches or not: :meth:`tick` (events) or closing drift windows (images)."""
+        while not self._stopping.wait(self.settings.quality_interval_secs):
+            try:
+                with self._lock:
+                    if self.stream == "events":
+                        self.tick(self.clock())
+                    elif self.stream == "images":
+                        self._drift(self.drift.close_windows(self.clock()))
+            except Exception:  # an outage: the next interval tries again
+                logger.exception(
+                    "quality: the periodic work failed; trying again in %ss", self.settings.quality_interval_secs
+                )
+
     def tick(self, now: float) -> list[QualityReport]:
         """Retry waiting labels, report live quality per window, apply the accuracy rules and the rollback rule."""
         self.join.retry()
@@ -205,6 +224,8 @@ class QualitySink(Sink):
         mine = [a for a in new if a.alert_id not in lost]
         if mine:
             self.alert_topic.write(Outputs(stream="images", alerts=mine))
+        for alert in mine:
+            pipeline_metrics.ALERTS.labels("images", alert.rule).inc()
 
     def _index_reports(self, docs: list[dict[str, Any]], now: float, bucket_secs: float | None) -> None:
         """Report documents; a quality report's id is its version, window and time bucket (all workers compute
