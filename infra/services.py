@@ -90,6 +90,10 @@ class Service(ABC):
     def ports(self) -> list[int]:
         """Every port the service listens on (checked free before start)."""
 
+    def port_setting(self, port: int) -> str:
+        """The environment variable that moves ``port`` (one of :attr:`ports`)."""
+        return self.address_setting
+
     @abstractmethod
     def prepare(self) -> None:
         """Fetch the artifacts and write the configuration (idempotent)."""
@@ -130,9 +134,10 @@ class Service(ABC):
         host, _ = self.address
         taken = [p for p in self.ports if not process.port_is_free(host, p)]
         if taken:
+            settings = ", ".join(dict.fromkeys(self.port_setting(p) for p in taken))
             raise StackError(
                 f"{self.name} cannot start: port {', '.join(map(str, taken))} on {host} is taken by another process. "
-                f"Stop that process, or move {self.name} with {self.address_setting}."
+                f"Stop that process, or move {self.name} with {settings}."
             )
         cmd, env, uid = self._command()
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -193,9 +198,22 @@ class Kafka(Service):
         return self.settings.kafka_version
 
     @property
+    def controller_port(self) -> int:
+        """The KRaft controller listener's port: ``kafka_controller_port``, or the client port + 1."""
+        port = self.settings.kafka_controller_port or self.address[1] + 1
+        if port == self.address[1]:
+            raise StackError(
+                f"STREAMDL_KAFKA_CONTROLLER_PORT ({port}) is the broker's own port (STREAMDL_KAFKA_BOOTSTRAP_SERVERS); "
+                "give the controller another one, or 0 for the broker's port + 1"
+            )
+        return port
+
+    @property
     def ports(self) -> list[int]:
-        port = self.address[1]
-        return [port, port + 1]  # client listener, controller listener
+        return [self.address[1], self.controller_port]  # client listener, controller listener
+
+    def port_setting(self, port: int) -> str:
+        return "STREAMDL_KAFKA_CONTROLLER_PORT" if port == self.controller_port else self.address_setting
 
     def prepare(self) -> None:
         self.libs = fetch_kafka(self.dist_dir, self.version, self.say)
@@ -209,8 +227,8 @@ class Kafka(Service):
                 [
                     "process.roles=broker,controller",
                     "node.id=1",
-                    f"controller.quorum.voters=1@{host}:{port + 1}",
-                    f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{port + 1}",
+                    f"controller.quorum.voters=1@{host}:{self.controller_port}",
+                    f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{self.controller_port}",
                     f"advertised.listeners=PLAINTEXT://{host}:{port}",
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=PLAINTEXT",
@@ -321,9 +339,22 @@ class Elasticsearch(Service):
         return self.settings.es_version
 
     @property
+    def transport_port(self) -> int:
+        """The node-to-node transport port: ``es_transport_port``, or the HTTP port + 100."""
+        port = self.settings.es_transport_port or self.address[1] + 100
+        if port == self.address[1]:
+            raise StackError(
+                f"STREAMDL_ES_TRANSPORT_PORT ({port}) is the HTTP port (STREAMDL_ES_URL); give the transport "
+                "another one, or 0 for the HTTP port + 100"
+            )
+        return port
+
+    @property
     def ports(self) -> list[int]:
-        port = self.address[1]
-        return [port, port + 100]  # HTTP, transport
+        return [self.address[1], self.transport_port]  # HTTP, transport
+
+    def port_setting(self, port: int) -> str:
+        return "STREAMDL_ES_TRANSPORT_PORT" if port == self.transport_port else self.address_setting
 
     def prepare(self) -> None:
         self.dist = fetch_elasticsearch(self.dist_dir, self.version, self.say)
@@ -343,7 +374,7 @@ class Elasticsearch(Service):
                     f"path.logs: {self.home / 'logs'}",
                     f"network.host: {host}",
                     f"http.port: {port}",
-                    f"transport.port: {port + 100}",
+                    f"transport.port: {self.transport_port}",
                     "discovery.type: single-node",
                     "xpack.security.enabled: false",
                     "cluster.routing.allocation.disk.threshold_enabled: false",
