@@ -252,6 +252,12 @@ class Settings(BaseSettings):
         description="HMAC-SHA256 key signing webhook bodies (X-Streamdl-Signature). "
         "Env STREAMDL_WEBHOOK_SECRET, or STREAMDL_WEBHOOK_SECRET_FILE naming a file that holds it.",
     )
+    web_token: SecretStr | None = Field(
+        None,
+        description="Token `streamdl serve` requires (HTTP Bearer, or Basic with it as the password) when it "
+        "listens on an address other than loopback. Env STREAMDL_WEB_TOKEN, or STREAMDL_WEB_TOKEN_FILE naming "
+        "a file that holds it.",
+    )
     webhook_attempts: int = Field(
         4,
         ge=1,
@@ -447,20 +453,6 @@ class Settings(BaseSettings):
         description="Elasticsearch release the local stack runs (from Maven Central). Env STREAMDL_ES_VERSION.",
     )
     kafka_heap: str = Field("512m", description="Java heap of the local Kafka broker. Env STREAMDL_KAFKA_HEAP.")
-    kafka_controller_port: int = Field(
-        0,
-        ge=0,
-        le=65535,
-        description="Port of the local Kafka's KRaft controller listener; 0 = the broker's port + 1 (9093). "
-        "Env STREAMDL_KAFKA_CONTROLLER_PORT.",
-    )
-    es_transport_port: int = Field(
-        0,
-        ge=0,
-        le=65535,
-        description="Port of the local Elasticsearch's transport (node-to-node) listener; 0 = the HTTP port + 100 "
-        "(9300). Env STREAMDL_ES_TRANSPORT_PORT.",
-    )
     es_heap: str = Field("1g", description="Java heap of the local Elasticsearch node. Env STREAMDL_ES_HEAP.")
     stack_timeout_secs: float = Field(
         120,
@@ -683,7 +675,7 @@ def load_settings(
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
 
 
-SECRET_FIELDS = ("kafka_password", "es_password", "es_api_key", "webhook_secret")
+SECRET_FIELDS = ("kafka_password", "es_password", "es_api_key", "webhook_secret", "web_token")
 """The secrets: masked everywhere, and each settable from a file with ``STREAMDL_<NAME>_FILE``."""
 
 

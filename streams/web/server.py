@@ -8,6 +8,11 @@ Routes (and nothing else; no file is served from disk):
   neighbours as :meth:`SearchResult.as_json`.
 - ``GET /api/index``: what is searched (alias, index, model, dimensions, document count).
 
+Access: on a loopback address (the default, 127.0.0.1) anyone on this machine may ask. On any other
+address every request needs the token of ``STREAMDL_WEB_TOKEN_FILE`` (``Authorization: Bearer <token>``,
+or HTTP Basic with the token as the password, which a browser asks for), else 401; ``--insecure``
+serves without one.
+
 Errors are JSON ``{"error": "..."}`` with a 4xx status for bad input (400, 404 unknown id, 413 body
 too large); an unexpected failure is a 500 with a short message, its traceback only in the log.
 One :class:`SimilaritySearch` (and its model) serves the whole app; searches run in a thread pool,
@@ -17,6 +22,10 @@ since TensorFlow and the Elasticsearch client are synchronous.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hmac
+import ipaddress
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -52,9 +61,13 @@ _SECURITY_HEADERS = {
 
 
 # --- the app ---------------------------------------------------------------------------
-def create_app(settings: Settings, search: SimilaritySearch | None = None) -> web.Application:
-    """The web app; one ``search`` (created here unless given) answers every request."""
-    app = web.Application(client_max_size=settings.max_message_bytes + BODY_SLACK, middlewares=[_errors])
+def create_app(
+    settings: Settings, search: SimilaritySearch | None = None, *, token: str | None = None
+) -> web.Application:
+    """The web app; one ``search`` (created here unless given) answers every request; with ``token``, only
+    requests that carry it (else 401)."""
+    middlewares = [_errors] if token is None else [_errors, _require(token)]
+    app = web.Application(client_max_size=settings.max_message_bytes + BODY_SLACK, middlewares=middlewares)
     app[SETTINGS_KEY] = settings
     app[SEARCH_KEY] = search or SimilaritySearch(settings)
     app[EXECUTOR_KEY] = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="streamdl-search")
@@ -79,6 +92,46 @@ async def _add_headers(request: web.Request, response: web.StreamResponse) -> No
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def _require(token: str) -> Callable:
+    """A middleware that answers 401 to a request without ``token`` (Bearer, or the Basic password)."""
+    expected = token.encode()
+
+    @web.middleware
+    async def auth(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if hmac.compare_digest(_presented(request.headers.get("Authorization", "")), expected):
+            return await handler(request)
+        response = _error(401, "a token is required: Authorization: Bearer <token> (STREAMDL_WEB_TOKEN_FILE)")
+        response.headers["WWW-Authenticate"] = 'Basic realm="streamdl", charset="UTF-8"'
+        return response
+
+    return auth
+
+
+def _presented(header: str) -> bytes:
+    """The token an ``Authorization`` header carries: a Bearer token, or a Basic password; else ``b""``."""
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip().encode()
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip(), validate=True).partition(b":")[2]
+        except (binascii.Error, ValueError):
+            return b""
+    return b""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens for this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @web.middleware
@@ -229,11 +282,19 @@ async def index_info(request: web.Request) -> web.Response:
 
 
 # --- the command ---------------------------------------------------------------------------
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8088) -> int:
-    """Run the web app until SIGINT/SIGTERM."""
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8088, *, insecure: bool = False) -> int:
+    """Run the web app until SIGINT/SIGTERM; off loopback only with a token (or ``insecure``)."""
     if not 0 <= port < 65536:
         raise StreamdlError(f"--port must be 0..65535; got {port}")
-    app = create_app(settings)
+    token = settings.web_token.get_secret_value() if settings.web_token else None
+    if token is None and not is_loopback(host) and not insecure:
+        raise StreamdlError(
+            f"--host {host} is reachable from other machines: set a token with STREAMDL_WEB_TOKEN_FILE "
+            "(a file holding it), or pass --insecure to serve without one"
+        )
+    if token is None and not is_loopback(host):
+        logger.warning("serving on %s without a token (--insecure): anyone who reaches the port can search", host)
+    app = create_app(settings, token=token)
 
     def say(msg: str) -> None:
         print(msg.replace("http://0.0.0.0", "http://<this host>"), file=sys.stderr, flush=True)
