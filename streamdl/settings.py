@@ -453,6 +453,20 @@ class Settings(BaseSettings):
         description="Elasticsearch release the local stack runs (from Maven Central). Env STREAMDL_ES_VERSION.",
     )
     kafka_heap: str = Field("512m", description="Java heap of the local Kafka broker. Env STREAMDL_KAFKA_HEAP.")
+    kafka_controller_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the local Kafka's KRaft controller listener; 0 = the broker's port + 1 (9093). "
+        "Env STREAMDL_KAFKA_CONTROLLER_PORT.",
+    )
+    es_transport_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the local Elasticsearch's transport (node-to-node) listener; 0 = the HTTP port + 100 "
+        "(9300). Env STREAMDL_ES_TRANSPORT_PORT.",
+    )
     es_heap: str = Field("1g", description="Java heap of the local Elasticsearch node. Env STREAMDL_ES_HEAP.")
     stack_timeout_secs: float = Field(
         120,
