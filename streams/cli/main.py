@@ -127,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
         "atomically. Then restart the workers with the same model.",
     )
     reindex.add_argument("--no-switch", action="store_true", help="build the index but leave the alias where it is")
+    folder = index_sub.add_parser(
+        "folder",
+        parents=[common],
+        help="featurize a folder of images straight into the images index (resumable)",
+        description="Every image file under PATH (a folder, a file or a glob) goes through the worker's "
+        "image pipeline into the images index of --model (or STREAMDL_MODEL_NAME), with the documents the "
+        "worker writes; ids already indexed are skipped, so a second run resumes. Prints a final report.",
+    )
+    folder.add_argument("path", type=Path, help="a folder, an image file or a glob")
 
     produce = sub.add_parser("produce", help="publish images (or events) to Kafka")
     produce_sub = produce.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -190,12 +199,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8088, help="port to listen on (default 8088)")
-    serve.add_argument(
-        "--insecure",
-        action="store_true",
-        help="listen on a non-loopback --host without a token (STREAMDL_WEB_TOKEN_FILE); anyone who reaches "
-        "the port can search",
-    )
     add_alert_parsers(sub, common)
     add_archive_parsers(sub, common)
     add_model_parsers(sub, common)
@@ -357,6 +360,12 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
         check_elasticsearch(es, settings)
         print(format_index_status(index_status(settings, es)))
         return 0
+    if args.action == "folder":
+        from streamdl.streams.api.index_folder import index_folder
+
+        done = index_folder(args.path, progress=sys.stderr.isatty(), settings=settings)
+        print(done.summary())
+        return 0 if done.indexed or done.already else 1
     from streamdl.streams.jobs.reindex import reindex
 
     report = reindex(settings, settings.model_name, switch=not args.no_switch, progress=sys.stderr.isatty())
@@ -373,7 +382,7 @@ def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from streamdl.streams.web.server import serve
 
-    return serve(settings, args.host, args.port, insecure=args.insecure)
+    return serve(settings, args.host, args.port)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

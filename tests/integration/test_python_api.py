@@ -128,3 +128,17 @@ def test_a_head_registers_as_streamdl_retrain_does(api: Settings, folder: Path, 
     assert (registry.head_folder(champion) / "head.keras").is_file()
     updates = read_topic(api, api.topic("model-updates"), until=lambda got: len(got) >= 1, timeout=30)
     assert updates[0].key() == b"digits-cnn"
+
+
+def test_the_cli_indexes_a_folder_through_the_same_function(api: Settings, folder: Path, capsys, es):
+    from streamdl.streams.cli.main import main
+
+    flags = ["--topic-prefix", api.topic_prefix, "--index-prefix", api.index_prefix, "--state-dir", str(api.state_dir)]
+    assert main(["index", "folder", str(folder / "5"), *flags]) == 0
+    out = capsys.readouterr().out
+    files = len(list((folder / "5").glob("*.png")))
+    assert f"indexed {files} of {files} files" in out and "already indexed 0" in out
+    es.indices.refresh(index=api.alias("images"))
+    assert es.count(index=api.alias("images"))["count"] == files
+    assert main(["index", "folder", str(folder / "5"), *flags]) == 0
+    assert f"indexed 0 of {files} files" in capsys.readouterr().out
