@@ -199,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8088, help="port to listen on (default 8088)")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="listen on a non-loopback --host without a token (STREAMDL_WEB_TOKEN_FILE); anyone who reaches "
+        "the port can search",
+    )
     add_alert_parsers(sub, common)
     add_archive_parsers(sub, common)
     add_model_parsers(sub, common)
@@ -382,7 +388,7 @@ def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from streamdl.streams.web.server import serve
 
-    return serve(settings, args.host, args.port)
+    return serve(settings, args.host, args.port, insecure=args.insecure)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
