@@ -6,13 +6,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test install chromium stack-up stack-down bench lint clean
+.PHONY: demo test install chromium tools stack-up stack-down bench lint clean
 
 demo: $(STAMP)
 	$(BIN)/streamdl demo
 
-test: $(STAMP) chromium lint
+test: $(STAMP) chromium lint tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# helm (the chart tests) and Beam's Prism job server (the portable-runner test), built once from the Go module
+# proxy into ~/.cache/streamdl/tools (STREAMDL_TOOLS_DIR); later runs find them there.
+tools: $(STAMP)
+	@command -v go >/dev/null || { echo "Go is needed to build helm and Prism (apt-get install golang)"; exit 1; }
+	$(BIN)/python -m streamdl.infra.gotools helm prism
 
 # ruff: lint and format check of the whole tree (configured in pyproject.toml)
 lint: $(STAMP)
