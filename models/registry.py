@@ -46,7 +46,8 @@ class Version:
     name: str
     version: str
     kind: str
-    """``base`` (the model as trained by the project) or ``head`` (a retrained classifier head)."""
+    """``base`` (the model as trained by the project), ``head`` (a retrained classifier head) or ``event`` (an
+    event model saved under the state folder, version folder in tag ``folder_version``)."""
     champion: bool
     created_ms: int
     run_id: str | None
@@ -77,6 +78,7 @@ class Registry:
 
         self.tracking_uri = tracking_uri
         self.artifact_root = Path(artifact_root).resolve()
+        self._state_dir: Path | None = None
         self.mlflow = mlflow
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
@@ -90,7 +92,9 @@ class Registry:
             if local
             else Path(settings.state_dir) / "mlflow" / "artifacts"
         )
-        return cls(uri, artifacts)
+        registry = cls(uri, artifacts)
+        registry._state_dir = Path(settings.state_dir)
+        return registry
 
     @staticmethod
     def exists(settings: Any) -> bool:
@@ -112,6 +116,13 @@ class Registry:
 
     def unregistered(self, name: str) -> str:
         """One line: ``name`` has no registered versions, what the workers serve instead, what registers it."""
+        from streamdl.models.event_models import model_versions
+
+        if self._state_dir is not None and (saved := model_versions(name, self._state_dir)):
+            return (
+                f"{name} has no registered versions in the registry ({self.tracking_uri}); the workers serve its "
+                f"latest saved version {saved[-1]} ('streamdl train events --name {name}' registers the next one)"
+            )
         return (
             f"{name} has no registered versions in the registry ({self.tracking_uri}); the workers serve the "
             f"base model {base_model(name)} (registered as version 1 by the first 'streamdl retrain')"
@@ -135,7 +146,7 @@ class Registry:
         )
 
     def champion(self, name: str) -> Version | None:
-        """The version the workers serve, or ``None`` when nothing was promoted."""
+        """The version the workers serve, or ``None`` when nothing was promoted (image and event models alike)."""
         return next((v for v in self.versions(name) if v.champion), None)
 
     def head_folder(self, version: Version) -> Path:
@@ -160,6 +171,23 @@ class Registry:
         self._set_champion(name, str(mv.version), history=[str(mv.version)])
         logger.info("registered the base model %s as version %s", name, mv.version)
         return self.show(name, str(mv.version))
+
+    def register_event_model(self, name: str, folder: Path, metrics: dict[str, float]) -> Version:
+        """Register a saved event model (its folder: ``model.keras``, ``features.json``, ``info.json``) as the next
+        version of ``name`` and make it the champion, as a newly trained event model serves (tag ``kind=event``;
+        ``folder_version`` is the version folder the workers load)."""
+        self._ensure_model(name)
+        folder = Path(folder).resolve()
+        mv = self.client.create_model_version(
+            name,
+            source=folder.as_uri(),
+            tags={
+                "kind": "event",
+                "folder_version": folder.name,
+                **{f"metric.{k}": str(v) for k, v in metrics.items()},
+            },
+        )
+        return self.promote(name, str(mv.version), reason="trained by 'streamdl train events'")
 
     def register_head(
         self, name: str, run_id: str, artifact_path: str, metrics: dict[str, float], tags: dict[str, str]

@@ -63,9 +63,24 @@ def make_pipelines(settings: Settings, rules: tuple[Rule, ...]) -> dict[str, Mic
         from streamdl.streams.pipelines.events import EventPipeline
 
         pipelines["events"] = EventPipeline(
-            settings, load_event_handler(settings.event_model, settings.state_dir), rules, sinks=quality("events")
+            settings, load_event_handler(event_model_ref(settings), settings.state_dir), rules, sinks=quality("events")
         )
     return pipelines
+
+
+def event_model_ref(settings: Settings) -> str:
+    """The event model to serve: ``name:version`` as configured, else the registry's champion of ``name``
+    (promote or roll back with ``streamdl models ... --model NAME``), else the latest saved version."""
+    from streamdl.models.event_models import resolve_ref
+    from streamdl.models.registry import Registry
+
+    name, version = resolve_ref(settings.event_model)
+    if version is not None or not Registry.exists(settings):
+        return settings.event_model
+    champion = Registry.from_settings(settings).champion(name)
+    if champion is None or champion.kind != "event":
+        return settings.event_model
+    return f"{name}:{champion.tags['folder_version']}"
 
 
 def run_worker(settings: Settings) -> int:

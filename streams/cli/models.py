@@ -44,10 +44,12 @@ def add_model_parsers(sub, common: argparse.ArgumentParser) -> None:
         description="The registered versions of the served model (STREAMDL_MODEL_NAME). Until the first "
         "'streamdl retrain' nothing is registered and the workers serve the base model (digits-cnn v1): "
         "'list' says so, and 'show', 'promote' and 'rollback' exit 2 with a one-line error (as they do for a "
-        "version that is not registered or when there is nothing to roll back to).",
+        "version that is not registered or when there is nothing to roll back to). '--model NAME' names "
+        "another registered model, e.g. an event model registered by 'streamdl train events' (workers load its "
+        "champion when they start).",
     )
     models_sub = models.add_subparsers(dest="action", metavar="ACTION", required=True)
-    models_sub.add_parser("list", parents=[common], help="the versions of the served model (STREAMDL_MODEL_NAME)")
+    models_sub.add_parser("list", parents=[common], help="the versions of a model (default: the served one)")
     show = models_sub.add_parser("show", parents=[common], help="one version: metrics, tags, where it is stored")
     show.add_argument("version")
     promote = models_sub.add_parser(
@@ -103,7 +105,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from streamdl.streams.jobs.retrain import announce
 
     registry = Registry.from_settings(settings)
-    name = settings.model_name
+    name = settings.model_name  # --model NAME: the image model, or an event model such as sensors-ae
     if args.action == "list":
         versions = registry.versions(name)
         if not versions:
@@ -135,6 +137,9 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         version = registry.promote(name, args.version, reason="promoted by hand")
     else:
         version = registry.rollback(name)
+    if version.kind == "event":
+        print(f"{name}: version {version.version} is the champion; workers load it when they (re)start")
+        return 0
     announce(settings, version)
     print(f"{name}: version {version.version} now serves; announced on {settings.topic('model-updates')}")
     return 0

@@ -105,4 +105,9 @@ def train_events(
     finally:
         bar.close()
     info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
-    return {**info, "path": str(folder)}
+    from streamdl.models.registry import Registry
+
+    metrics = {k: float(v) for k, v in (info.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    version = Registry.from_settings(settings).register_event_model(name, folder, metrics)
+    say(f"registered {name} version {version.version} in the registry; it serves from the next worker start")
+    return {**info, "path": str(folder), "registered_version": version.version}
