@@ -49,6 +49,9 @@ class IndexFolderReport:
     examples: list[str] = field(default_factory=list)
     """The first refused files with their reason."""
     seconds: float = 0.0
+    """From the first file read to the index refreshed."""
+    setup_seconds: float = 0.0
+    """Checking the services, loading the model and making the index, before the first file."""
 
     @property
     def images_per_second(self) -> float:
@@ -63,7 +66,7 @@ class IndexFolderReport:
         refused = ", ".join(f"{k}: {v}" for k, v in sorted(self.refused.items())) or "none"
         lines = [
             f"indexed {self.indexed} of {self.files} files from {self.folder} into {self.index} with "
-            f"{self.model_name} version {self.model_version} in {self.seconds:.1f}s "
+            f"{self.model_name} version {self.model_version} in {self.seconds:.1f}s (setup {self.setup_seconds:.1f}s) "
             f"({self.images_per_second:.0f} images/s); already indexed {self.already}; refused {refused}"
         ]
         return "\n".join([*lines, *(f"  refused {e}" for e in self.examples)])
@@ -84,6 +87,7 @@ def index_folder(
     from streamdl.streams.agents.worker import make_handler
     from streamdl.streams.pipelines.images import ImagePipeline
 
+    t_setup = time.monotonic()
     settings = resolve(settings)
     if model is not None:
         settings = settings.model_copy(update={"model_name": model})
@@ -92,6 +96,7 @@ def index_folder(
     pipeline.setup()
     report = IndexFolderReport(str(path), pipeline.index, pipeline.info.name, pipeline.info.version, len(files))
     t0 = time.monotonic()
+    report.setup_seconds = t0 - t_setup
     try:
         with (
             ThreadPoolExecutor(1, thread_name_prefix="index-folder-write") as writer,
