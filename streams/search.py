@@ -27,6 +27,9 @@ from streamdl.times import parse_since
 
 MAX_K = 1000
 MAX_CANDIDATES = 10_000
+MAX_PAGE_SIZE = 100
+BROWSE_WINDOW = 10_000
+"""Browsing pages by number reaches this far (Elasticsearch's ``index.max_result_window``); filters narrow it."""
 
 
 class SearchError(StreamdlError):
@@ -87,8 +90,8 @@ class Filters:
 @dataclass(frozen=True)
 class Neighbour:
     image_id: str
-    similarity: float
-    """Cosine similarity to the query, -1..1."""
+    similarity: float | None
+    """Cosine similarity to the query, -1..1 (``None`` when browsing: there is no query)."""
     label: str | None
     true_label: str | None
     source: str | None
@@ -121,6 +124,28 @@ class SearchResult:
             "exact": self.exact,
             "took_ms": round(self.took_ms, 2),
             "neighbours": [n.as_json() for n in self.neighbours],
+        }
+
+
+@dataclass(frozen=True)
+class BrowseResult:
+    """One page of the indexed images, newest first."""
+
+    index: str
+    total: int
+    """Images that match the filters (all pages)."""
+    page: int
+    size: int
+    images: list[Neighbour]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "total": self.total,
+            "page": self.page,
+            "size": self.size,
+            "pages": min(-(-self.total // self.size), BROWSE_WINDOW // self.size),
+            "images": [n.as_json() for n in self.images],
         }
 
 
@@ -196,6 +221,31 @@ class SimilaritySearch:
         resp = self.es.options(ignore_status=404).get(index=index or self.alias, id=image_id, source=_SOURCE)
         return _neighbour(resp["_source"], 1.0) if resp.get("found") else None
 
+    def browse(self, filters: Filters = Filters(), page: int = 1, size: int = 24) -> BrowseResult:
+        """What is indexed, newest (``processed_time``) first, ``size`` per page (1-based ``page``)."""
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise SearchError(f"size must be between 1 and {MAX_PAGE_SIZE}; got {size}")
+        if page < 1 or page * size > BROWSE_WINDOW:
+            raise SearchError(
+                f"page must be between 1 and {BROWSE_WINDOW // size} at size {size}; got {page} "
+                "(narrow the filters, e.g. since/until, to reach older images)"
+            )
+        target = self.index_model()
+        try:
+            resp = self.es.search(
+                index=target.index,
+                query={"bool": {"filter": filters.clauses()}},
+                sort=[{"processed_time": {"order": "desc", "unmapped_type": "date"}}, {"image_id": "asc"}],
+                from_=(page - 1) * size,
+                size=size,
+                source=_SOURCE,
+                track_total_hits=True,
+            )
+        except ApiError as exc:
+            raise SearchError(f"Elasticsearch refused the query: {exc.message}") from None
+        images = [_neighbour(h["_source"], None) for h in resp["hits"]["hits"]]
+        return BrowseResult(target.index, int(resp["hits"]["total"]["value"]), page, size, images)
+
     # --- queries -----------------------------------------------------------------------
     def by_id(
         self,
@@ -268,8 +318,12 @@ class SimilaritySearch:
             raise NotFound(
                 f"index {target.index} was built by model {target.model_name!r}, which cannot be loaded here: {exc}"
             ) from None
+        from streamdl.streams.pipelines.images import embedding_space
+
         version = handler.info().version
-        if version != target.model_version:
+        # a retrained head (version 2, ...) writes into its featurizer's index: the same vectors as the base
+        same_space = target.index == f"{self.alias}-{embedding_space(handler.info())}".lower()
+        if version != target.model_version and not same_space:
             raise SearchError(
                 f"index {target.index} was built by {target.model_name} version {target.model_version}, but this "
                 f"machine loads version {version}; vectors of different versions are not comparable"
@@ -353,11 +407,11 @@ def check_sizes(k: int, num_candidates: int | None) -> int:
     return candidates
 
 
-def _neighbour(src: dict[str, Any], similarity: float) -> Neighbour:
+def _neighbour(src: dict[str, Any], similarity: float | None) -> Neighbour:
     thumb = src.get("thumbnail")
     return Neighbour(
         src["image_id"],
-        round(float(similarity), 6),
+        None if similarity is None else round(float(similarity), 6),
         src.get("label"),
         src.get("true_label"),
         src.get("source"),

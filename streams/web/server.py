@@ -7,6 +7,8 @@ Routes (and nothing else; no file is served from disk):
 - ``GET /api/similar?id=...`` and ``POST /api/similar`` (multipart, field ``image``): the
   neighbours as :meth:`SearchResult.as_json`.
 - ``GET /api/index``: what is searched (alias, index, model, dimensions, document count).
+- ``GET /api/browse?page=1&size=24``: what is indexed, newest first, a page at a time, with the same
+  filters (``label``, ``source``, ``since``, ``until``, ``model_version``).
 
 Access: on a loopback address (the default, 127.0.0.1) anyone on this machine may ask. On any other
 address every request needs the token of ``STREAMDL_WEB_TOKEN_FILE`` (``Authorization: Bearer <token>``,
@@ -43,7 +45,10 @@ logger = logging.getLogger(__name__)
 BODY_SLACK = 64 * 1024
 """Room for the multipart framing and form fields beside the largest accepted image."""
 SEARCH_THREADS = 4
-ROUTES = "GET /, GET /api/similar?id=..., POST /api/similar (multipart field 'image'), GET /api/index"
+ROUTES = (
+    "GET /, GET /api/similar?id=..., POST /api/similar (multipart field 'image'), GET /api/index, "
+    "GET /api/browse?page=...&size=..."
+)
 CONTROL_PARAMS = ("k", "num_candidates", "exact")
 """Query parameters that are not filters; every other one goes through :meth:`Filters.from_mapping`."""
 
@@ -75,6 +80,7 @@ def create_app(
     app.router.add_get("/api/similar", similar_by_id)
     app.router.add_post("/api/similar", similar_by_image)
     app.router.add_get("/api/index", index_info)
+    app.router.add_get("/api/browse", browse)
     app.on_response_prepare.append(_add_headers)
     app.on_cleanup.append(_close)
     return app
@@ -263,6 +269,14 @@ async def similar_by_image(request: web.Request) -> web.Response:
     return web.json_response(result.as_json())
 
 
+async def browse(request: web.Request) -> web.Response:
+    params = _single(request.query.items())
+    page, size = _int(params, "page", 1), _int(params, "size", 24)
+    filters = Filters.from_mapping({k: v for k, v in params.items() if k not in ("page", "size")})
+    result = await _run(request, request.app[SEARCH_KEY].browse, filters, page=page, size=size)
+    return web.json_response(result.as_json())
+
+
 async def index_info(request: web.Request) -> web.Response:
     search = request.app[SEARCH_KEY]
 
@@ -350,13 +364,20 @@ PAGE = r"""<!doctype html>
            color: var(--muted); background: #eef0f3; border-radius: 4px; }
   .sim { font-weight: 600; font-variant-numeric: tabular-nums; margin-top: 4px; }
   .lab { color: var(--fg); }
-  .iid { color: var(--muted); font-size: 11px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+  .iid, .src { color: var(--muted); font-size: 11px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+  .src { color: var(--fg); }
+  .tile { cursor: pointer; }
+  .tile:hover { border-color: var(--accent); }
+  #pager { margin-top: 14px; display: flex; gap: 12px; align-items: center; }
+  #pager[hidden] { display: none; }
+  #pager button { background: #fff; color: var(--accent); border: 1px solid var(--accent); padding: 5px 14px; }
 </style>
 </head>
 <body>
 <header>
   <h1>Similar images</h1>
-  <p>Nearest neighbours in the streamdl image index (cosine similarity of the model's embeddings).</p>
+  <p>Nearest neighbours in the streamdl image index (cosine similarity of the model's embeddings). Without a
+     query: what is indexed, newest first; click an image to search from it.</p>
 </header>
 <main>
   <form id="form" autocomplete="off">
@@ -378,6 +399,8 @@ PAGE = r"""<!doctype html>
   <div id="error" role="alert" hidden></div>
   <div id="status" aria-live="polite"></div>
   <div id="grid"></div>
+  <nav id="pager" hidden><button type="button" id="prev">&larr; Newer</button><span id="page-info"></span>
+    <button type="button" id="next">Older &rarr;</button></nav>
 </main>
 <script>
 "use strict";
@@ -415,7 +438,56 @@ function picture(src, alt) {
 
 function jpeg(b64) { return b64 ? "data:image/jpeg;base64," + b64 : null; }
 
+function fileName(source) { return source ? String(source).split("/").pop() : "no source"; }
+
+function tile(n, caption) {
+  const t = el("div", "tile");
+  t.dataset.id = n.image_id;
+  t.dataset.similarity = n.similarity == null ? "" : String(n.similarity);
+  t.dataset.label = n.label == null ? "" : String(n.label);
+  t.dataset.source = n.source == null ? "" : String(n.source);
+  t.dataset.time = n.processed_time || "";
+  t.title = n.image_id + (n.source ? "\n" + n.source : "") + (n.processed_time ? "\n" + n.processed_time : "") +
+    "\nclick: images similar to this one";
+  t.appendChild(picture(jpeg(n.thumbnail), "image " + n.image_id));
+  t.appendChild(el("div", "sim", caption));
+  t.appendChild(el("div", "lab", n.label != null ? "label " + n.label : "no label"));
+  t.appendChild(el("div", "src", fileName(n.source)));
+  t.appendChild(el("div", "iid", n.image_id));
+  t.addEventListener("click", () => {  // search from this image
+    fileInput.value = ""; idInput.value = n.image_id; $("form").requestSubmit();
+  });
+  return t;
+}
+
+function filterParams() {
+  return { label: $("label").value.trim(), source: $("source").value.trim(), since: $("since").value.trim() };
+}
+
+let browsing = 1;
+async function browse(pageNo, onlyIfIdle = false) {
+  if (!onlyIfIdle) clearError();
+  const query = new URLSearchParams({ page: String(pageNo), size: "24" });
+  for (const [key, value] of Object.entries(filterParams())) if (value) query.append(key, value);
+  const resp = await fetch("api/browse?" + query.toString());
+  if (onlyIfIdle && searched) return;  // the first page came after a search had started: the search wins
+  if (!resp.ok) { showError(await reason(resp)); return; }
+  const result = await resp.json();
+  if (onlyIfIdle && searched) return;
+  browsing = result.page;
+  grid.replaceChildren(...result.images.map((n) => tile(n, (n.processed_time || "").replace("T", " ").slice(0, 19))));
+  statusBox.textContent = result.total + " images in " + result.index + ", newest first" +
+    (result.total ? ": page " + result.page + " of " + result.pages : "");
+  $("page-info").textContent = "page " + result.page + " of " + Math.max(result.pages, 1);
+  $("prev").disabled = result.page <= 1;
+  $("next").disabled = result.page >= result.pages;
+  $("pager").hidden = false;
+}
+$("prev").addEventListener("click", () => browse(browsing - 1));
+$("next").addEventListener("click", () => browse(browsing + 1));
+
 function render(result, query) {
+  $("pager").hidden = true;
   grid.replaceChildren();
   const q = el("div", "query");
   q.appendChild(picture(query.src, "query image"));
@@ -424,18 +496,7 @@ function render(result, query) {
   q.appendChild(el("div", "iid", query.id || query.name || "uploaded image"));
   if (query.id) q.title = query.id;
   grid.appendChild(q);
-  for (const n of result.neighbours) {
-    const t = el("div", "tile");
-    t.dataset.id = n.image_id;
-    t.dataset.similarity = String(n.similarity);
-    t.dataset.label = n.label == null ? "" : String(n.label);
-    t.title = n.image_id + (n.source ? "\n" + n.source : "") + (n.processed_time ? "\n" + n.processed_time : "");
-    t.appendChild(picture(jpeg(n.thumbnail), "neighbour " + n.image_id));
-    t.appendChild(el("div", "sim", Number(n.similarity).toFixed(3)));
-    t.appendChild(el("div", "lab", n.label != null ? "label " + n.label : "no label"));
-    t.appendChild(el("div", "iid", n.image_id));
-    grid.appendChild(t);
-  }
+  for (const n of result.neighbours) grid.appendChild(tile(n, Number(n.similarity).toFixed(3)));
   statusBox.textContent = result.neighbours.length + " neighbours in " + result.took_ms + " ms (" +
     (result.exact ? "exact scan" : "approximate kNN") + ", index " + result.index + ", model " + result.model_name +
     " v" + result.model_version + ")";
@@ -450,10 +511,10 @@ $("form").addEventListener("submit", async (event) => {
   event.preventDefault();
   searched = true;
   clearError();
+  grid.replaceChildren();  // what was shown goes now: the tiles that appear next are this query's
   const file = fileInput.files[0], id = idInput.value.trim();
-  if (!file && !id) { showError("Choose an image file or type the id of an indexed image."); return; }
-  const params = { k: $("k").value.trim(), label: $("label").value.trim(), source: $("source").value.trim(),
-                   since: $("since").value.trim() };
+  if (!file && !id) { await browse(1); return; }  // no query: browse what the filters keep
+  const params = { k: $("k").value.trim(), ...filterParams() };
   if ($("exact").checked) params.exact = "true";
   let request;
   if (file) {
@@ -491,8 +552,10 @@ fetch("api/index").then(async (resp) => {
   if (searched) return;
   if (resp.ok) {
     const info = await resp.json();
+    await browse(1, true);
+    if (searched) return;
     statusBox.textContent = info.documents + " images in " + info.index + " (model " + info.model_name +
-      " v" + info.model_version + ", " + info.dims + " dimensions)";
+      " v" + info.model_version + ", " + info.dims + " dimensions), newest first: click one to search from it";
   } else {
     statusBox.textContent = await reason(resp);
   }

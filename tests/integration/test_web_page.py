@@ -214,6 +214,60 @@ def test_unknown_id_shows_the_reason_in_the_error_box(page):
 
 
 # --- the JSON API over plain HTTP -------------------------------------------------------------
+def shown(page) -> list[dict]:
+    """The tiles of the grid (browse or results) as the page holds them."""
+    return page.eval_on_selector_all(
+        "#grid .tile",
+        "ts => ts.map(t => ({id: t.dataset.id, time: t.dataset.time, source: t.dataset.source, label: t.dataset.label, "
+        "text: t.innerText}))",
+    )
+
+
+PAGES = -(-PUBLISHED // 24)
+
+
+def test_the_page_opens_on_the_newest_images_and_pages_back(page):
+    page.wait_for_selector("#grid .tile")
+    expect(page.locator("#page-info")).to_have_text(f"page 1 of {PAGES}")
+    first = shown(page)
+    assert len(first) == 24 and page.locator("#grid .query").count() == 0
+    assert [t["time"] for t in first] == sorted((t["time"] for t in first), reverse=True)
+    for t in first:  # the file name (here the sample's) under each picture, the full source in the tooltip
+        assert t["source"].startswith("sample:digits/") and t["source"].split("/")[-1] in t["text"].split("\n")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-page-browse.png"), full_page=True)
+    assert page.is_disabled("#prev")
+    page.click("#next")
+    expect(page.locator("#page-info")).to_have_text(f"page 2 of {PAGES}")
+    second = shown(page)
+    assert len(second) == 24 and not {t["id"] for t in first} & {t["id"] for t in second}
+    assert max(t["time"] for t in second) <= min(t["time"] for t in first)
+    page.click("#prev")
+    expect(page.locator("#page-info")).to_have_text(f"page 1 of {PAGES}")
+    assert [t["id"] for t in shown(page)] == [t["id"] for t in first]
+
+
+def test_browse_with_a_filter_and_no_query(page):
+    page.wait_for_selector("#grid .tile")
+    page.fill("#label", "3")
+    page.click("#search")
+    expect(page.locator("#status")).to_contain_text("newest first: page 1 of 2")
+    got = shown(page)
+    assert got and all(t["label"] == "3" for t in got) and page.is_hidden("#error")
+
+
+def test_clicking_an_image_searches_from_it(page):
+    page.wait_for_selector("#grid .tile")
+    clicked = page.locator("#grid .tile").nth(5)
+    image_id = clicked.get_attribute("data-id")
+    clicked.click()
+    expect(page.locator("#status")).to_contain_text("neighbours in")
+    expect(page.locator("#grid > .query")).to_contain_text(image_id)
+    got = tiles(page)
+    assert len(got) == 10 and image_id not in [t["id"] for t in got] and page.input_value("#image-id") == image_id
+    assert page.is_hidden("#pager")
+
+
 def call(
     url: str, data: bytes | None = None, headers: dict[str, str] | None = None, method: str | None = None
 ) -> tuple[int, dict]:
@@ -354,3 +408,28 @@ def test_the_page_is_self_contained(web):
     for element in ("file", "image-id", "k", "label", "source", "since", "exact", "search", "grid", "error", "status"):
         assert f'id="{element}"' in html
     assert "http://" not in html and "https://" not in html and "//cdn" not in html
+
+
+def test_api_browse_pages_newest_first_with_filters(web):
+    _, server = web
+
+    def browse(**params: str) -> tuple[int, dict]:
+        return call(f"{server.url}/api/browse?{urllib.parse.urlencode(params)}")
+
+    status, body = browse(size="100")
+    assert status == 200 and body["total"] == PUBLISHED and body["pages"] == 3 and len(body["images"]) == 100
+    times = [i["processed_time"] for i in body["images"]]
+    assert times == sorted(times, reverse=True) and all(i["similarity"] is None for i in body["images"])
+    ids = {i["image_id"] for page in (1, 2, 3) for i in browse(size="100", page=str(page))[1]["images"]}
+    assert len(ids) == PUBLISHED  # the pages cover the index once
+    status, body = browse(label="3", size="100")
+    assert status == 200 and body["total"] >= 20 and {i["label"] for i in body["images"]} == {"3"}
+    status, body = browse(source="sample:digits", size="5")
+    assert status == 200 and body["total"] == PUBLISHED  # a folder prefix
+    for bad, what in (
+        ({"size": "0"}, "size must be between 1 and 100"),
+        ({"page": "0"}, "page must be between"),
+        ({"colour": "red"}, "unknown filter field 'colour'"),
+    ):
+        status, body = browse(**bad)
+        assert status == 400 and what in body["error"], body
