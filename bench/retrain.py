@@ -1,5 +1,5 @@
-"""``python -m bench.retrain``: retraining 10k archived images with Beam's DirectRunner, by stage, against the
-same work in a plain Python loop.
+"""``python -m bench.retrain``: retraining 10k archived images with Beam's DirectRunner and on a portable job
+server (Beam's Prism, ``--runners``), by stage, against the same work in a plain Python loop.
 
 Both sides start from the same archive (written with the product's own ArchiveWriter: the 1,797
 digits and shifted copies of them under fresh ids, a label event for every image) and train the same head
@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.retrain", description=__doc__)
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "retrain.md")
+    parser.add_argument(
+        "--runners", default="prism", help="portable runners to time too, comma-separated (prism; empty = none)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -150,25 +153,37 @@ def main(argv: list[str] | None = None) -> int:
         write_archive(settings.archive_url, settings, args.images)
         say("retraining with Beam (DirectRunner)")
         beam = retrain(settings, say=say)
+        portable = {}
+        for runner in filter(None, args.runners.split(",")):
+            say(f"retraining with Beam on {runner} (a fresh registry)")
+            fresh = settings.model_copy(update={"mlflow_tracking_uri": f"sqlite:///{Path(tmp) / f'{runner}.db'}"})
+            portable[runner] = retrain(fresh, beam_args=PORTABLE[runner], say=say)
         say("the same in a plain loop")
         loop = plain(settings, settings.archive_url)
-    table = render(args.images, beam, loop)
+    table = render(args.images, beam, loop, portable)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(f"<!-- python -m bench.retrain, {time.strftime('%Y-%m-%d %H:%M')} -->\n{table}\n")
     return 0
 
 
-def render(images: int, beam, loop: dict) -> str:
+PORTABLE = {"prism": ["--runner=PrismRunner", "--environment_type=LOOPBACK"]}
+"""Portable runners this machine can run (docs/beam-runners.md: Flink's and Spark's job servers are not served)."""
+
+
+def render(images: int, beam, loop: dict, portable: dict | None = None) -> str:
     stages = ("setup", "read", "embed", "train", "evaluate")
     lines = [
         f"| {images} archived images | " + " | ".join(f"{s} (s)" for s in stages) + " | total (s) | test accuracy |",
         "| --- | " + " | ".join("---:" for _ in stages) + " | ---: | ---: |",
     ]
-    for name, seconds, accuracy in (
-        ("Beam DirectRunner (streamdl retrain)", beam.seconds, beam.metrics["test_accuracy"]),
-        ("plain Python loop", loop["seconds"], loop["accuracy"]),
-    ):
+    rows = [("Beam DirectRunner (streamdl retrain)", beam.seconds, beam.metrics["test_accuracy"])]
+    rows += [
+        (f"Beam on {name} (portable job server, LOOPBACK)", r.seconds, r.metrics["test_accuracy"])
+        for name, r in (portable or {}).items()
+    ]
+    rows.append(("plain Python loop", loop["seconds"], loop["accuracy"]))
+    for name, seconds, accuracy in rows:
         total = sum(seconds.get(s, 0.0) for s in stages)
         lines.append(
             f"| {name} | "

@@ -1,22 +1,36 @@
-"""``streamdl stack up | down | status | logs``: the local Kafka + Elasticsearch stack."""
+"""``streamdl stack up [--with prism] | down | status | logs``: the local Kafka + Elasticsearch stack, and optionally
+a portable Beam job server."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from streamdl.errors import StackError
+from streamdl.infra.jobserver import PrismJobServer
 from streamdl.infra.services import Elasticsearch, Kafka, Service, ServiceStatus
 from streamdl.settings import Settings
+
+OPTIONAL: dict[str, type[Service]] = {"prism": PrismJobServer}
+"""Services ``stack up --with NAME`` adds: the portable Beam job server (infra/jobserver.py)."""
 
 
 class LocalStack:
     """Both services, started together, waited for together, stopped together."""
 
-    def __init__(self, settings: Settings, say: Callable[[str], None] = print) -> None:
+    def __init__(self, settings: Settings, say: Callable[[str], None] = print, extra: Sequence[str] = ()) -> None:
+        """``extra``: optional services to run too (:data:`OPTIONAL`, e.g. ``prism``); one started before is
+        always included, so ``down`` and ``status`` see it."""
         self.settings = settings
         self.say = say
         self.services: list[Service] = [Kafka(settings, say), Elasticsearch(settings, say)]
+        unknown = sorted(set(extra) - set(OPTIONAL))
+        if unknown:
+            raise StackError(f"unknown optional service {', '.join(unknown)}; known: {', '.join(OPTIONAL)}")
+        for name, kind in OPTIONAL.items():
+            svc = kind(settings, say)
+            if name in extra or svc.pid_file.exists():
+                self.services.append(svc)
 
     def service(self, name: str) -> Service:
         for svc in self.services:

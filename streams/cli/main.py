@@ -76,7 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch Kafka and Elasticsearch from Maven Central (once) and run them on 127.0.0.1.",
     )
     stack_sub = stack.add_subparsers(dest="action", metavar="ACTION", required=True)
-    stack_sub.add_parser("up", parents=[common], help="start both services and wait until healthy (idempotent)")
+    up = stack_sub.add_parser("up", parents=[common], help="start both services and wait until healthy (idempotent)")
+    up.add_argument(
+        "--with",
+        dest="with_services",
+        action="append",
+        default=[],
+        choices=["prism"],
+        help="also run an optional service: 'prism' = a portable Beam job server on 127.0.0.1:STREAMDL_JOB_SERVER_PORT "
+        "(docs/beam-runners.md)",
+    )
     stack_sub.add_parser("down", parents=[common], help="stop both services and wait")
     stack_sub.add_parser("status", parents=[common], help="show what runs where, with memory")
     logs = stack_sub.add_parser("logs", parents=[common], help="print the last lines of a service's log")
@@ -233,7 +242,7 @@ def _say(msg: str) -> None:
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from streamdl.infra.stack import LocalStack, format_status
 
-    stack = LocalStack(settings, say=_say)
+    stack = LocalStack(settings, say=_say, extra=getattr(args, "with_services", ()))
     if args.action == "up":
         for name, what in stack.up().items():
             print(f"{name}: {what}")

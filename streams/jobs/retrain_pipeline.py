@@ -260,9 +260,9 @@ def run(
     with beam.Pipeline(options=pipeline_options(beam_args)) as p:
         build(p, image_files, event_files, model, out_prefix)
     result = p.result
-    counters = {
-        c.key.metric.name: int(c.committed if c.committed is not None else c.attempted)
-        for c in result.metrics().query()["counters"]
-        if c.key.metric.namespace == NAMESPACE
-    }
+    counters: dict[str, int] = {}
+    for c in result.metrics().query()["counters"]:  # one per step: "files" is counted by two readers
+        if c.key.metric.namespace == NAMESPACE:
+            value = int(c.committed if c.committed is not None else c.attempted)
+            counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + value
     return counters
