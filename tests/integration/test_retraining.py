@@ -31,6 +31,7 @@ from streamdl.records import to_json
 from streamdl.settings import settings_env
 from streamdl.streams.agents.worker_process import WorkerProcess
 from streamdl.streams.jobs.retrain import TooFewLabels, retrain, retrain_lock
+from tests.integration.polling import wait
 
 pytestmark = pytest.mark.integration
 
@@ -91,15 +92,6 @@ def stream_second_half(settings, swapped: threading.Event) -> None:
 
 def archived_rows(settings, topic: str) -> int:
     return sum(s.rows for s in archive_status(archive_root(settings), [settings.topic(topic)]))
-
-
-def wait(what: str, condition, timeout: float = 180.0, alive=()) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        for process in alive:
-            assert process.alive, process.tail()
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def test_retraining_promotes_a_version_and_the_running_worker_swaps_to_it(loop, read_topic):
