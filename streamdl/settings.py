@@ -124,6 +124,13 @@ class Settings(BaseSettings):
         description="The images agent's linger when max_batch_duration_secs is unset: longer, so that batches "
         "fill for the model. Env STREAMDL_IMAGES_BATCH_LINGER_SECS.",
     )
+    agent_batches_ahead: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Micro-batches an agent takes from Kafka ahead of the one computing (while another writes): "
+        "the bound of what waits in the worker beside those two. Env STREAMDL_AGENT_BATCHES_AHEAD.",
+    )
     drain_secs: float = Field(
         10.0,
         gt=0,

@@ -1,11 +1,13 @@
 """The micro-batch agents: batches from a topic through a pipeline (images or events).
 
-Two stages overlap: while batch N is written (Elasticsearch bulk, then predictions and dead
+Three stages overlap: while batch N is written (Elasticsearch bulk, then predictions and dead
 letters delivered) on the I/O thread, batch N+1 is decoded and run through the model on the
-inference thread. The event loop only waits, so heartbeats and commits go on.
+inference thread, and the event loop takes batch N+2 from Faust (at most ``batches_ahead`` batches
+wait). The event loop never blocks, so heartbeats and commits go on.
 
 Offsets: batches come from ``noack_take``, which never acks by itself; each batch's events are
-acked (and so become committable) only after its write finished, in order. A batch that is
+acked (and so become committable) only after its write finished, in order (one task computes and
+writes the taken batches one after the other). A batch that is
 interrupted or fails is never acked, so it is redelivered: at-least-once, and the deterministic
 document ids make the rewrite idempotent.
 """
@@ -116,9 +118,11 @@ def register_batch_agent(
     max_batch_size: int,
     max_batch_duration_secs: float,
     drain_secs: float = DRAIN_SECS,
+    batches_ahead: int = 1,
 ) -> None:
     """Attach an agent called ``name`` that feeds ``topic_name`` to ``pipeline`` (set up already); a rebalance
-    or shutdown waits at most ``drain_secs`` for the batches in hand."""
+    or shutdown waits at most ``drain_secs`` for the batches in hand; at most ``batches_ahead`` batches are
+    taken ahead of the one computing."""
     compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-compute")
     write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-write")
     stopping = threading.Event()
@@ -126,7 +130,7 @@ def register_batch_agent(
     @app.agent(raw_topic(app, topic_name), name=name)
     async def agent(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
-        writing: asyncio.Task | None = None
+        taken: asyncio.Queue[list[faust.EventT] | None] = asyncio.Queue(maxsize=batches_ahead)
 
         async def write_then_ack(events: list[faust.EventT], batch: list[InMessage], computed: Computed) -> None:
             try:
@@ -141,26 +145,41 @@ def register_batch_agent(
             for event in events:
                 await stream.ack(event)
 
+        async def process() -> None:
+            """Compute and write the taken batches in order; one batch computing while the previous one writes."""
+            writing: asyncio.Task | None = None
+            try:
+                while (events := await taken.get()) is not None and not stopping.is_set():
+                    batch = [to_message(e) for e in events]
+                    try:
+                        computed = await with_retries(
+                            "computing",
+                            batch,
+                            lambda batch=batch: loop.run_in_executor(compute_thread, pipeline.compute, batch),
+                            stopping.is_set,
+                        )
+                    except BatchAbandoned:
+                        break
+                    if writing is not None:
+                        await writing  # one batch in writing at a time: bounded memory, in-order acks
+                    writing = asyncio.create_task(write_then_ack(events, batch, computed))
+            finally:
+                if writing is not None and not writing.done():
+                    await asyncio.shield(writing)
+
+        processing = asyncio.create_task(process())
         try:
+            # Taking goes on while earlier batches compute and write (Faust's per-message work overlaps theirs);
+            # at most ``batches_ahead`` taken batches wait.
             async for events in stream.noack_take(max_batch_size, within=max_batch_duration_secs):
-                if stopping.is_set():
+                if stopping.is_set() or processing.done():
                     break  # shutting down: no new batch (its events stay unacked and are redelivered)
-                batch = [to_message(e) for e in events]
-                try:
-                    computed = await with_retries(
-                        "computing",
-                        batch,
-                        lambda batch=batch: loop.run_in_executor(compute_thread, pipeline.compute, batch),
-                        stopping.is_set,
-                    )
-                except BatchAbandoned:
-                    break
-                if writing is not None:
-                    await writing  # one batch in writing at a time: bounded memory, in-order acks
-                writing = asyncio.create_task(write_then_ack(list(events), batch, computed))
+                await taken.put(list(events))
         finally:
-            if writing is not None and not writing.done():
-                await asyncio.shield(writing)
+            while not taken.empty():  # taken, not started: left unacked, so redelivered
+                taken.get_nowait()
+            taken.put_nowait(None)
+            await asyncio.shield(processing)
 
     @app.on_partitions_revoked.connect
     async def _revoked(app: faust.App, revoked, **kwargs) -> None:

@@ -112,6 +112,7 @@ def run_worker(settings: Settings) -> int:
             pipeline,
             max_batch_size=settings.max_batch_size,
             max_batch_duration_secs=settings.linger(name),
+            batches_ahead=settings.agent_batches_ahead,
             drain_secs=settings.drain_secs,
         )
     followers = (
