@@ -179,11 +179,12 @@ def es_case(
     warmup: np.ndarray,
     truth: np.ndarray,
     candidates: list[int],
+    index_type: str = "hnsw",
 ) -> None:
-    alias = f"bench-knn-{tag}-{case.size}x{case.dims}"
-    index = ensure_index(es, alias, "v1", images_index(case.dims))
+    alias = f"bench-knn-{tag}-{case.size}x{case.dims}-{index_type.replace('_', '')}"
+    index = ensure_index(es, alias, "v1", images_index(case.dims, index_type=index_type))
     try:
-        _es_measure(es, alias, index, case, base, queries, warmup, truth, candidates)
+        _es_measure(es, alias, index, case, base, queries, warmup, truth, candidates, index_type)
     finally:
         es.options(ignore_status=404).indices.delete(index=index)
         say(f"{case.size}x{case.dims}: deleted {index}")
@@ -199,6 +200,7 @@ def _es_measure(
     warmup: np.ndarray,
     truth: np.ndarray,
     candidates: list[int],
+    index_type: str = "hnsw",
 ) -> None:
     n, dims = case.size, case.dims
     per_bulk = max(100, min(5000, 4_000_000 // (dims * 11)))  # ~4 MB of JSON per request
@@ -266,7 +268,7 @@ def _es_measure(
         row = Row(
             n,
             dims,
-            f"ES HNSW nc={nc}",
+            f"ES {index_type} nc={nc}",
             "es",
             recall(found, truth),
             p50,
@@ -473,7 +475,8 @@ def render(cases: list[Case], args: argparse.Namespace, lsh_version: str | None)
     lines = [
         f"k-NN over {CLUSTERS}-cluster ReLU-like vectors (intrinsic dim {args.intrinsic_dim or 'full (isotropic)'}, "
         f"seed {args.seed}); "
-        f"ES: product mapping (HNSW m=16, ef_construction=100, cosine), 1 shard, **force-merged to 1 segment**, "
+        f"ES: product mapping (HNSW m=16, ef_construction=100, cosine; the index type of each row), 1 shard, "
+        f"**force-merged to 1 segment**, "
         f"{args.queries} held-out queries after {WARMUP} warm-up; "
         + (
             f"LSH: Spark MLlib {lsh_version} BucketedRandomProjectionLSH, local[2], driver {args.driver_memory}, "
@@ -567,6 +570,12 @@ def main(argv: list[str] | None = None) -> int:
         default=150e6,
         help="skip LSH where size*dims exceeds this (Spark's per-query scan of the cached data gets too slow)",
     )
+    parser.add_argument(
+        "--index-types",
+        type=lambda v: [t.strip() for t in v.split(",") if t.strip()],
+        default=["hnsw"],
+        help="dense_vector index_options types to compare, comma-separated (hnsw, int8_hnsw, bbq_hnsw)",
+    )
     parser.add_argument("--skip-lsh", action="store_true")
     parser.add_argument("--driver-memory", default="4g")
     parser.add_argument(
@@ -605,7 +614,8 @@ def main(argv: list[str] | None = None) -> int:
                 base_n, queries_n = normalised(base), normalised(queries)
                 say(f"{size}x{dims}: exact top-{K} by cosine for {len(queries)} queries")
                 truth = exact_top_k(base_n, queries_n)
-                es_case(es, tag, case, base, queries, warmup, truth, args.num_candidates)
+                for index_type in args.index_types:
+                    es_case(es, tag, case, base, queries, warmup, truth, args.num_candidates, index_type)
                 del base
                 gc.collect()
                 if lsh is not None:

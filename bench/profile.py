@@ -101,7 +101,10 @@ class Profile:
     def by_area(self) -> dict[str, int]:
         out: Counter[str] = Counter()
         for stack, n in self.stacks.items():
-            _, file = frame_parts(stack.split(";")[-1])
+            func, file = frame_parts(stack.split(";")[-1])
+            if func.rpartition(".")[2] in WAITING:
+                out["blocked: select, socket read, queue or flush wait"] += n
+                continue
             out[
                 next(
                     (name for name, keys in AREAS if any(k in file for k in keys)), "other (C extensions, interpreter)"

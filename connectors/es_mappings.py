@@ -9,12 +9,20 @@ _MODEL = {"model_name": {"type": "keyword"}, "model_version": {"type": "keyword"
 _SETTINGS = {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "1s"}
 
 
-def images_index(dims: int, model: dict[str, str] | None = None) -> dict[str, Any]:
+VECTOR_INDEX_TYPES = ("hnsw", "int8_hnsw", "bbq_hnsw")
+"""``index_options.type`` values of a ``dense_vector`` compared by ``python -m bench.knn --index-types``."""
+
+
+def images_index(dims: int, model: dict[str, str] | None = None, *, index_type: str = "hnsw") -> dict[str, Any]:
     """The images index: a ``dense_vector`` of ``dims`` (HNSW, cosine) plus what was predicted.
 
     ``model`` (name, version) is stored in the mapping's ``_meta``: queries featurize with the
     model that built the index, since vectors of different models are not comparable.
+    ``index_type`` is the vector index (``hnsw``: float32; ``int8_hnsw``/``bbq_hnsw``: quantized;
+    docs/benchmarks.md has their recall and memory).
     """
+    if index_type not in VECTOR_INDEX_TYPES:
+        raise ValueError(f"index_type must be one of {', '.join(VECTOR_INDEX_TYPES)}. Received: {index_type!r}")
     if dims < 1:
         raise ValueError(f"an images index needs an embedding size >= 1. Received: dims={dims}")
     return {
@@ -29,7 +37,7 @@ def images_index(dims: int, model: dict[str, str] | None = None) -> dict[str, An
                     "dims": dims,
                     "index": True,
                     "similarity": "cosine",
-                    "index_options": {"type": "hnsw", "m": 16, "ef_construction": 100},
+                    "index_options": {"type": index_type, "m": 16, "ef_construction": 100},
                 },
                 "label": {"type": "keyword"},
                 "score": {"type": "float"},
