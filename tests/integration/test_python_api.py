@@ -128,6 +128,11 @@ def test_a_head_registers_as_streamdl_retrain_does(api: Settings, folder: Path, 
     assert (registry.head_folder(champion) / "head.keras").is_file()
     updates = read_topic(api, api.topic("model-updates"), until=lambda got: len(got) >= 1, timeout=30)
     assert updates[0].key() == b"digits-cnn"
+    # the champion (the head) now indexes, into its featurizer's index; image queries still work
+    report = index_folder(folder / "3", progress=False, settings=api)
+    assert report.model_version == "2" and report.index.endswith("images-digits-cnn-1")
+    some = next((folder / "3").glob("digits-*.png"))
+    assert similar(some, k=2, settings=api).neighbours[0].similarity > 0.99
 
 
 def test_the_cli_indexes_a_folder_through_the_same_function(api: Settings, folder: Path, capsys, es):
