@@ -19,10 +19,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from elasticsearch import Elasticsearch
+from elasticsearch import ApiError, Elasticsearch, TransportError
 
 from streamdl.connectors.es_bulk import bulk_index
 from streamdl.records import iso
+from streamdl.retry import Backoff, sleep
 from streamdl.settings import Settings
 from streamdl.streams.quality import metrics
 from streamdl.streams.quality.indices import labels_alias
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 PREDICTION_FIELDS = ["model_name", "model_version", "label", "score", "processed_time"]
 RETRY_PAGE = 1000
 """Waiting labels looked at per retry (at most ``quality_max_pending`` wait in all)."""
+RETRY_STATUSES = {429, 502, 503, 504}
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,15 @@ def orphan(doc: dict[str, Any], reason: str, now: float) -> dict[str, Any]:
 class LabelJoin:
     """Joins batches of labels against the images alias; the state is the quality-labels index."""
 
-    def __init__(self, es: Elasticsearch, settings: Settings, clock: Callable[[], float] = time.time) -> None:
-        self.es, self.settings, self.clock = es, settings, clock
+    def __init__(
+        self,
+        es: Elasticsearch,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """``should_stop``: a shutdown; reads and writes wait out outages until it turns true (then raise)."""
+        self.es, self.settings, self.clock, self.should_stop = es, settings, clock, should_stop
         self.limits = Limits.of(settings)
         self.index = labels_alias(settings)
         self.images = settings.alias("images")
@@ -155,12 +164,15 @@ class LabelJoin:
     def retry(self) -> dict[str, int]:
         """Join waiting labels whose prediction arrived; those older than the TTL become orphans."""
         now = self.clock()
-        found = self.es.options(ignore_status=404).search(
-            index=self.index,
-            query={"term": {"status": "pending"}},
-            sort=[{"received_at": "asc"}],
-            size=min(RETRY_PAGE, max(self.limits.max_pending, 1)),
-            track_total_hits=True,
+        found = self._waiting(
+            "the waiting labels",
+            lambda: self.es.options(ignore_status=404).search(
+                index=self.index,
+                query={"term": {"status": "pending"}},
+                sort=[{"received_at": "asc"}],
+                size=min(RETRY_PAGE, max(self.limits.max_pending, 1)),
+                track_total_hits=True,
+            ),
         )
         hits = found.get("hits", {}).get("hits", [])
         self.pending = int(found.get("hits", {}).get("total", {}).get("value", 0))
@@ -186,18 +198,20 @@ class LabelJoin:
 
     def _states(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """The recorded state of each id (a realtime get: a label written by the last batch is seen)."""
-        found = self.es.options(ignore_status=404).mget(index=self.index, ids=ids, realtime=True)
+        found = self._waiting(
+            "the label state", lambda: self.es.options(ignore_status=404).mget(index=self.index, ids=ids, realtime=True)
+        )
         return {d["_id"]: d["_source"] for d in found.get("docs", []) if d.get("found")}
 
     def _predictions(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """The indexed prediction of each id (the latest when several indices hold it)."""
         if not ids:
             return {}
-        found = self.es.options(ignore_status=404).search(
-            index=self.images,
-            query={"ids": {"values": ids}},
-            source=PREDICTION_FIELDS,
-            size=2 * len(ids),
+        found = self._waiting(
+            "the predictions",
+            lambda: self.es.options(ignore_status=404).search(
+                index=self.images, query={"ids": {"values": ids}}, source=PREDICTION_FIELDS, size=2 * len(ids)
+            ),
         )
         out: dict[str, dict[str, Any]] = {}
         for hit in found.get("hits", {}).get("hits", []):
@@ -210,5 +224,21 @@ class LabelJoin:
     def _write(self, docs: dict[str, dict[str, Any]]) -> None:
         if not docs:
             return
-        for rejected in bulk_index(self.es, self.index, list(docs.items())):
+        for rejected in bulk_index(self.es, self.index, list(docs.items()), should_stop=self.should_stop):
             logger.error("quality label state %s refused by Elasticsearch: %s", rejected.doc_id, rejected.reason)
+
+    def _waiting(self, what: str, call: Callable[[], Any]) -> Any:
+        """``call()``, waiting out connection errors and 429/502/503/504 as the bulk writes do (the batch then
+        completes instead of failing the worker); raises once a shutdown asks to stop."""
+        backoff, attempt = Backoff(first=0.2, max_delay=30.0), 0
+        while True:
+            attempt += 1
+            try:
+                return call()
+            except (TransportError, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status_code not in RETRY_STATUSES:
+                    raise
+                delay = backoff.delay(attempt)
+                logger.warning("quality: reading %s failed (%s); retry %d in %.1fs", what, exc, attempt, delay)
+                if self.should_stop() or sleep(delay, self.should_stop):
+                    raise

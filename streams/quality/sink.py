@@ -94,7 +94,7 @@ class QualitySink(Sink):
 
         self.es = es = es_client(self.settings)
         ensure_quality_indices(es, self.settings)
-        self.join = LabelJoin(es, self.settings, self.clock)
+        self.join = LabelJoin(es, self.settings, self.clock, self._stopping.is_set)
         stopping = self._stopping.is_set
         self.alert_index = ElasticsearchAlerts(es, self.settings.alias("alerts"), stopping)
         self.alert_topic = KafkaOutputs(self.settings, Deliveries(make_producer(self.settings)), stopping)

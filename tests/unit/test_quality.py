@@ -265,3 +265,33 @@ def test_rollback_needs_history_labels_and_significance():
     evidence = decision.evidence(0.05)
     assert evidence["champion_accuracy"] == 0.2 and evidence["previous_accuracy"] == 0.95
     assert math.isfinite(evidence["z"]) and evidence["z"] > evidence["critical_z"]
+
+
+class FlakyElasticsearch:
+    """Refuses the first ``failures`` reads with a connection error, then answers."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    def options(self, **_):
+        return self
+
+    def mget(self, **_):
+        from elastic_transport import ConnectionError as Refused
+
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise Refused("connection refused")
+        return {"docs": [{"_id": "a", "found": True, "_source": {"label": "1"}}]}
+
+
+def test_label_state_reads_wait_out_an_outage_and_give_up_at_shutdown():
+    from elastic_transport import ConnectionError as Refused
+
+    from streamdl.streams.quality.labels import LabelJoin
+
+    es = FlakyElasticsearch(failures=2)
+    assert LabelJoin(es, settings())._states(["a"]) == {"a": {"label": "1"}} and es.calls == 3
+    stopping = LabelJoin(FlakyElasticsearch(failures=100), settings(), should_stop=lambda: True)
+    with pytest.raises(Refused):
+        stopping._states(["a"])
