@@ -171,8 +171,8 @@ def resolve_weights(
     raise ModelNotFound(
         f"{spec.name} {role} needs ImageNet weights file {path.name!r} in {folder}/ "
         f"(or point STREAMDL_MODEL_WEIGHTS, or weights=, at /path/to/{path.name}). "
-        "Download it on a machine with internet from "
-        f"{spec.weights_url(mode)} and copy it there."
+        f"Run 'streamdl models fetch {spec.name}' once where there is internet (it checks the published hash), "
+        f"or download {spec.weights_url(mode)} on such a machine and copy it there."
     )
 
 

@@ -59,6 +59,32 @@ def add_model_parsers(sub, common: argparse.ArgumentParser) -> None:
     models_sub.add_parser(
         "rollback", parents=[common], help="serve the previously promoted version again, and announce it"
     )
+    fetch = models_sub.add_parser(
+        "fetch",
+        parents=[common],
+        help="download a Keras application's ImageNet weights into the Keras cache, checked against their hash",
+        description="The one explicit download: NAME's weights file (featurizer, predictor or both) from Keras' "
+        "URL or --mirror into the Keras cache ($KERAS_HOME/models or ~/.keras/models), checked against the MD5 "
+        "Keras publishes before it is kept. Workers never download. Offline it fails at once with the URL and "
+        "the manual steps.",
+    )
+    fetch.add_argument("name", help="a Keras application: MobileNetV2, ResNet50, InceptionV3, ...")
+    fetch.add_argument(
+        "--mode", choices=("featurize", "classify", "both"), default="both", help="which file(s) (default both)"
+    )
+    fetch.add_argument("--mirror", help="a folder URL holding the same file names, instead of Keras' own")
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from streamdl.models.fetch import fetch_weights
+
+    for mode in ("featurize", "classify") if args.mode == "both" else (args.mode,):
+        got = fetch_weights(args.name, mode, mirror=args.mirror)
+        check = "MD5 matches the published hash" if got.verified else "Keras publishes no hash for it"
+        print(
+            f"{mode}: {got.path} ({'downloaded' if got.downloaded else 'already there'}; {check}; sha256 {got.sha256})"
+        )
+    return 0
 
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
@@ -101,6 +127,8 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "fetch":
+        return _fetch(args)
     from streamdl.models.registry import Registry
     from streamdl.streams.jobs.retrain import announce
 
