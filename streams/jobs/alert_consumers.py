@@ -19,12 +19,11 @@ import logging
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from streamdl.alert_rules import SEVERITIES
 from streamdl.connectors.kafka_config import kafka_config
@@ -34,6 +33,7 @@ from streamdl.connectors.webhook import Delivery, WebhookSink
 from streamdl.errors import ServiceUnavailable, SettingsError, StreamdlError
 from streamdl.records import DeadLetter, InMessage
 from streamdl.settings import Settings
+from streamdl.streams.jobs.reading import read_topic
 from streamdl.times import parse_since, to_epoch
 
 logger = logging.getLogger(__name__)
@@ -197,11 +197,11 @@ def follow_alerts(
 
     Without ``since`` it starts at the end (new alerts only); with ``since`` (ISO time or a duration
     such as ``30m``) each partition starts at the first alert at or after that time, and alerts raised
-    (``raised_at``) before it are skipped. ``follow=False`` stops at the end as it was when the command started,
-    takes the suppressed counts from the alerts index (:func:`suppressed_counts`) and prints in the order
-    the alerts were raised (with
-    ``follow=True`` lines come as they arrive, in order per partition). ``rule`` may list several,
-    comma-separated; ``severity`` keeps that level and above. ``ready`` is set once every partition is positioned.
+    (``raised_at``) before it are skipped. ``follow=False`` stops at the end as it was when the command
+    started, takes the suppressed counts from the alerts index (:func:`suppressed_counts`) and prints in
+    the order the alerts were raised (with ``follow=True`` lines come as they arrive, in order per
+    partition). ``rule`` may list several, comma-separated; ``severity`` keeps that level and above.
+    ``ready`` is set once every partition is positioned. Reads with :func:`read_topic` (never commits).
     """
     out = sys.stdout if out is None else out
     minimum = check_severity(severity)
@@ -210,11 +210,6 @@ def follow_alerts(
     stop = stop or threading.Event()
     topic = settings.topic("alerts")
     colour = bool(getattr(out, "isatty", lambda: False)())
-    consumer = _consumer(
-        settings,
-        f"{settings.consumer_group}-follow-{uuid.uuid4().hex[:12]}",
-        **{"enable.partition.eof": True, "auto.offset.reset": "latest"},
-    )
     printed = 0
     backlog: list[tuple[str, dict[str, Any] | str, int | None]] = []  # (when raised, alert or a line, timestamp)
 
@@ -225,71 +220,41 @@ def follow_alerts(
         else:
             backlog.append((when, item, ts_ms))
 
-    try:
-        partitions = _partitions(consumer, settings, topic)
-        ends: dict[int, int] = {}
-        starts: list[TopicPartition] = []
-        for p in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
-            ends[p] = high
-            starts.append(TopicPartition(topic, p, high))
-        if start_ms is not None:
-            found = consumer.offsets_for_times([TopicPartition(topic, p, start_ms) for p in partitions], timeout=10)
-            starts = [
-                TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else ends[tp.partition]) for tp in found
-            ]
-        consumer.assign(starts)
-        pending = {tp.partition for tp in starts if tp.offset < ends[tp.partition]}
-        logger.debug("following %s from %s", topic, {tp.partition: tp.offset for tp in starts})
-        if ready is not None:
-            ready.set()
-        last_progress = time.monotonic()
-        while not stop.is_set() and (follow or pending):
-            msg = consumer.poll(0.2)
-            if msg is None:
-                if not follow and time.monotonic() - last_progress > IDLE_GIVE_UP_SECS:
-                    logger.warning(
-                        "no answer from Kafka for %.0fs; stopping before the end of %s", IDLE_GIVE_UP_SECS, topic
-                    )
-                    break
-                continue
-            last_progress = time.monotonic()
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                elif msg.error().fatal():
-                    raise ServiceUnavailable(f"reading {topic} failed: {msg.error().str()}")
-                else:
-                    logger.warning("reading %s: %s", topic, msg.error().str())
-                continue
-            if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                pending.discard(msg.partition())
-            ts_type, ts = msg.timestamp()
-            ts_ms = ts if ts_type else None
-            try:
-                alert = parse_alert(msg.value())
-            except ValueError as exc:
-                line = f"warning: malformed alert at {msg.topic()}[{msg.partition()}]@{msg.offset()}: {exc}"
-                emit(_when({}, ts_ms), f"\033[33m{line}{_RESET}" if colour else line, ts_ms)
-                continue
-            if rules is not None and alert.get("rule") not in rules and alert.get("kind") not in rules:
-                continue
-            if not severity_passes(alert.get("severity"), minimum):
-                continue
-            raised = raised_at(alert, ts_ms)
-            if start_ms is not None and raised is not None and raised * 1000 < start_ms:
-                continue  # raised before --since (the topic was positioned by message time)
-            emit(_when(alert, ts_ms), alert, ts_ms)
-            printed += 1
-        counts = suppressed_counts(settings, [a["alert_id"] for _, a, _ in backlog if isinstance(a, dict)])
-        for _, item, ts_ms in sorted(backlog, key=lambda b: b[0]):  # follow=False: in time order across partitions
-            if isinstance(item, dict):
-                item = {**item, "suppressed": counts.get(item["alert_id"], item.get("suppressed"))}
-                item = format_alert(item, colour=colour, timestamp_ms=ts_ms)
-            print(item, file=out)
-        out.flush()
-    finally:
-        consumer.close()
+    messages = read_topic(
+        settings,
+        topic,
+        since_ms=start_ms,
+        from_end=True,
+        follow=follow,
+        stop=stop,
+        ready=ready.set if ready is not None else None,
+        idle_give_up_secs=IDLE_GIVE_UP_SECS,
+        group="follow",
+    )
+    for msg in messages:
+        ts_ms = msg.timestamp_ms
+        try:
+            alert = parse_alert(msg.value)
+        except ValueError as exc:
+            line = f"warning: malformed alert at {msg.topic}[{msg.partition}]@{msg.offset}: {exc}"
+            emit(_when({}, ts_ms), f"\033[33m{line}{_RESET}" if colour else line, ts_ms)
+            continue
+        if rules is not None and alert.get("rule") not in rules and alert.get("kind") not in rules:
+            continue
+        if not severity_passes(alert.get("severity"), minimum):
+            continue
+        raised = raised_at(alert, ts_ms)
+        if start_ms is not None and raised is not None and raised * 1000 < start_ms:
+            continue  # raised before --since (the topic was positioned by message time)
+        emit(_when(alert, ts_ms), alert, ts_ms)
+        printed += 1
+    counts = suppressed_counts(settings, [a["alert_id"] for _, a, _ in backlog if isinstance(a, dict)])
+    for _, item, ts_ms in sorted(backlog, key=lambda b: b[0]):  # follow=False: in time order across partitions
+        if isinstance(item, dict):
+            item = {**item, "suppressed": counts.get(item.get("alert_id"), item.get("suppressed"))}
+            item = format_alert(item, colour=colour, timestamp_ms=ts_ms)
+        print(item, file=out)
+    out.flush()
     return printed
 
 

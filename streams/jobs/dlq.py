@@ -18,20 +18,18 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer
 
-from streamdl.connectors.kafka_admin import admin_client, check_kafka, ensure_topics
+from streamdl.connectors.kafka_admin import ensure_topics
 from streamdl.connectors.kafka_config import kafka_config
-from streamdl.connectors.kafka_messages import from_confluent
 from streamdl.errors import ServiceUnavailable, StreamdlError
 from streamdl.records import Headers, InMessage
 from streamdl.settings import Settings
+from streamdl.streams.jobs.reading import read_topic
 from streamdl.times import iso, parse_since
 
 logger = logging.getLogger(__name__)
@@ -98,71 +96,6 @@ class DeadLetterInfo:
         )
 
 
-def _consumer(settings: Settings, **extra: Any) -> Consumer:
-    config: dict[str, Any] = {
-        "group.id": f"{settings.consumer_group}-dlq-{uuid.uuid4().hex[:12]}",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-    }
-    return Consumer(kafka_config(settings, {**config, **extra}))
-
-
-def read_topic(
-    settings: Settings,
-    topic: str,
-    *,
-    since_ms: int | None = None,
-    follow: bool = False,
-    stop: threading.Event | None = None,
-    ready: Callable[[], None] | None = None,
-    **consumer_config: Any,
-) -> Iterator[InMessage]:
-    """``topic``'s messages from ``since_ms`` (epoch ms; ``None``: the beginning), in order per partition.
-    Without ``follow`` it ends at the end offsets the topic had when the read began; with it, it goes on
-    until ``stop`` is set. ``ready`` is called once every partition is positioned."""
-    stop = stop or threading.Event()
-    check_kafka(admin_client(settings), settings)
-    consumer = _consumer(settings, **consumer_config)
-    try:
-        meta = consumer.list_topics(topic, timeout=settings.connect_timeout_secs).topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            raise StreamdlError(f"topic {topic} does not exist; run 'streamdl init' (or check STREAMDL_TOPIC_PREFIX)")
-        timeout = settings.connect_timeout_secs
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)[1]
-            for p in meta.partitions
-        }
-        starts = {p: TopicPartition(topic, p, 0) for p in ends}
-        if since_ms is not None:
-            found = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in ends], timeout=timeout)
-            starts = {tp.partition: TopicPartition(topic, tp.partition, max(tp.offset, 0)) for tp in found}
-            for tp in found:
-                if tp.offset < 0:  # nothing at or after since_ms
-                    starts[tp.partition] = TopicPartition(topic, tp.partition, ends[tp.partition])
-        consumer.assign(list(starts.values()))
-        pending = {p for p, tp in starts.items() if tp.offset < ends[p]}
-        if ready is not None:
-            ready()
-        while not stop.is_set() and (follow or pending):
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                elif msg.error().fatal():
-                    raise ServiceUnavailable(f"reading {topic} failed: {msg.error().str()}")
-                else:
-                    logger.debug("reading %s: %s", topic, msg.error().str())
-                continue
-            if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                pending.discard(msg.partition())
-            if follow or msg.offset() < ends.get(msg.partition(), 0):
-                yield from_confluent(msg)
-    finally:
-        consumer.close()
-
-
 def _reasons(reason: str | None) -> set[str] | None:
     return {r.strip() for r in reason.split(",") if r.strip()} or None if reason else None
 
@@ -180,7 +113,9 @@ def dead_letters(
     reason code is in ``reason`` (comma-separated; ``None``: any); with ``follow``, new ones as they come."""
     wanted = _reasons(reason)
     since_ms = int(parse_since(since, flag="since") * 1000) if since else None
-    for msg in read_topic(settings, settings.topic("dlq"), since_ms=since_ms, follow=follow, stop=stop, ready=ready):
+    for msg in read_topic(
+        settings, settings.topic("dlq"), since_ms=since_ms, follow=follow, stop=stop, ready=ready, group="dlq"
+    ):
         letter = DeadLetterInfo.of(msg)
         if wanted is None or letter.reason_code in wanted:
             yield letter
@@ -211,7 +146,7 @@ def replayed_markers(settings: Settings) -> set[bytes]:
     """The marker keys of every dead letter replayed so far (committed transactions only)."""
     return {
         m.key
-        for m in read_topic(settings, settings.topic(MARKERS), **{"isolation.level": "read_committed"})
+        for m in read_topic(settings, settings.topic(MARKERS), group="dlq", **{"isolation.level": "read_committed"})
         if m.key is not None and m.value is not None
     }
 

@@ -52,7 +52,7 @@ def send_dead_letters(settings, letters: list[tuple[str, str, bytes, int]], time
 
 
 def read_all(settings, topic: str) -> list:
-    from streamdl.streams.jobs.dlq import read_topic
+    from streamdl.streams.jobs.reading import read_topic
 
     return list(read_topic(settings, topic))
 
@@ -76,16 +76,20 @@ def test_dlq_lists_reason_stage_and_source_and_filters(dlq_settings, capsys):
 
 def test_dlq_follow_shows_new_dead_letters(dlq_settings):
     s = dlq_settings
-    got, stop, ready = [], threading.Event(), threading.Event()
+    got, failed, stop, ready = [], [], threading.Event(), threading.Event()
 
     def follow() -> None:
-        for letter in dead_letters(s, follow=True, stop=stop, ready=ready.set):
-            got.append(letter)
-            stop.set()
+        try:
+            for letter in dead_letters(s, follow=True, stop=stop, ready=ready.set):
+                got.append(letter)
+                stop.set()
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            failed.append(exc)
+            ready.set()
 
     thread = threading.Thread(target=follow, daemon=True)
     thread.start()
-    assert ready.wait(30)
+    assert ready.wait(60) and not failed, failed
     send_dead_letters(s, [("truncated", "new", b"nnn", 3)])
     thread.join(60)
     assert not thread.is_alive() and [(g.reason_code, g.source_offset, g.stage) for g in got] == [
