@@ -11,94 +11,29 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
 from streamdl.connectors.es_client import es_client
 from streamdl.connectors.kafka_producer import make_producer, produce_all
-from streamdl.models.digits import digit_id, digit_to_array, digit_to_png, digits_model_dir
+from streamdl.models.digits import digit_to_png
 from streamdl.models.registry import Registry
-from streamdl.records import to_json
-from streamdl.streams.jobs.retrain import announce
-from streamdl.streams.quality.indices import labels_alias, reports_alias
-from tests.integration.polling import wait
+from streamdl.streams.quality.demo import run_rollback_scenario
+from streamdl.streams.quality.indices import reports_alias
 
 pytestmark = pytest.mark.integration
 
-FIRST = 450
-"""Images served by version 1 before the bad version is promoted."""
 
-
-def publish(settings, digits, indices, labelled) -> int:
-    """The images, then label events for two thirds of them; returns the labels sent."""
-    produce_all(
-        settings,
-        settings.topic("images"),
-        [(digit_id(i), digit_to_png(digits.data[i]), []) for i in indices],
-        timeout=120,
-    )
-    labels = [i for i in indices if i % 3]
-    now = time.time()
-    events = [
-        {
-            "id": f"label-{digit_id(i)}",
-            "ts": now,
-            "type": "label",
-            "image_id": digit_id(i),
-            "label": str(digits.target[i]),
-        }
-        for i in labels
-    ]
-    produce_all(settings, settings.topic("events"), [(e["id"], to_json(e), []) for e in events])
-    labelled.update(labels)
-    return len(labels)
-
-
-def joined(es, settings, version: str) -> int:
-    es.indices.refresh(index=labels_alias(settings))
-    query = {"bool": {"filter": [{"term": {"status": "joined"}}, {"term": {"model_version": version}}]}}
-    return int(es.count(index=labels_alias(settings), query=query)["count"])
-
-
-def promote_a_bad_head(settings, registry: Registry, digits) -> str:
-    """A softmax head trained on shuffled labels, registered and forced to champion, then announced."""
-    import keras
-
-    from streamdl.models.catalog import load_handler
-    from streamdl.models.retraining import heads
-
-    featurizer = load_handler(
-        settings.model_name, state_dir=settings.state_dir, batch_size=64, weights=settings.weights, mode="featurize"
-    )
-    featurizer.load()
-    x = np.stack([digit_to_array(digits.data[i]) for i in range(300)])
-    embeddings = featurizer.predict_batch(x).embeddings
-    shuffled = np.random.default_rng(3).permutation(digits.target[:300])
-    model = heads.build_head("softmax", embeddings.shape[1], 10, 0.0)
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
-    model.fit(embeddings, shuffled, epochs=30, verbose=0)
-    name = settings.model_name
-    version = str(max(int(v.version) for v in registry.versions(name)) + 1)
-    mlflow = registry.mlflow
-    mlflow.set_tracking_uri(registry.tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "head"
-        info = {"name": f"{name}-head", "version": version, "model_name": name, "model_version": version}
-        heads.save_head(model, folder, {**info, "labels": [str(d) for d in range(10)]})
-        with mlflow.start_run(experiment_id=registry.experiment_id(), run_name=f"bad-{version}") as run:
-            mlflow.log_artifacts(str(folder), artifact_path="head")
-    registered = registry.register_head(name, run.info.run_id, "head", {}, {"gate": "forced: shuffled labels"})
-    announce(settings, registry.promote(name, registered.version, reason="forced past the gate (test)"))
-    return registered.version
+def serving(worker) -> str | None:
+    """The version the worker's images pipeline serves (``streamdl_model_loaded`` at 1)."""
+    loaded = worker.metric("streamdl_model_loaded", "version", stream="images")
+    return next((version for version, value in loaded.items() if value == 1.0), None)
 
 
 def test_a_bad_version_is_rolled_back_by_its_live_labels(stream_factory, tmp_path, read_topic):
-    digits = load_digits()
     with stream_factory(
         tmp_path / "worker.log",
         worker_agents="images,events",
@@ -107,87 +42,52 @@ def test_a_bad_version_is_rolled_back_by_its_live_labels(stream_factory, tmp_pat
         max_batch_duration_secs=0.2,
         mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         quality_interval_secs=1.0,
-        drift_window_secs=10.0,
-        drift_reference_size=200,
-        drift_min_predictions=50,
         rollback_min_labels=100,
         rollback_margin=0.05,
         rollback_alpha=0.01,
+        drift_window_secs=10.0,
+        drift_reference_size=200,
+        drift_min_predictions=50,
     ) as (settings, worker):
+        assert worker.alive, worker.tail()
+        run = run_rollback_scenario(settings, lambda: serving(worker), first=450)
         registry = Registry.from_settings(settings)
-        info = json.loads((digits_model_dir(settings.state_dir) / "info.json").read_text())
-        registry.ensure_base(settings.model_name, {"holdout_accuracy": info["holdout_accuracy"]}, source="test")
-        es = es_client(settings)
-        labelled: set[int] = set()
-
-        def serving(version: str) -> bool:  # a swap happens between micro-batches: unlabelled images keep coming
-            produce_all(settings, settings.topic("images"), [(f"warm-{time.time()}", digit_to_png(digits.data[0]), [])])
-            return worker.metric("streamdl_model_loaded", "version", stream="images").get(version) == 1.0
-
-        sent_v1 = publish(settings, digits, range(FIRST), labelled)
-        wait("version 1's labels joined", lambda: joined(es, settings, "1") >= sent_v1 - 5, alive=(worker,))
-
-        bad = promote_a_bad_head(settings, registry, digits)
-        promoted_at = time.monotonic()
-        wait(f"the worker serving version {bad}", lambda: serving(bad), alive=(worker,))
-        served_at = time.monotonic()
-
-        sent_bad, start = 0, FIRST
-        while registry.champion(settings.model_name).version == bad and start < len(digits.target):
-            sent_bad += publish(settings, digits, range(start, min(start + 30, len(digits.target))), labelled)
-            start += 30
-            time.sleep(1.0)
-        wait(
-            "the rollback",
-            lambda: registry.champion(settings.model_name).version == "1",
-            timeout=120,
-            alive=(worker,),
-        )
-        rolled_back_at = time.monotonic()
-        labels_at_rollback = joined(es, settings, bad)
-        wait("the worker serving version 1 again", lambda: serving("1"), alive=(worker,))
-        back_at = time.monotonic()
-
         alerts = read_topic(
             settings,
             settings.topic("alerts"),
             lambda got: any(json.loads(m.value())["rule"] == "model_rolled_back" for m in got),
             timeout=60,
         )
-        (alert,) = [json.loads(m.value()) for m in alerts if json.loads(m.value())["rule"] == "model_rolled_back"]
-        evidence = alert["evidence"]
+        es = es_client(settings)
         es.indices.refresh(index=reports_alias(settings))
         reports = es.search(
             index=reports_alias(settings), query={"term": {"kind": "quality"}}, size=100, sort=[{"window_end": "desc"}]
         )["hits"]["hits"]
         drift = es.search(index=reports_alias(settings), query={"term": {"kind": "drift"}}, size=10)["hits"]["hits"]
+        es.close()
         accuracy = worker.metric("streamdl_quality_accuracy", "version", window="5m")
         exported = exported_names(worker.metrics())
-        es.close()
 
-    print(
-        f"\nrollback: v{bad} promoted, served after {served_at - promoted_at:.1f}s; {sent_bad} labels sent for it, "
-        f"{labels_at_rollback} joined when the registry rolled back "
-        f"({rolled_back_at - served_at:.1f}s after it served); the worker served v1 again "
-        f"{back_at - rolled_back_at:.1f}s later. Evidence: {evidence}"
-    )
+    print(f"\n{run.summary()}")
+    (alert,) = [json.loads(m.value()) for m in alerts if json.loads(m.value())["rule"] == "model_rolled_back"]
+    evidence = alert["evidence"]
+    print(f"   alert evidence: {evidence}")
+    bad = run.bad_version
+    assert run.rolled_back and registry.champion(settings.model_name).version == "1"
     assert alert["severity"] == "critical" and alert["model_version"] == bad
     assert (evidence["rolled_back_version"], evidence["restored_version"]) == (bad, "1")
     assert evidence["previous_accuracy"] > 0.9 and evidence["champion_accuracy"] < 0.4
-    assert evidence["champion_labels"] >= 100 and labels_at_rollback < 400
+    assert 100 <= evidence["champion_labels"] <= run.labels_joined < 400
     assert accuracy["1"] > 0.9 and accuracy[bad] < 0.4
     assert {h["_source"]["model_version"] for h in reports} >= {"1", bad}
-    assert registry.champion(settings.model_name).version == "1"
     assert drift and all(d["_source"]["predictions"] >= 50 for d in drift)
 
     # the Grafana dashboard reads only names a real worker (or the archiver) exports
     import streamdl.streams.jobs.archiver  # noqa: F401 - registers the archiver's metrics on the registry
     from streamdl.prometheus import REGISTRY
 
-    archiver = {
-        s.name for family in REGISTRY.collect() if family.name.startswith("streamdl_archive") for s in family.samples
-    }
-    archiver |= {f"{f.name}_total" for f in REGISTRY.collect() if f.name.startswith("streamdl_archive")}
+    archive = [f for f in REGISTRY.collect() if f.name.startswith("streamdl_archive")]
+    archiver = {s.name for f in archive for s in f.samples} | {f"{f.name}_total" for f in archive}
     missing = dashboard_metrics() - exported - archiver
     assert not missing, f"the dashboard queries metrics nobody exports: {sorted(missing)}"
 
