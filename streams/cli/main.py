@@ -38,13 +38,27 @@ SETTING_FLAGS: dict[str, tuple[str, type, str]] = {
 }
 
 
-def _common_flags() -> argparse.ArgumentParser:
+FLAGS_OF: dict[str, tuple[str, ...]] = {
+    "stack": ("--bootstrap-servers", "--es-url", "--state-dir"),
+    "produce": ("--bootstrap-servers", "--topic-prefix"),
+    "similar": ("--es-url", "--index-prefix", "--state-dir", "--model"),
+    "dlq": ("--bootstrap-servers", "--topic-prefix"),
+    "rules": (),
+}
+"""The settings flags of the commands that read only a few settings (with ``--env-file`` and ``--log-level``);
+every other command takes them all."""
+
+
+def _common_flags(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
+    """A parent parser with the settings flags: all of them, or ``only`` these and ``--log-level``."""
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("settings (flags override STREAMDL_* variables and .env)")
     group.add_argument(
         "--env-file", type=Path, default=argparse.SUPPRESS, help="read settings from this file (default: ./.env)"
     )
     for flag, (field, kind, text) in SETTING_FLAGS.items():
+        if only is not None and flag not in (*only, "--log-level"):
+            continue
         group.add_argument(
             flag,
             dest=field,
@@ -58,6 +72,7 @@ def _common_flags() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common_flags()
+    flags_of = {command: _common_flags(only) for command, only in FLAGS_OF.items()}
     parser = argparse.ArgumentParser(
         prog="streamdl",
         description="Real-time deep learning over Kafka: featurize and classify image and event streams, "
@@ -76,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch Kafka and Elasticsearch from Maven Central (once) and run them on 127.0.0.1.",
     )
     stack_sub = stack.add_subparsers(dest="action", metavar="ACTION", required=True)
-    up = stack_sub.add_parser("up", parents=[common], help="start both services and wait until healthy (idempotent)")
+    up = stack_sub.add_parser(
+        "up", parents=[flags_of["stack"]], help="start both services and wait until healthy (idempotent)"
+    )
     up.add_argument(
         "--with",
         dest="with_services",
@@ -86,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run an optional service: 'prism' = a portable Beam job server on 127.0.0.1:STREAMDL_JOB_SERVER_PORT "
         "(docs/beam-runners.md)",
     )
-    stack_sub.add_parser("down", parents=[common], help="stop both services and wait")
-    stack_sub.add_parser("status", parents=[common], help="show what runs where, with memory")
-    logs = stack_sub.add_parser("logs", parents=[common], help="print the last lines of a service's log")
+    stack_sub.add_parser("down", parents=[flags_of["stack"]], help="stop both services and wait")
+    stack_sub.add_parser("status", parents=[flags_of["stack"]], help="show what runs where, with memory")
+    logs = stack_sub.add_parser("logs", parents=[flags_of["stack"]], help="print the last lines of a service's log")
     logs.add_argument("service", nargs="?", choices=("kafka", "elasticsearch"), help="one service (default: both)")
     logs.add_argument("-n", "--lines", type=int, default=40, help="how many lines (default 40)")
 
@@ -104,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     similar = sub.add_parser(
         "similar",
-        parents=[common],
+        parents=[flags_of["similar"]],
         help="find indexed images similar to an image or an indexed id",
         description="kNN over the embeddings in Elasticsearch, with the model that built the index.",
     )
@@ -150,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     produce_sub = produce.add_subparsers(dest="kind", metavar="KIND", required=True)
     images = produce_sub.add_parser(
         "images",
-        parents=[common],
+        parents=[flags_of["produce"]],
         help="publish image files, folders, or a sample",
         description="Publish each image's raw bytes; key = content hash, headers = content-type, source, label.",
     )
@@ -163,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--label", help="label header for every image published from PATHS")
     events = produce_sub.add_parser(
         "events",
-        parents=[common],
+        parents=[flags_of["produce"]],
         help="publish events from a JSON Lines file, or a sample",
         description="Publish each event (one JSON object per line, see docs/events.md) with "
         "key = its id; lines that are not valid events are skipped with the reason.",
@@ -217,10 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_alert_parsers(sub, common)
     add_archive_parsers(sub, common)
     add_model_parsers(sub, common)
-    add_dlq_parsers(sub, common)
+    add_dlq_parsers(sub, flags_of["dlq"])
     sub.add_parser("settings", parents=[common], help="print the effective settings (secrets masked)")
     sub.add_parser("demo", parents=[common], help="the end-to-end demo: stack up, init, run the pipeline, report")
-    add_rules_parsers(sub, common)
+    add_rules_parsers(sub, flags_of["rules"])
     return parser
 
 

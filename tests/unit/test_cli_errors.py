@@ -168,3 +168,22 @@ def test_help_of_the_root_documents_the_exit_codes(capsys):
         main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "3 a service did not answer" in out and "2 bad input or settings" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "listed", "not_listed"),
+    [
+        (["rules", "check"], ["--log-level", "--env-file"], ["--bootstrap-servers", "--es-url", "--batch-size"]),
+        (["dlq"], ["--bootstrap-servers", "--topic-prefix"], ["--es-url", "--model", "--metrics-port"]),
+        (["similar"], ["--es-url", "--index-prefix", "--model"], ["--bootstrap-servers", "--batch-size"]),
+        (["produce", "images"], ["--bootstrap-servers", "--topic-prefix"], ["--es-url", "--model", "--batch-linger"]),
+        (["stack", "up"], ["--bootstrap-servers", "--es-url", "--state-dir"], ["--topic-prefix", "--batch-size"]),
+        (["worker"], ["--bootstrap-servers", "--es-url", "--batch-size", "--model", "--metrics-port"], []),
+    ],
+)
+def test_help_lists_the_settings_the_command_reads(argv, listed, not_listed, capsys):
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    out = capsys.readouterr().out
+    assert all(f" {flag} " in out for flag in listed), out
+    assert not [flag for flag in not_listed if f" {flag} " in out], out
