@@ -59,6 +59,11 @@ def add_model_parsers(sub, common: argparse.ArgumentParser) -> None:
     models_sub.add_parser(
         "rollback", parents=[common], help="serve the previously promoted version again, and announce it"
     )
+    models_sub.add_parser(
+        "compare",
+        parents=[common],
+        help="live accuracy (late labels) and drift of every version side by side (docs/model-quality.md)",
+    )
     fetch = models_sub.add_parser(
         "fetch",
         parents=[common],
@@ -134,6 +139,17 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
     registry = Registry.from_settings(settings)
     name = settings.model_name  # --model NAME: the image model, or an event model such as sensors-ae
+    if args.action == "compare":
+        from streamdl.connectors.es_client import es_client
+        from streamdl.streams.quality.compare import compare
+
+        champion = registry.champion(name) if Registry.exists(settings) else None
+        es = es_client(settings)
+        try:
+            print(compare(settings, es, champion.version if champion else None, time.time()))
+        finally:
+            es.close()
+        return 0
     if args.action == "list":
         versions = registry.versions(name)
         if not versions:

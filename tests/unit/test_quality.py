@@ -295,3 +295,22 @@ def test_label_state_reads_wait_out_an_outage_and_give_up_at_shutdown():
     stopping = LabelJoin(FlakyElasticsearch(failures=100), settings(), should_stop=lambda: True)
     with pytest.raises(Refused):
         stopping._states(["a"])
+
+
+def test_the_comparison_table_puts_versions_side_by_side():
+    from streamdl.streams.quality.compare import comparison
+    from streamdl.streams.quality.windows import QualityReport
+
+    def report(version: str, window: str, n: int, correct: int) -> QualityReport:
+        return QualityReport("m", version, window, 0, n, correct, correct / n, 0.05, delay_p95_secs=12.0)
+
+    table = comparison(
+        {"5m": [report("1", "5m", 40, 38)], "all": [report("1", "all", 300, 290), report("2", "all", 120, 13)]},
+        {"2": {"class_psi": 1.75, "confidence_psi": 3.8, "embedding_mmd": None}},
+        serving="1",
+    )
+    lines = table.splitlines()
+    assert lines[0].split()[:4] == ["version", "acc", "5m", "acc"]
+    assert lines[1].split()[:5] == ["1", "*", "0.950", "(40)", "0.967"]
+    assert lines[2].split() == ["2", "-", "0.108", "(120)", "0.050", "12.0s", "1.750", "3.800", "-"]
+    assert "no live quality yet" in comparison({"all": []}, {}, None)
