@@ -131,6 +131,14 @@ class Settings(BaseSettings):
         description="Micro-batches an agent takes from Kafka ahead of the one computing (while another writes): "
         "the bound of what waits in the worker beside those two. Env STREAMDL_AGENT_BATCHES_AHEAD.",
     )
+    max_inflight_bytes: int | None = Field(
+        None,
+        ge=1024 * 1024,
+        description="Most bytes of input messages a worker holds at once (fetched, buffered, in its batches): "
+        "sets the fetch size per partition, the stream buffer and the batch size from the largest message "
+        "accepted (streams/agents/memory.py); unset: counts only (16 MiB fetch per partition, "
+        "max(4 x batch, 256) buffered). Env STREAMDL_MAX_INFLIGHT_BYTES.",
+    )
     drain_secs: float = Field(
         10.0,
         gt=0,

@@ -6,11 +6,14 @@ import faust
 
 from streamdl.connectors.kafka_config import faust_credentials
 from streamdl.settings import Settings
+from streamdl.streams.agents.memory import InflightLimits, inflight_limits
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, limits: InflightLimits | None = None) -> faust.App:
     """A Faust app for ``settings``: raw bytes in and out, no web server (metrics are served separately).
-    Its aiokafka clients use the same security settings as every other client (:func:`faust_credentials`)."""
+    Its aiokafka clients use the same security settings as every other client (:func:`faust_credentials`);
+    its fetch size and stream buffer are ``limits`` (default: those of the configured agents)."""
+    limits = limits or inflight_limits(settings, settings.agents)
     return faust.App(
         settings.consumer_group,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
@@ -34,9 +37,9 @@ def create_app(settings: Settings) -> faust.App:
         # that wait never ends (SIGTERM hung until Elasticsearch came back). The agent finishes or abandons
         # the batch in hand itself (streams/agents/micro_batch.py); what was not acked is redelivered.
         stream_wait_empty=False,
-        consumer_max_fetch_size=16 * 1024 * 1024,
+        consumer_max_fetch_size=limits.fetch_bytes,
         producer_max_request_size=16 * 1024 * 1024,
-        stream_buffer_maxsize=max(4 * settings.max_batch_size, 256),
+        stream_buffer_maxsize=limits.buffer_messages,
     )
 
 

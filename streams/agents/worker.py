@@ -15,6 +15,7 @@ from streamdl.settings import Settings
 from streamdl.streams.agents.app import create_app
 from streamdl.streams.agents.hot_swap import ModelFollower
 from streamdl.streams.agents.lag import LagMonitor
+from streamdl.streams.agents.memory import inflight_limits
 from streamdl.streams.agents.micro_batch import register_batch_agent
 from streamdl.streams.agents.shutdown import BoundedWorker
 from streamdl.streams.pipelines.writer import MicroBatchPipeline
@@ -103,14 +104,22 @@ def run_worker(settings: Settings) -> int:
         for pipeline in pipelines.values():
             pipeline.close()
         raise
-    app = create_app(settings)
+    limits = inflight_limits(settings, tuple(pipelines))
+    logger.info(
+        "in flight at most %.0f MiB of messages: fetch %d bytes per partition, stream buffer %d, batches %s",
+        limits.bound / 2**20,
+        limits.fetch_bytes,
+        limits.buffer_messages,
+        limits.batch_size,
+    )
+    app = create_app(settings, limits)
     for name, pipeline in pipelines.items():
         register_batch_agent(
             app,
             name,
             settings.topic(name),
             pipeline,
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=limits.batch_size[name],
             max_batch_duration_secs=settings.linger(name),
             batches_ahead=settings.agent_batches_ahead,
             drain_secs=settings.drain_secs,

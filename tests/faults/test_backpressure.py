@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 from streamdl.infra.process import rss_bytes
+from streamdl.streams.agents.memory import inflight_limits
 from tests.faults.harness import (
     Monitor,
     PacedProducer,
     SlowProxy,
+    StreamPlan,
     account,
     assert_accounted,
+    noise_bmp,
     noise_stream,
     report,
     row,
@@ -96,4 +100,81 @@ def test_a_slow_sink_does_not_grow_the_workers_memory(fault_run, fault_results):
     # (allocator noise: single samples vary by tens of MiB).
     assert (peak_b - peak_a) / MiB < 0.5 * mb_b, (peak_a / MiB, peak_b / MiB, mb_b)
     assert (peak_b - baseline) / MiB < 0.75 * backlog_mb, (baseline / MiB, peak_b / MiB, backlog_mb)
+    assert_accounted(acc, plan)
+
+
+LARGE = 40
+"""Images per phase of the large-image run: random-pixel BMPs of 5 to 10 MiB, ~290 MB a phase."""
+BOUND = 256 * MiB
+"""``max_inflight_bytes`` of the large-image run."""
+
+
+def large_stream(tag: str, count: int, seed: int = 1) -> StreamPlan:
+    """``count`` distinct random-pixel BMPs of 5 to 10 MiB (sides 1,300 to 1,800) with unique ids."""
+    rng = np.random.default_rng(seed)
+    messages = [
+        (f"{tag}-{i:05d}", noise_bmp(rng, int(rng.integers(1_300, 1_800))), [("source", b"faults-large")])
+        for i in range(count)
+    ]
+    return StreamPlan(messages, [m[0] for m in messages], [])
+
+
+def test_large_images_stay_within_the_bound_in_bytes(fault_run, fault_results):
+    """The same slow sink with 5-10 MiB images and ``max_inflight_bytes`` = 256 MiB: the worker's memory
+    stays within the bound while more than the bound piles up in Kafka, and it drains afterwards."""
+    run = fault_run
+    plan = large_stream("big", 4 + 2 * LARGE)
+    warmup, phase_a, phase_b = plan.messages[:4], plan.messages[4 : 4 + LARGE], plan.messages[4 + LARGE :]
+    topic = run.settings.topic("images")
+    own = {"max_inflight_bytes": BOUND, "max_message_bytes": 10 * MiB}
+    limits = inflight_limits(run.settings.model_copy(update=own), ("images",))
+    with SlowProxy(run.settings.es_url) as proxy:
+        worker = run.worker(es_url=proxy.url, **own)
+        monitor = Monitor(run.settings, rss_of=lambda: rss_bytes(worker.proc.pid) if worker.alive else 0)
+        monitor.start()
+        try:
+            PacedProducer(run.settings, topic, warmup, None).run()
+            monitor.wait_outputs(len(warmup), timeout=120, alive=run.alive)
+            time.sleep(2)
+            baseline = max(s.rss for s in monitor.samples[-4:])
+            proxy.delay = 4.0  # under 1 image/s gets through
+            t_a = monitor.now()
+            PacedProducer(run.settings, topic, phase_a, None).run()
+            time.sleep(HOLD)
+            run.alive()
+            PacedProducer(run.settings, topic, phase_b, None).run()
+            time.sleep(HOLD)
+            run.alive()
+            t_end = monitor.now()
+            proxy.delay = 0.0
+            acc = account(run.settings, plan, monitor, alive=run.alive)
+            t_drained = monitor.now()
+        finally:
+            monitor.stop()
+    peak = max(s.rss for s in monitor.samples if t_a <= s.t <= t_drained)
+    mb_in = sum(len(m[1]) for m in phase_a + phase_b) / MiB
+    max_lag = monitor.max_lag(since=t_a)
+    backlog_mb = max_lag * mb_in / (2 * LARGE)
+    drain_secs = t_drained - t_end
+    r = row(
+        "backpressure-large",
+        f"ES slowed (4 s per bulk) while 2 x {LARGE} images of 5-10 MiB arrive; max_inflight_bytes 256 MiB",
+        acc,
+        f"drained in {seconds([drain_secs])}",
+        f"worker RSS {baseline / MiB:.0f} MiB before, peak {peak / MiB:.0f} MiB (+{(peak - baseline) / MiB:.0f}) "
+        f"while {mb_in:.0f} MB arrived; max consumer lag {max_lag} (~{backlog_mb:.0f} MB waiting in Kafka); "
+        f"limits: fetch {limits.fetch_bytes // MiB} MiB/partition, buffer {limits.buffer_messages}, batch "
+        f"{limits.batch_size['images']}, bound {limits.bound / MiB:.0f} MiB; "
+        f"drained at {backlog_mb / drain_secs:.0f} MB/s",
+    )
+    report(fault_results, r)
+    print(
+        "t (s), worker RSS (MiB), lag:", "; ".join(f"{s.t:.0f} {s.rss / MiB:.0f} {s.lag}" for s in monitor.samples[::4])
+    )
+    assert limits.bound <= BOUND
+    # More than the worker may hold waited in Kafka: a worker that took it in would have broken the bound.
+    assert backlog_mb * MiB > limits.bound, (max_lag, backlog_mb)
+    # The worker held at most the bound of messages; RSS may add one working copy of them (aiokafka's fetch
+    # buffer beside the parsed records, a batch decoded): the growth stays under twice the bound.
+    assert peak - baseline < 2 * BOUND, (baseline / MiB, peak / MiB)
     assert_accounted(acc, plan)
