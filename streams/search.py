@@ -200,11 +200,30 @@ class SimilaritySearch:
             str(meta.get("model_ref", meta["model_name"])),
         )
 
+    def _metas(self) -> dict[str, dict[str, Any]]:
+        """The ``_meta`` of every index named after this alias (one per model and version)."""
+        mappings = self.es.options(ignore_status=404).indices.get_mapping(index=f"{self.alias}-*")
+        return {
+            i: m["mappings"].get("_meta", {}) for i, m in mappings.items() if isinstance(m, dict) and "mappings" in m
+        }
+
+    def indexed_models(self) -> list[dict[str, Any]]:
+        """Each index named after this alias with the model that built it, and whether the alias points at it."""
+        current = set(alias_targets(self.es, self.alias))
+        return [
+            {
+                "index": index,
+                "model_name": meta.get("model_name"),
+                "model_version": None if meta.get("model_version") is None else str(meta["model_version"]),
+                "current": index in current,
+            }
+            for index, meta in sorted(self._metas().items())
+        ]
+
     def _index_of(self, model: str) -> tuple[str, dict[str, Any]]:
         """The newest index behind this alias's name that ``model`` built; :class:`NotFound` naming the
         models that have one otherwise."""
-        mappings = self.es.options(ignore_status=404).indices.get_mapping(index=f"{self.alias}-*")
-        metas = {i: m["mappings"].get("_meta", {}) for i, m in mappings.items() if isinstance(m, dict)}
+        metas = self._metas()
         built = sorted(
             (i for i, m in metas.items() if model in (m.get("model_name"), m.get("model_ref"))), reverse=True
         )

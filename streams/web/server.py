@@ -49,10 +49,11 @@ ROUTES = (
     "GET /, GET /api/similar?id=..., POST /api/similar (multipart field 'image'), GET /api/index, "
     "GET /api/browse?page=...&size=..."
 )
-CONTROL_PARAMS = ("k", "num_candidates", "exact")
+CONTROL_PARAMS = ("k", "num_candidates", "exact", "model")
 """Query parameters that are not filters; every other one goes through :meth:`Filters.from_mapping`."""
 
 SEARCH_KEY = web.AppKey("search", SimilaritySearch)
+BY_MODEL_KEY = web.AppKey("search_by_model", dict)
 EXECUTOR_KEY = web.AppKey("executor", ThreadPoolExecutor)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 
@@ -75,6 +76,7 @@ def create_app(
     app = web.Application(client_max_size=settings.max_message_bytes + BODY_SLACK, middlewares=middlewares)
     app[SETTINGS_KEY] = settings
     app[SEARCH_KEY] = search or SimilaritySearch(settings)
+    app[BY_MODEL_KEY] = {}
     app[EXECUTOR_KEY] = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="streamdl-search")
     app.router.add_get("/", page)
     app.router.add_get("/api/similar", similar_by_id)
@@ -226,6 +228,18 @@ def _single(pairs: Any) -> dict[str, str]:
     return out
 
 
+def _searcher(request: web.Request, model: str | None) -> SimilaritySearch:
+    """The search over the index ``model`` built (``?model=``), or the alias's (none given); one per model,
+    kept for the life of the app (a handful of models at most: one per index behind the alias's name)."""
+    default = request.app[SEARCH_KEY]
+    if not model:
+        return default
+    by_model = request.app[BY_MODEL_KEY]
+    if model not in by_model:
+        by_model[model] = SimilaritySearch(default.settings, es=default.es, alias=default.alias, model=model)
+    return by_model[model]
+
+
 # --- handlers ----------------------------------------------------------------------------
 async def page(request: web.Request) -> web.Response:
     return web.Response(text=PAGE, content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-cache"})
@@ -237,7 +251,7 @@ async def similar_by_id(request: web.Request) -> web.Response:
     if not image_id:
         raise SearchError("give the id of an indexed image (?id=...), or POST an image (multipart field 'image')")
     args = _search_args(params)
-    search = request.app[SEARCH_KEY]
+    search = _searcher(request, params.get("model", "").strip())
     result = await _run(request, search.by_id, image_id, **args)
     body = result.as_json()
     query = await _run(request, search.stored, image_id, result.index)
@@ -264,21 +278,24 @@ async def similar_by_image(request: web.Request) -> web.Response:
     files = [key for key, value in pairs if key != "image" and not isinstance(value, str)]
     if files:
         raise SearchError(f"parameter {files[0]!r} must be a plain form field, not a file")
-    args = _search_args(_single((key, value) for key, value in pairs if key != "image"))
-    result = await _run(request, request.app[SEARCH_KEY].by_image, images[0].file.read(), **args)
+    fields = _single((key, value) for key, value in pairs if key != "image")
+    args = _search_args(fields)
+    search = _searcher(request, str(fields.get("model", "")).strip())
+    result = await _run(request, search.by_image, images[0].file.read(), **args)
     return web.json_response(result.as_json())
 
 
 async def browse(request: web.Request) -> web.Response:
     params = _single(request.query.items())
     page, size = _int(params, "page", 1), _int(params, "size", 24)
-    filters = Filters.from_mapping({k: v for k, v in params.items() if k not in ("page", "size")})
-    result = await _run(request, request.app[SEARCH_KEY].browse, filters, page=page, size=size)
+    filters = Filters.from_mapping({k: v for k, v in params.items() if k not in ("page", "size", "model")})
+    search = _searcher(request, params.get("model", "").strip())
+    result = await _run(request, search.browse, filters, page=page, size=size)
     return web.json_response(result.as_json())
 
 
 async def index_info(request: web.Request) -> web.Response:
-    search = request.app[SEARCH_KEY]
+    search = _searcher(request, _single(request.query.items()).get("model", "").strip())
 
     def info() -> dict[str, Any]:
         target = search.index_model()
@@ -290,6 +307,7 @@ async def index_info(request: web.Request) -> web.Response:
             "model_version": target.model_version,
             "dims": target.dims,
             "documents": count,
+            "models": search.indexed_models(),
         }
 
     return web.json_response(await _run(request, info))
@@ -369,7 +387,8 @@ PAGE = r"""<!doctype html>
   .tile { cursor: pointer; }
   .tile:hover { border-color: var(--accent); }
   #pager { margin-top: 14px; display: flex; gap: 12px; align-items: center; }
-  #pager[hidden] { display: none; }
+  #pager[hidden], #model-choice[hidden] { display: none; }
+  select { font: inherit; padding: 4px 6px; border: 1px solid var(--line); border-radius: 5px; }
   #pager button { background: #fff; color: var(--accent); border: 1px solid var(--accent); padding: 5px 14px; }
 </style>
 </head>
@@ -392,6 +411,7 @@ PAGE = r"""<!doctype html>
       <label>label<input type="text" id="label" size="6"></label>
       <label>source<input type="text" id="source" size="14"></label>
       <label>since<input type="text" id="since" size="8" placeholder="2h, 7d, ISO"></label>
+      <label id="model-choice" hidden>index (model)<select id="model"></select></label>
       <label class="inline"><input type="checkbox" id="exact"> exact</label>
       <button type="submit" id="search">Search</button>
     </fieldset>
@@ -461,8 +481,24 @@ function tile(n, caption) {
 }
 
 function filterParams() {
-  return { label: $("label").value.trim(), source: $("source").value.trim(), since: $("since").value.trim() };
+  return { label: $("label").value.trim(), source: $("source").value.trim(), since: $("since").value.trim(),
+           model: $("model").value };
 }
+
+function offerModels(models) {  // a choice only where several indices (models or versions) exist
+  const select = $("model");
+  select.replaceChildren();
+  const names = [...new Set(models.map((m) => m.model_name).filter((n) => n))];
+  if (names.length < 2) return;
+  const current = models.find((m) => m.current);
+  for (const name of names) {
+    const option = el("option", null, name + (current && current.model_name === name ? " (current)" : ""));
+    option.value = current && current.model_name === name ? "" : name;
+    select.appendChild(option);
+  }
+  $("model-choice").hidden = false;
+}
+$("model").addEventListener("change", () => { searched = true; fileInput.value = ""; idInput.value = ""; browse(1); });
 
 let browsing = 1;
 async function browse(pageNo, onlyIfIdle = false) {
@@ -552,6 +588,7 @@ fetch("api/index").then(async (resp) => {
   if (searched) return;
   if (resp.ok) {
     const info = await resp.json();
+    offerModels(info.models || []);
     await browse(1, true);
     if (searched) return;
     statusBox.textContent = info.documents + " images in " + info.index + " (model " + info.model_name +

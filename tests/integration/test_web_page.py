@@ -433,3 +433,47 @@ def test_api_browse_pages_newest_first_with_filters(web):
     ):
         status, body = browse(**bad)
         assert status == 400 and what in body["error"], body
+
+
+def test_a_second_index_offers_a_choice_of_model(page, web, es):
+    """Where several indices exist behind the alias's name (another model, after a reindex), the page offers
+    them; choosing one browses and searches that index."""
+    import numpy as np
+
+    from streamdl.connectors.es_client import ensure_index
+    from streamdl.connectors.es_mappings import images_index
+
+    settings, server = web
+    meta = {"model_name": "other-net", "model_version": "1", "model_ref": "other-net"}
+    other = ensure_index(es, settings.alias("images"), "other-net-1", images_index(64, meta))
+    try:
+        rng = np.random.default_rng(3)
+        for i in range(5):
+            es.index(
+                index=other,
+                id=f"other-{i}",
+                document={
+                    "image_id": f"other-{i}",
+                    "embedding": rng.normal(size=64).tolist(),
+                    "source": f"cams/other-{i}.jpg",
+                    "processed_time": f"2026-01-0{i + 1}T00:00:00Z",
+                },
+            )
+        es.indices.refresh(index=other)
+        page.reload()
+        expect(page.locator("#model-choice")).to_be_visible()
+        assert page.eval_on_selector_all("#model option", "os => os.map(o => o.textContent)") == [
+            "digits-cnn (current)",
+            "other-net",
+        ]
+        page.select_option("#model", "other-net")
+        expect(page.locator("#status")).to_contain_text(f"5 images in {other}")
+        assert [t["id"] for t in shown(page)] == [f"other-{i}" for i in (4, 3, 2, 1, 0)]  # newest first
+        page.locator("#grid .tile").first.click()
+        expect(page.locator("#status")).to_contain_text("neighbours in")
+        assert "model other-net v1" in page.inner_text("#status")
+        assert sorted(t["id"] for t in tiles(page)) == ["other-0", "other-1", "other-2", "other-3"]
+        status, body = call(f"{server.url}/api/browse?model=nope")
+        assert status == 404 and "indexed models: digits-cnn, other-net" in body["error"]
+    finally:
+        es.indices.delete(index=other)
