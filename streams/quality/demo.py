@@ -142,7 +142,8 @@ def run_rollback_scenario(
 
     def send(indices, labels: bool = True) -> int:
         for i in indices:
-            producer.produce(settings.topic("images"), digit_to_png(digits.data[i]), ids(i))
+            label = [("label", str(digits.target[i]).encode())]  # as the demo's digits carry theirs
+            producer.produce(settings.topic("images"), digit_to_png(digits.data[i]), ids(i), headers=label)
         producer.flush(30)
         events = label_events(indices, ids, digits.target) if labels else []
         for key, value, _ in events:

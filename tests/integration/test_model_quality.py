@@ -21,6 +21,7 @@ from streamdl.connectors.es_client import es_client
 from streamdl.connectors.kafka_producer import make_producer, produce_all
 from streamdl.models.digits import digit_to_png
 from streamdl.models.registry import Registry
+from streamdl.streams.quality.compare import compare
 from streamdl.streams.quality.demo import run_rollback_scenario
 from streamdl.streams.quality.indices import reports_alias
 
@@ -64,11 +65,12 @@ def test_a_bad_version_is_rolled_back_by_its_live_labels(stream_factory, tmp_pat
             index=reports_alias(settings), query={"term": {"kind": "quality"}}, size=100, sort=[{"window_end": "desc"}]
         )["hits"]["hits"]
         drift = es.search(index=reports_alias(settings), query={"term": {"kind": "drift"}}, size=10)["hits"]["hits"]
+        table = compare(settings, es, registry.champion(settings.model_name).version, time.time())
         es.close()
         accuracy = worker.metric("streamdl_quality_accuracy", "version", window="5m")
         exported = exported_names(worker.metrics())
 
-    print(f"\n{run.summary()}")
+    print(f"\n{run.summary()}\n{table}")
     (alert,) = [json.loads(m.value()) for m in alerts if json.loads(m.value())["rule"] == "model_rolled_back"]
     evidence = alert["evidence"]
     print(f"   alert evidence: {evidence}")
@@ -81,6 +83,8 @@ def test_a_bad_version_is_rolled_back_by_its_live_labels(stream_factory, tmp_pat
     assert accuracy["1"] > 0.9 and accuracy[bad] < 0.4
     assert {h["_source"]["model_version"] for h in reports} >= {"1", bad}
     assert drift and all(d["_source"]["predictions"] >= 50 for d in drift)
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:-1]}
+    assert rows["1"][1] == "*" and rows[bad][1] != "*"  # `streamdl models compare`: version 1 serves again
 
     # the Grafana dashboard reads only names a real worker (or the archiver) exports
     import streamdl.streams.jobs.archiver  # noqa: F401 - registers the archiver's metrics on the registry
