@@ -45,7 +45,8 @@ def _filters(parser: argparse.ArgumentParser, reason_required: bool = False) -> 
         "--reason",
         required=reason_required,
         metavar="CODE",
-        help="only this reason code, e.g. not_an_image, corrupt, invalid_json, missing_field (several: comma-separated)",
+        help="only this reason code, e.g. not_an_image, corrupt, invalid_json, missing_field "
+        "(several: comma-separated)",
     )
 
 
