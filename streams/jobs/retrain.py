@@ -293,9 +293,11 @@ def _served(settings: Settings, registry):
 def _base_source(settings: Settings) -> str:
     """Where the base model lives, as the registry records it."""
     from streamdl.models.digits import digits_model_dir
+    from streamdl.models.keras_apps import keras_cache_dir
 
     folder = digits_model_dir(settings.state_dir) if settings.model_name == "digits-cnn" else Path(settings.model_name)
-    return folder.resolve().as_uri() if folder.exists() else f"models:/{settings.model_name}"
+    # a Keras application by name: its weights live in the Keras cache (a models:/ URI is refused by MLflow)
+    return (folder if folder.exists() else keras_cache_dir()).resolve().as_uri()
 
 
 def _count_labelled(image_files: list, event_files: list) -> tuple[int, str]:
