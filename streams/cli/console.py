@@ -21,6 +21,8 @@ EXIT_CODES = {
     1: "done, but nothing was found or some items were not sent",
     2: "bad input or settings: the message says which, and what to change",
     3: "a service did not answer (Kafka or Elasticsearch): the message names where it was looked for",
+    4: "retrain: another retraining run is in progress",
+    5: "retrain: too few labelled images to train on",
     130: "interrupted (Ctrl-C)",
 }
 """Exit codes of every ``streamdl`` command."""

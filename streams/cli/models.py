@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from streamdl.settings import Settings
 from streamdl.times import parse_duration
 
-EXIT_BUSY = 3
-EXIT_TOO_FEW = 4
+EXIT_BUSY = 4
+EXIT_TOO_FEW = 5
 
 
 def add_model_parsers(sub, common: argparse.ArgumentParser) -> None:
