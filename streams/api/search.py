@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamdl.errors import StreamdlError
 from streamdl.settings import Settings
 from streamdl.streams.api.context import resolve
 from streamdl.streams.search import Filters, SearchResult, SimilaritySearch
@@ -84,16 +85,32 @@ def _query(
 ) -> Query:
     search = SimilaritySearch(settings, model=model)
     try:
-        options = {"k": k, "num_candidates": num_candidates, "filters": Filters.from_mapping(filters), "exact": exact}
-        data, name = _image_bytes(image_or_id)
-        if data is not None:
-            return Query(search.by_image(data, **options), data, f"query\n{name[:16]}")
-        result = search.by_id(str(image_or_id), **options)
-        stored = search.stored(str(image_or_id), result.index)
-        label = stored.label if stored else "-"
-        return Query(result, stored.thumbnail if stored else None, f"query  label {label}\n{str(image_or_id)[:16]}")
+        return run_query(
+            search, image_or_id, k=k, num_candidates=num_candidates, filters=Filters.from_mapping(filters), exact=exact
+        )
     finally:
         search.es.close()
+
+
+def run_query(
+    search: SimilaritySearch,
+    image_or_id: ImageOrId,
+    *,
+    k: int = 10,
+    num_candidates: int | None = None,
+    filters: Filters = Filters(),
+    exact: bool = False,
+) -> Query:
+    """One query through ``search``: an image (bytes, file, PIL image) is featurized, an id is looked up and
+    left out of its own neighbours. ``streamdl similar`` and :func:`similar` both come here."""
+    options = {"k": k, "num_candidates": num_candidates, "filters": filters, "exact": exact}
+    data, name = _image_bytes(image_or_id)
+    if data is not None:
+        return Query(search.by_image(data, **options), data, f"query\n{name[:16]}")
+    result = search.by_id(str(image_or_id), **options)
+    stored = search.stored(str(image_or_id), result.index)
+    label = stored.label if stored else "-"
+    return Query(result, stored.thumbnail if stored else None, f"query  label {label}\n{str(image_or_id)[:16]}")
 
 
 def _image_bytes(value: ImageOrId) -> tuple[bytes | None, str]:
@@ -106,9 +123,10 @@ def _image_bytes(value: ImageOrId) -> tuple[bytes | None, str]:
         return buffer.getvalue(), "image"
     if isinstance(value, os.PathLike) or (isinstance(value, str) and Path(value).is_file()):
         path = Path(value)
-        if not path.is_file():
-            raise FileNotFoundError(f"no image file at {str(path)!r}")
-        return path.read_bytes(), path.name
+        try:
+            return path.read_bytes(), path.name
+        except OSError as exc:
+            raise StreamdlError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not isinstance(value, str):
         raise TypeError(f"give image bytes, a file path, a PIL image or an indexed id; got {type(value).__name__}")
     return None, ""

@@ -346,6 +346,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
     from streamdl.connectors.es_client import check_elasticsearch
+    from streamdl.streams.api.search import run_query
     from streamdl.streams.search import Filters, SimilaritySearch
 
     if bool(args.image) == bool(args.image_id):
@@ -353,19 +354,11 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
     search = SimilaritySearch(settings, model=getattr(args, "model_name", None))  # --model: that model's index
     check_elasticsearch(search.es, settings)  # one line and exit 3 within connect_timeout_secs when it is down
     filters = Filters(label=args.label, source=args.source, since=args.since)
-    options = {"k": args.k, "num_candidates": args.num_candidates, "filters": filters, "exact": args.exact}
-    if args.image_id:
-        result = search.by_id(args.image_id, **options)
-        query = search.stored(args.image_id, result.index)
-        query_image = query.thumbnail if query else None
-        caption = f"query  label {query.label if query else '-'}\n{args.image_id[:16]}"
-    else:
-        try:
-            query_image = args.image.read_bytes()
-        except OSError as exc:
-            raise StreamdlError(f"cannot read {args.image}: {exc.strerror or exc}") from None
-        result = search.by_image(query_image, **options)
-        caption = f"query\n{args.image.name[:16]}"
+    query = run_query(  # the Python API's query: an image file is featurized, an id looked up
+        search, args.image_id or args.image, k=args.k, num_candidates=args.num_candidates, filters=filters,
+        exact=args.exact,
+    )  # fmt: skip
+    result = query.result
     print(
         f"{'exact' if result.exact else 'approximate'} kNN in {result.index} "
         f"({result.model_name} v{result.model_version}), {result.took_ms:.0f} ms"
@@ -378,7 +371,7 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
     if args.png:
         from streamdl.streams.web.contact_sheet import contact_sheet
 
-        args.png.write_bytes(contact_sheet(result, query_image, caption))
+        args.png.write_bytes(contact_sheet(result, query.image, query.caption))
         print(f"contact sheet: {args.png}")
     return 0 if result.neighbours else 1
 
