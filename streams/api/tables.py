@@ -104,15 +104,17 @@ def read_topic(
     """The messages of a stream's topic (``"images"``, ``"events"``, ...) from ``since`` to the end it has
     now, as the archive stores them (:data:`streamdl.connectors.archive.SCHEMA`). ``since``/``until``: an
     ISO time, epoch seconds, or a duration ago (``"2h"``). At most ``STREAMDL_API_MAX_ROWS`` rows."""
-    from streamdl.connectors.kafka_reader import read_to_end
+    from streamdl.streams.jobs.reading import read_topic as read_messages
 
     settings = resolve(settings)
     if stream not in STREAMS:
         raise ValueError(f"unknown stream {stream!r}; known: {', '.join(STREAMS)}")
     start, end = _when(since, "since"), _when(until, "until")
     rows: list[dict] = []
-    for batch in read_to_end(settings, settings.topic(stream), since_ms=None if start is None else int(start * 1000)):
-        rows += [_message_row(m) for m in batch if end is None or (m.timestamp_ms or 0) < end * 1000]
+    for m in read_messages(settings, settings.topic(stream), since_ms=None if start is None else int(start * 1000)):
+        if end is not None and (m.timestamp_ms or 0) >= end * 1000:
+            continue
+        rows.append(_message_row(m))
         if len(rows) > settings.api_max_rows:
             raise ValueError(
                 f"{settings.topic(stream)} holds more than {settings.api_max_rows} messages in that window; narrow "
