@@ -89,6 +89,17 @@ def decode_image(
     channels: int,
     limits: DecodeLimits = DecodeLimits(),
 ) -> np.ndarray:
+    """Decode ``data`` to a ``(height, width, channels)`` uint8 array (see :func:`decode_with_thumbnail`)."""
+    return decode_with_thumbnail(data, size, channels, limits)[0]
+
+
+def decode_with_thumbnail(
+    data: bytes,
+    size: tuple[int, int],
+    channels: int,
+    limits: DecodeLimits = DecodeLimits(),
+    thumbnail_side: int = 0,
+) -> tuple[np.ndarray, bytes | None]:
     """Decode ``data`` to a ``(height, width, channels)`` uint8 array.
 
     ``size`` is ``(height, width)``; ``channels`` is 1 (grayscale, ITU-R 601 luma) or 3
@@ -99,6 +110,9 @@ def decode_image(
     ``tf.image.resize``'s default that Keras preprocessing trains with, and is cheaper
     than BICUBIC at no visible cost at model input sizes. Large JPEGs are decoded at
     a reduced scale (``draft``) and large reductions go through ``reducing_gap``.
+
+    With ``thumbnail_side`` > 0 it also returns a JPEG thumbnail of the upright image in its own
+    colours (longer side ``thumbnail_side``), from the same decode; else ``None``.
 
     Raises :class:`DecodeError` for any problem with ``data``, and ``ValueError`` for
     a bad ``size`` or ``channels`` (a caller bug).
@@ -111,7 +125,7 @@ def decode_image(
             "too_large", f"image is {len(data)} bytes; the limit is {limits.max_bytes} (DecodeLimits.max_bytes)"
         )
     try:
-        return _decode(bytes(data), height, width, channels, limits)
+        return _decode(bytes(data), height, width, channels, limits, thumbnail_side)
     except DecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -173,7 +187,9 @@ def _orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and value in _ORIENTATION else 1
 
 
-def _decode(data: bytes, height: int, width: int, channels: int, limits: DecodeLimits) -> np.ndarray:
+def _decode(
+    data: bytes, height: int, width: int, channels: int, limits: DecodeLimits, thumbnail_side: int = 0
+) -> tuple[np.ndarray, bytes | None]:
     with _open(data) as img:
         fmt = _FORMAT_ALIASES.get(img.format or "", img.format)
         if fmt not in SUPPORTED_FORMATS:
@@ -189,11 +205,16 @@ def _decode(data: bytes, height: int, width: int, channels: int, limits: DecodeL
         if fmt == "JPEG":
             # Decode at 1/2, 1/4 or 1/8 scale when that still covers the target size.
             swap = _orientation(img) in _SWAPS_AXES
-            img.draft("L" if channels == 1 else None, (height, width) if swap else (width, height))
+            grey = channels == 1 and not thumbnail_side  # a colour thumbnail needs the colours
+            side = max(height, width, thumbnail_side)
+            img.draft(
+                "L" if grey else None, (side, side) if thumbnail_side else (height, width) if swap else (width, height)
+            )
         img.load()  # a freshly opened image is at its first frame
         orientation = _orientation(img)
-        out = img.transpose(_ORIENTATION[orientation]) if orientation != 1 else img
-        out = _normalize_mode(out, channels)
+        upright = img.transpose(_ORIENTATION[orientation]) if orientation != 1 else img
+        thumbnail = _colour_thumbnail(upright, thumbnail_side) if thumbnail_side else None
+        out = _normalize_mode(upright, channels)
         if out.size != (width, height):
             out = out.resize((width, height), _RESAMPLE, reducing_gap=_REDUCING_GAP)
         if out.mode == "RGBA":
@@ -202,7 +223,21 @@ def _decode(data: bytes, height: int, width: int, channels: int, limits: DecodeL
         if out.mode != ("L" if channels == 1 else "RGB"):
             out = out.convert("L" if channels == 1 else "RGB")
         array = np.array(out, dtype=np.uint8)  # a writable copy (asarray is read-only)
-    return array.reshape(height, width, channels)
+    return array.reshape(height, width, channels), thumbnail
+
+
+def _colour_thumbnail(upright: Image.Image, side: int) -> bytes:
+    """The upright image in its own colours (grey stays grey, transparency on white) as a small JPEG."""
+    img = _normalize_mode(upright, 1 if upright.mode in ("1", "L", "LA", "I", "I;16", "F") else 3)
+    if img.mode == "RGBA":
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img).convert("RGB")
+    elif img.mode not in ("L", "RGB"):
+        img = img.convert("RGB")
+    img = img.copy()
+    img.thumbnail((side, side), _RESAMPLE, reducing_gap=_REDUCING_GAP)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
 
 
 def _normalize_mode(img: Image.Image, channels: int) -> Image.Image:

@@ -190,6 +190,13 @@ class Settings(BaseSettings):
         description="Largest image accepted, in pixels (decompression bombs are refused before decoding). "
         "Env STREAMDL_MAX_PIXELS.",
     )
+    thumbnail_side: int = Field(
+        96,
+        ge=0,
+        le=512,
+        description="Longer side, in pixels, of the colour JPEG thumbnail stored with each image document (made "
+        "from the same decode; 0: a thumbnail of the model's input instead). Env STREAMDL_THUMBNAIL_SIDE.",
+    )
 
     # --- Similarity: near-duplicates and novelty in the stream ------------------
     similarity_alerts: bool = Field(

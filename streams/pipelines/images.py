@@ -23,7 +23,7 @@ from elasticsearch import Elasticsearch
 from streamdl.alert_rules import Rule
 from streamdl.connectors.es_client import ensure_index
 from streamdl.connectors.es_mappings import images_index
-from streamdl.models.decode import DecodeError, DecodeLimits, decode_image, thumbnail_jpeg
+from streamdl.models.decode import DecodeError, DecodeLimits, decode_with_thumbnail, thumbnail_jpeg
 from streamdl.models.handler import BatchResult, ModelHandler, ModelInfo
 from streamdl.records import Document, InMessage, iso, to_json
 from streamdl.records import image_id as message_image_id
@@ -56,6 +56,8 @@ class _Decoded:
     msg: InMessage
     image_id: str
     pixels: np.ndarray
+    thumbnail: bytes
+    """JPEG of the image in its own colours, from the same decode."""
 
 
 class ImagePipeline(MicroBatchPipeline):
@@ -214,15 +216,18 @@ class ImagePipeline(MicroBatchPipeline):
         for msg in batch:
             image_id = message_image_id(msg)  # the key, or a content hash when the producer gave none
             try:
-                pixels = decode_image(msg.value or b"", size, channels, self.limits)
+                pixels, thumbnail = decode_with_thumbnail(
+                    msg.value or b"", size, channels, self.limits, self.settings.thumbnail_side
+                )
             except DecodeError as exc:
                 computed.refuse(msg, exc.reason, str(exc), "decode")
                 continue
+            decoded = _Decoded(msg, image_id, pixels, thumbnail or thumbnail_jpeg(pixels))
             if image_id in seen:  # the same id twice in one batch: the later message wins, as in the index
-                out[seen[image_id]] = _Decoded(msg, image_id, pixels)
+                out[seen[image_id]] = decoded
                 continue
             seen[image_id] = len(out)
-            out.append(_Decoded(msg, image_id, pixels))
+            out.append(decoded)
         return out
 
     def _predict(self, decoded: list[_Decoded], computed: Computed) -> BatchResult | None:
@@ -276,7 +281,7 @@ class ImagePipeline(MicroBatchPipeline):
                 "top_k": [{"label": lab, "probability": p} for lab, p in top[i]],
                 "source": msg.header("source"),
                 "content_type": msg.header("content-type"),
-                "thumbnail": base64.b64encode(thumbnail_jpeg(item.pixels)).decode(),
+                "thumbnail": base64.b64encode(item.thumbnail).decode(),
             }
             computed.documents.append(Document(item.image_id, body))
             computed.scored[item.image_id] = Scored(

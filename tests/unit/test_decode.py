@@ -422,3 +422,25 @@ def test_mutated_images_never_escape(data: st.DataObject) -> None:
     if data.draw(st.booleans(), label="truncate"):
         raw = raw[: data.draw(st.integers(1, len(raw)))]
     check_decode(bytes(raw))
+
+
+def test_the_thumbnail_keeps_the_colours_of_an_image_the_model_sees_grey():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from streamdl.models.decode import decode_with_thumbnail
+
+    red = np.zeros((300, 200, 3), np.uint8)
+    red[..., 0] = 220
+    for fmt in ("PNG", "JPEG"):
+        buf = io.BytesIO()
+        Image.fromarray(red).save(buf, format=fmt)
+        pixels, thumb = decode_with_thumbnail(buf.getvalue(), (28, 28), 1, thumbnail_side=96)
+        assert pixels.shape == (28, 28, 1)
+        small = Image.open(io.BytesIO(thumb))
+        assert small.mode == "RGB" and max(small.size) == 96 and small.size[0] < small.size[1]  # aspect kept
+        r, g, b = np.asarray(small).reshape(-1, 3).mean(axis=0)
+        assert r > 180 and g < 40 and b < 40, (fmt, r, g, b)
+    assert decode_with_thumbnail(buf.getvalue(), (28, 28), 1)[1] is None  # no thumbnail asked, none made
