@@ -135,15 +135,17 @@ class FaultRun:
         return worker
 
     @contextmanager
-    def streaming(self, tag: str, count: int, rate: float) -> Iterator[tuple[StreamPlan, Monitor, PacedProducer]]:
-        """``count`` digit images (ids tagged ``tag``) produced at ``rate`` per second to the images topic
-        while a :class:`Monitor` watches; the monitor stops when the block ends."""
+    def streaming(
+        self, tag: str, count: int, rate: float, plan: StreamPlan | None = None
+    ) -> Iterator[tuple[StreamPlan, Monitor, PacedProducer]]:
+        """``count`` digit images (ids tagged ``tag``), or the messages of ``plan``, produced at ``rate`` per
+        second to the plan's input topic while a :class:`Monitor` watches; the monitor stops when the block ends."""
         from tests.faults.harness import Monitor, PacedProducer, digit_stream
 
-        plan = digit_stream(tag, count)
-        monitor = Monitor(self.settings)
+        plan = plan or digit_stream(tag, count)
+        monitor = Monitor(self.settings, stream=plan.stream)
         monitor.start()
-        producer = PacedProducer(self.settings, self.settings.topic("images"), plan.messages, rate)
+        producer = PacedProducer(self.settings, self.settings.topic(plan.stream), plan.messages, rate)
         producer.start()
         try:
             yield plan, monitor, producer

@@ -47,6 +47,8 @@ class StreamPlan:
     """Ids that must end in Elasticsearch and on the predictions topic."""
     bad: list[str]
     """Ids that must end on the dead-letter topic."""
+    stream: str = "images"
+    """The input topic and index: ``images`` or ``events``."""
 
     @property
     def bytes(self) -> int:
@@ -71,6 +73,34 @@ def digit_stream(tag: str, count: int, bad_every: int = 450) -> StreamPlan:
             messages.append((key, png, [("source", b"faults"), ("label", str(label).encode())]))
             good.append(key)
     return StreamPlan(messages, good, bad)
+
+
+def sensor_stream(tag: str, count: int, bad_every: int = 60) -> StreamPlan:
+    """``count`` events of the sensor sample (its injected anomalies included) from the first day the default
+    event model was not trained on, ids tagged ``tag``; every ``bad_every``-th replaced by an invalid event
+    (a reading that is not a number: a dead letter)."""
+    from itertools import islice
+
+    from streamdl.models.event_models import SENSOR_TRAIN_DAYS
+    from streamdl.models.sensor_sample import sensor_events
+    from streamdl.records import to_json
+
+    machines = 6
+    days = SENSOR_TRAIN_DAYS + count / (machines * 1440) + 1
+    unseen = (e for i, e in enumerate(sensor_events(machines=machines, days=days)) if i >= SENSOR_TRAIN_DAYS * 8640)
+    messages: list[Message] = []
+    good: list[str] = []
+    bad: list[str] = []
+    for i, event in enumerate(islice(unseen, count)):
+        key = f"{tag}-{event['id']}"
+        event = {**event, "id": key}
+        if bad_every and i % bad_every == bad_every - 1:
+            event["numeric"] = {**event["numeric"], "temperature": "hot"}
+            bad.append(key)
+        else:
+            good.append(key)
+        messages.append((key, to_json(event), [("source", b"faults-events")]))
+    return StreamPlan(messages, good, bad, stream="events")
 
 
 def noise_bmp(rng: np.random.Generator, side: int) -> bytes:
@@ -157,9 +187,16 @@ class Monitor(threading.Thread):
     """Samples, every ``every`` seconds, the input topic's end offsets, the group's committed offsets
     (consumer lag), the output topics' end offsets and, optionally, a worker's memory."""
 
-    def __init__(self, settings: Settings, every: float = 0.5, rss_of: Callable[[], int | None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        every: float = 0.5,
+        rss_of: Callable[[], int | None] | None = None,
+        stream: str = "images",
+    ) -> None:
         super().__init__(name="fault-monitor", daemon=True)
         self.settings, self.every, self.rss_of = settings, every, rss_of
+        self.input = settings.topic(stream)
         self._connect()
         self.failures = 0
         self.errors: list[str] = []
@@ -203,7 +240,7 @@ class Monitor(threading.Thread):
     def _committed(self) -> int:
         from confluent_kafka import TopicPartition
 
-        topic = self.settings.topic("images")
+        topic = self.input
         found = self.offsets.committed([TopicPartition(topic, p) for p in self.parts], timeout=5)
         if any(tp.error for tp in found):
             raise RuntimeError(f"committed offsets: {[tp.error for tp in found if tp.error]}")
@@ -216,7 +253,7 @@ class Monitor(threading.Thread):
     def _sample(self) -> Sample:
         t = self.now()
         try:
-            end = self._ends(self.settings.topic("images"))
+            end = self._ends(self.input)
             outputs = self._ends(self.settings.topic("predictions")) + self._ends(self.settings.topic("dlq"))
             committed = self._committed()
             self.failures = 0
@@ -398,15 +435,15 @@ def read_all(settings: Settings, topic: str, timeout: float = 120.0) -> list:
         consumer.close()
 
 
-def indexed_ids(settings: Settings) -> Counter:
-    """How many documents each id has behind the images alias (across every index it names)."""
+def indexed_ids(settings: Settings, stream: str = "images") -> Counter:
+    """How many documents each id has behind the stream's alias (across every index it names)."""
     from elasticsearch.helpers import scan
 
     from streamdl.connectors.es_client import es_client
 
     es = es_client(settings)
     try:
-        alias = settings.alias("images")
+        alias = settings.alias(stream)
         es.indices.refresh(index=alias)
         return Counter(
             hit["_id"] for hit in scan(es, index=alias, query={"query": {"match_all": {}}}, _source=False, size=2000)
@@ -415,12 +452,12 @@ def indexed_ids(settings: Settings) -> Counter:
         es.close()
 
 
-def es_count(settings: Settings) -> int:
+def es_count(settings: Settings, stream: str = "images") -> int:
     from streamdl.connectors.es_client import es_client
 
     es = es_client(settings)
     try:
-        alias = settings.alias("images")
+        alias = settings.alias(stream)
         es.indices.refresh(index=alias)
         return int(es.count(index=alias)["count"])
     finally:
@@ -462,7 +499,7 @@ def account(
         alive()
         s = own.sample()
         done = s.lag == 0 and s.end == expected and s.outputs is not None and s.outputs >= expected
-        if done and es_count(settings) >= len(plan.good):
+        if done and es_count(settings, plan.stream) >= len(plan.good):
             break
         if time.monotonic() > deadline:
             break  # account for what is there: the assertions say what is missing
@@ -470,7 +507,7 @@ def account(
     if monitor is None:
         own.close()
 
-    ids = indexed_ids(settings)
+    ids = indexed_ids(settings, plan.stream)
     predictions = read_all(settings, settings.topic("predictions"))
     dead = read_all(settings, settings.topic("dlq"))
     predicted = Counter(m.key().decode() for m in predictions)
