@@ -59,7 +59,14 @@ def test_helm_lint_passes(helm):
 
 
 def test_every_rendered_manifest_is_valid_kubernetes(helm):
-    docs = render(helm, {"workers.images.gpu": "1", "secrets.files.STREAMDL_ES_PASSWORD_FILE": "es-password"})
+    docs = render(
+        helm,
+        {
+            "workers.images.gpu": "1",
+            "secrets.files.STREAMDL_ES_PASSWORD_FILE": "es-password",
+            "podSecurityContext.fsGroup": "10001",
+        },
+    )
     checked = 0
     for doc in docs:
         if doc["apiVersion"].startswith("keda.sh/"):
@@ -69,6 +76,9 @@ def test_every_rendered_manifest_is_valid_kubernetes(helm):
     kinds = sorted(d["kind"] for d in docs)
     assert kinds.count("Deployment") == 4 and {"CronJob", "ConfigMap", "PersistentVolumeClaim", "Service"} <= set(kinds)
     assert kinds.count("PodDisruptionBudget") == 2 and checked == len(docs)
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"]
+    pods += [d["spec"]["jobTemplate"]["spec"]["template"]["spec"] for d in docs if d["kind"] == "CronJob"]
+    assert len(pods) == 5 and all(pod["securityContext"] == {"fsGroup": 10001} for pod in pods)
 
 
 def test_settings_come_from_a_configmap_the_product_accepts(helm, monkeypatch):

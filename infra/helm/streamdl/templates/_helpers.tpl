@@ -83,3 +83,10 @@ volumes:
 resources:
 {{- toYaml $res | nindent 2 }}
 {{- end -}}
+
+{{- define "streamdl.podSecurity" -}}
+{{- with .Values.podSecurityContext }}
+securityContext:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
