@@ -11,16 +11,22 @@ _SETTINGS = {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval":
 
 VECTOR_INDEX_TYPES = ("hnsw", "int8_hnsw", "bbq_hnsw")
 """``index_options.type`` values of a ``dense_vector`` compared by ``python -m bench.knn --index-types``."""
+QUANTIZE_FROM_DIMS = 384
+"""Embeddings of at least this size get ``bbq_hnsw`` (Elasticsearch's advice for quantizing; bench.knn: recall@10
+0.998-1.000 at 1280 dims, ~22x less memory per vector); smaller ones keep float ``hnsw`` (bbq_hnsw at 64 dims:
+recall@10 0.861 at num_candidates 10)."""
 
 
-def images_index(dims: int, model: dict[str, str] | None = None, *, index_type: str = "hnsw") -> dict[str, Any]:
+def images_index(dims: int, model: dict[str, str] | None = None, *, index_type: str | None = None) -> dict[str, Any]:
     """The images index: a ``dense_vector`` of ``dims`` (HNSW, cosine) plus what was predicted.
 
     ``model`` (name, version) is stored in the mapping's ``_meta``: queries featurize with the
     model that built the index, since vectors of different models are not comparable.
-    ``index_type`` is the vector index (``hnsw``: float32; ``int8_hnsw``/``bbq_hnsw``: quantized;
-    docs/benchmarks.md has their recall and memory).
+    ``index_type`` is the vector index; by default ``bbq_hnsw`` (quantized) from :data:`QUANTIZE_FROM_DIMS`
+    dimensions on, else ``hnsw`` (float32); docs/benchmarks.md has their recall and memory.
     """
+    if index_type is None:
+        index_type = "bbq_hnsw" if dims >= QUANTIZE_FROM_DIMS else "hnsw"
     if index_type not in VECTOR_INDEX_TYPES:
         raise ValueError(f"index_type must be one of {', '.join(VECTOR_INDEX_TYPES)}. Received: {index_type!r}")
     if dims < 1:
