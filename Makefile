@@ -38,7 +38,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@command -v mvn >/dev/null || { echo "Maven is needed (apt-get install maven)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,spark]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
