@@ -16,6 +16,8 @@ from typing import Any
 import orjson
 from elasticsearch import ApiError, Elasticsearch, TransportError
 
+from streamdl.retry import Backoff, sleep
+
 logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = {429, 502, 503, 504}
@@ -73,7 +75,7 @@ def bulk_index(
     versions = versions or {}
     pending = [(doc_id, encode(index, doc_id, doc, op, versions.get(doc_id))) for doc_id, doc in docs]
     rejected: list[Rejected] = []
-    delay, start, attempt = 0.2, time.monotonic(), 0
+    backoff, start, attempt = Backoff(first=0.2, max_delay=max_backoff), time.monotonic(), 0
     while pending:
         attempt += 1
         retry: list[tuple[str, bytes]] = []
@@ -110,13 +112,10 @@ def bulk_index(
             break
         if should_stop() or (give_up_after is not None and time.monotonic() - start > give_up_after):
             raise TransportError(f"Elasticsearch bulk gave up after {attempt} attempts: {why}")
+        delay = backoff.delay(attempt)
         logger.warning("bulk retry attempt=%d docs=%d reason=%s backoff=%.1fs", attempt, len(retry), why, delay)
-        resume = time.monotonic() + delay
-        while time.monotonic() < resume and not should_stop():  # a shutdown does not wait out the backoff
-            time.sleep(min(0.2, max(0.0, resume - time.monotonic())))
-        if should_stop():
+        if sleep(delay, should_stop):  # a shutdown does not wait out the backoff
             raise TransportError(f"Elasticsearch bulk stopped by shutdown after {attempt} attempts: {why}")
-        delay = min(delay * 2, max_backoff)
         pending = retry
     return rejected
 

@@ -456,6 +456,7 @@ class Settings(BaseSettings):
         description="Address the Prometheus endpoints listen on: 127.0.0.1 (this machine only), or 0.0.0.0 "
         "for every interface (containers, a Prometheus on another host). Env STREAMDL_METRICS_HOST.",
     )
+    log_level: str = Field("INFO", description="Python log level. Env STREAMDL_LOG_LEVEL.")
     connect_timeout_secs: float = Field(
         10.0,
         gt=0,
@@ -463,7 +464,6 @@ class Settings(BaseSettings):
         description="How long a command waits for Kafka or Elasticsearch to first answer before it says which one "
         "did not and exits. Env STREAMDL_CONNECT_TIMEOUT_SECS.",
     )
-    log_level: str = Field("INFO", description="Python log level. Env STREAMDL_LOG_LEVEL.")
 
     # --- The local stack -----------------------------------------------------
     kafka_version: str = Field(

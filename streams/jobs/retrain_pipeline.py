@@ -20,7 +20,6 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from streamdl.models.decode import DecodeError, DecodeLimits, decode_image
+from streamdl.times import to_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -144,15 +144,10 @@ def parse_label_event(value: bytes | None, fallback_ts: float) -> tuple[str, tup
 
 
 def _event_time(ts: Any, fallback: float) -> float:
-    if isinstance(ts, (int, float)) and not isinstance(ts, bool):
-        return float(ts)
-    if isinstance(ts, str):
-        try:
-            parsed = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-        except ValueError:
-            pass
-    return fallback
+    try:
+        return to_epoch(ts)
+    except (ValueError, OverflowError):
+        return fallback
 
 
 def join_latest(element: tuple[str, dict[str, list]]) -> Iterator[tuple[str, str, bytes]]:
