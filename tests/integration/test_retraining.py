@@ -82,12 +82,18 @@ def publish_digits(settings, indices) -> None:
     )
 
 
-def stream_second_half(settings, swapped: threading.Event) -> None:
-    """Ten images a second until the swap, the rest at once after it."""
+def stream_second_half(settings, swapped: threading.Event, fillers: list[str]) -> None:
+    """Ten images a second until the swap, the rest at once after it. A version is swapped in at the start of
+    the next micro-batch, so when the digits run out before the swap (a slow retraining on a loaded machine),
+    one more image a second keeps batches coming; their ids go to ``fillers``."""
+    digits = load_digits()
     for start in range(FIRST_HALF, TOTAL, 10):
         publish_digits(settings, range(start, min(start + 10, TOTAL)))
         if not swapped.is_set():
             time.sleep(1.0)
+    while not swapped.wait(1.0):
+        fillers.append(f"filler-{len(fillers)}")
+        produce_all(settings, settings.topic("images"), [(fillers[-1], digit_to_png(digits.data[len(fillers)]), [])])
 
 
 def archived_rows(settings, topic: str) -> int:
@@ -107,8 +113,8 @@ def test_retraining_promotes_a_version_and_the_running_worker_swaps_to_it(loop, 
         alive=(worker, archiver),
     )
 
-    swapped = threading.Event()
-    streaming = threading.Thread(target=stream_second_half, args=(settings, swapped))
+    swapped, fillers = threading.Event(), []
+    streaming = threading.Thread(target=stream_second_half, args=(settings, swapped, fillers))
     streaming.start()  # the second half streams while the model is retrained and swapped
     result = retrain(settings, say=print)
     wait(
@@ -124,6 +130,7 @@ def test_retraining_promotes_a_version_and_the_running_worker_swaps_to_it(loop, 
         settings.topic("images"),
         [(f"after-swap-{i}", digit_to_png(digits.data[i]), []) for i in range(AFTER)],
     )
+    total = TOTAL + AFTER + len(fillers)
 
     print(
         f"\nretrain: {result.status} v{result.version}: {result.reason}; "
@@ -149,14 +156,14 @@ def test_retraining_promotes_a_version_and_the_running_worker_swaps_to_it(loop, 
         es.indices.refresh(index=alias)
         return es.count(index=alias)["count"]
 
-    wait("every image indexed", lambda: indexed() >= TOTAL + AFTER, alive=(worker,))
+    wait("every image indexed", lambda: indexed() >= total, alive=(worker,))
     predictions = read_topic(
-        settings, settings.topic("predictions"), lambda got: len(got) >= TOTAL + AFTER, timeout=120, settle=3
+        settings, settings.topic("predictions"), lambda got: len(got) >= total, timeout=120, settle=3
     )
     keys = Counter(m.key() for m in predictions)
     versions = Counter(json.loads(m.value())["model_version"] for m in predictions)
     print(f"predictions by version: {dict(versions)}")
-    assert len(keys) == TOTAL + AFTER and set(keys.values()) == {1}, "an image was lost or scored twice"
+    assert len(keys) == total and set(keys.values()) == {1}, "an image was lost or scored twice"
     assert set(versions) == {"1", "2"}
     assert {json.loads(m.value())["model_version"] for m in predictions if m.key().startswith(b"after-swap-")} == {"2"}
     by_partition: dict[int, list[str]] = {}
@@ -164,11 +171,11 @@ def test_retraining_promotes_a_version_and_the_running_worker_swaps_to_it(loop, 
         by_partition.setdefault(m.partition(), []).append(json.loads(m.value())["model_version"])
     for seq in by_partition.values():  # once a partition saw version 2, it never goes back
         assert "1" not in seq[seq.index("2") :] if "2" in seq else True
-    assert indexed() == TOTAL + AFTER
+    assert indexed() == total
     docs = es.search(index=alias, size=0, aggs={"v": {"terms": {"field": "model_version"}}})["aggregations"]["v"][
         "buckets"
     ]
-    assert {b["key"] for b in docs} == {"1", "2"} and sum(b["doc_count"] for b in docs) == TOTAL + AFTER
+    assert {b["key"] for b in docs} == {"1", "2"} and sum(b["doc_count"] for b in docs) == total
     assert worker.metric("streamdl_model_loaded", "version", stream="images").get("2") == 1.0
 
 
