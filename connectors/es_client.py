@@ -76,7 +76,8 @@ def check_elasticsearch(client: Elasticsearch, settings: Settings, timeout: floa
     except TlsError as exc:
         ca = settings.es_ca_file or "the system's CAs"
         raise SettingsError(
-            f"Elasticsearch at {settings.es_url}: TLS failed ({_short(exc)}). If its certificate is not trusted, "
+            f"Elasticsearch at {settings.es_url}: TLS failed ({_short(getattr(exc, 'message', None) or exc)}). "
+            "If its certificate is not trusted, "
             f"set STREAMDL_ES_CA_FILE to the PEM file of the CA that signed it (now: {ca}) and check that it "
             "names the host in STREAMDL_ES_URL; if the server does not speak TLS, use an http:// URL."
         ) from None
