@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -22,6 +21,7 @@ import numpy as np
 
 from streamdl.models.handler import ModelHandler
 from streamdl.settings import Settings
+from streamdl.streams.agents.background import DaemonLoop
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +81,10 @@ def check_candidate(candidate: ModelHandler, current: ModelHandler, batch: np.nd
     return None
 
 
-class ModelFollower:
+class ModelFollower(DaemonLoop):
     """A daemon thread reading the model-updates topic for one pipeline."""
+
+    thread_name = "model-updates"
 
     def __init__(
         self,
@@ -90,17 +92,8 @@ class ModelFollower:
         pipeline: Swappable,
         load: Callable[[Settings, str], ModelHandler | None] = registered_handler,
     ) -> None:
+        super().__init__()
         self.settings, self.pipeline, self.load = settings, pipeline, load
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="model-updates", daemon=True)
-
-    def start(self) -> ModelFollower:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
     def _run(self) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition

@@ -9,13 +9,13 @@ while the group has committed nothing there).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 
 from prometheus_client import Gauge
 
 from streamdl.prometheus import REGISTRY
 from streamdl.settings import Settings
+from streamdl.streams.agents.background import DaemonLoop
 
 logger = logging.getLogger(__name__)
 
@@ -27,21 +27,14 @@ LAG = Gauge(
 )
 
 
-class LagMonitor:
+class LagMonitor(DaemonLoop):
     """Sets :data:`LAG` for ``topics`` every ``interval`` seconds until stopped."""
 
+    thread_name = "consumer-lag"
+
     def __init__(self, settings: Settings, topics: Sequence[str], interval: float = 15.0) -> None:
+        super().__init__()
         self.settings, self.topics, self.interval = settings, list(topics), interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="consumer-lag", daemon=True)
-
-    def start(self) -> LagMonitor:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
     def _run(self) -> None:
         from confluent_kafka import Consumer
