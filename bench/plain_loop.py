@@ -10,11 +10,8 @@ committed only after the batch was written, as in the worker. SIGTERM ends the l
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import subprocess
 import sys
-import time
 
 from confluent_kafka import Consumer
 from prometheus_client import start_http_server
@@ -22,10 +19,9 @@ from prometheus_client import start_http_server
 from streamdl.alert_rules import load_rules
 from streamdl.connectors.kafka_config import kafka_config
 from streamdl.connectors.kafka_messages import from_confluent
-from streamdl.errors import StreamdlError
 from streamdl.models.event_handler import load_event_handler
 from streamdl.prometheus import REGISTRY
-from streamdl.settings import Settings, load_settings, settings_env
+from streamdl.settings import Settings, load_settings
 from streamdl.streams.agents.worker_process import WorkerProcess
 from streamdl.streams.pipelines.events import EventPipeline
 
@@ -60,24 +56,15 @@ def run(settings: Settings) -> None:
 class PlainLoopProcess(WorkerProcess):
     """``python -m bench.plain_loop`` as a child process, in place of a worker (same settings, metrics, stop)."""
 
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "bench.plain_loop"]
+
+    @property
+    def what(self) -> str:
+        return "the plain loop"
+
     def start(self, timeout: float = 300.0) -> PlainLoopProcess:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMDL_")}
-        env.update(settings_env(self.settings))
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.plain_loop"], stdout=out, stderr=subprocess.STDOUT, env=env
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise StreamdlError(f"the plain loop exited with {self.proc.returncode}:\n{self.tail()}")
-            if self._get(self.ready_url) is not None:
-                return self
-            time.sleep(0.5)
-        self.stop()
-        raise StreamdlError(f"the plain loop did not start within {timeout:.0f}s:\n{self.tail()}")
+        return super().start(timeout)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 from streamdl.errors import StreamdlError
 from streamdl.prometheus import metrics_port
@@ -30,14 +31,23 @@ class WorkerProcess:
         self.ready_url = ready_url or self.metrics_url
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 180.0) -> WorkerProcess:
+    def argv(self) -> list[str]:
+        """The child's command line (the settings go through the environment, never here)."""
+        return [sys.executable, "-m", "streamdl", *self.command]
+
+    @property
+    def what(self) -> str:
+        """The child as its errors name it."""
+        return f"'streamdl {self.command[0]}'"
+
+    def start(self, timeout: float = 180.0) -> Self:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMDL_")}
         env.update(settings_env(self.settings))
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streamdl", *self.command],
+                self.argv(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -47,16 +57,13 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise StreamdlError(
-                    f"'streamdl {self.command[0]}' exited with {self.proc.returncode} while starting; "
-                    f"log {self.log}:\n{self.tail()}"
+                    f"{self.what} exited with {self.proc.returncode} while starting; log {self.log}:\n{self.tail()}"
                 )
             if self._get(self.ready_url) is not None:
                 return self
             time.sleep(0.5)
         self.stop()
-        raise StreamdlError(
-            f"'streamdl {self.command[0]}' did not start within {timeout:.0f}s; log {self.log}:\n{self.tail()}"
-        )
+        raise StreamdlError(f"{self.what} did not start within {timeout:.0f}s; log {self.log}:\n{self.tail()}")
 
     @property
     def alive(self) -> bool:
