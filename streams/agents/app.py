@@ -6,15 +6,17 @@ import faust
 
 from streamdl.connectors.kafka_config import faust_credentials
 from streamdl.settings import Settings
+from streamdl.streams.agents.faust_adapter import StreamApp
 from streamdl.streams.agents.memory import InflightLimits, inflight_limits
 
 
 def create_app(settings: Settings, limits: InflightLimits | None = None) -> faust.App:
-    """A Faust app for ``settings``: raw bytes in and out, no web server (metrics are served separately).
-    Its aiokafka clients use the same security settings as every other client (:func:`faust_credentials`);
-    its fetch size and stream buffer are ``limits`` (default: those of the configured agents)."""
+    """A Faust app (:class:`StreamApp`) for ``settings``: raw bytes in and out, no web server (metrics are
+    served separately). Its aiokafka clients use the same security settings as every other client
+    (:func:`faust_credentials`); its fetch size and stream buffer are ``limits`` (default: those of the
+    configured agents)."""
     limits = limits or inflight_limits(settings, settings.agents)
-    return faust.App(
+    return StreamApp(
         settings.consumer_group,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
         broker_credentials=faust_credentials(settings),

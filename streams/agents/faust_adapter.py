@@ -6,11 +6,30 @@ cancellation and waits forever while a service is down), so :func:`unacked_messa
 consumer's private ``_unacked_messages`` set, which ``wait_empty`` itself reads, and
 :func:`committed_offsets` its private ``_committed_offset`` map (for the log line of a forced exit).
 ``tests/unit/test_faust_adapter.py`` fails when an upgrade renames or retypes it.
+
+:class:`StreamApp` is the app the workers run: Faust with two costs per message taken out (measured in
+``docs/benchmarks.md``, "Faust's intake"):
+
+* Faust's fetcher hands every message to the agents through ``Service.wait_first(callback(message),
+  suspend_flow.wait())``, which makes four tasks and an ``asyncio.wait`` per message (about half of Faust's
+  CPU per message; faust-streaming#229 names the same call). :class:`StreamConsumer` runs the callback
+  first as a plain coroutine step: when it finishes without suspending (the stream buffer had room: the
+  usual case) nothing else is needed; when it suspends, the rest of it goes through Faust's own
+  ``wait_first`` unchanged, so a rebalance (``suspend_flow``) or a stop still interrupts a full buffer.
+* The Monitor sensor keeps per-event statistics the product never reads (its own metrics are
+  Prometheus'); the app keeps the Monitor object (Faust calls it for offsets) but not among the sensors
+  called for every message.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Generator
+from typing import Any
+
 import faust
+from faust.transport.drivers import aiokafka
+from mode.services import WaitResults
 
 from streamdl.connectors.kafka_messages import headers_of
 from streamdl.records import InMessage
@@ -39,3 +58,64 @@ def unacked_messages(consumer: faust.types.ConsumerT) -> list[faust.types.Messag
 def committed_offsets(consumer: faust.types.ConsumerT) -> dict[str, int | None]:
     """The last committed offset of each assigned partition, as ``"topic-partition"`` (Faust private state)."""
     return {f"{tp.topic}-{tp.partition}": offset for tp, offset in list(consumer._committed_offset.items())}
+
+
+class _Resumed:
+    """A coroutine stopped at its first suspension (``yielded``), awaitable from there as a task would drive it."""
+
+    def __init__(self, coro: Any, yielded: Any) -> None:
+        self._coro, self._yielded = coro, yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, value = self._coro, self._yielded
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a task's cancellation goes into the coroutine
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+class StreamConsumer(aiokafka.Consumer):
+    """Faust's aiokafka consumer with a ``wait_first`` that costs nothing when the first coroutine completes at once."""
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
+        first = coros[0] if coros else None
+        if not asyncio.iscoroutine(first) or self._stopped.is_set() or self._crashed.is_set():
+            return await super().wait_first(*coros, timeout=timeout)
+        try:
+            yielded = first.send(None)
+        except StopIteration as done:
+            for other in coros[1:]:
+                if asyncio.iscoroutine(other):
+                    other.close()  # never started: nothing to cancel
+            return WaitResults([first], [done.value], False)
+        return await super().wait_first(_Resumed(first, yielded), *coros[1:], timeout=timeout)
+
+
+class StreamTransport(aiokafka.Transport):
+    """Faust's aiokafka transport, making :class:`StreamConsumer` consumers."""
+
+    Consumer = StreamConsumer
+
+
+class StreamApp(faust.App):
+    """The workers' Faust app: :class:`StreamTransport`, and no Monitor among the per-message sensors."""
+
+    def _new_transport(self) -> StreamTransport:
+        return StreamTransport(self.conf.broker_consumer, self)
+
+    def on_init_dependencies(self) -> Any:
+        dependencies = super().on_init_dependencies()
+        self.sensors.remove(self.monitor)
+        return dependencies

@@ -52,3 +52,69 @@ def test_a_faust_event_becomes_an_in_message_with_headers_as_bytes():
     assert (got.key, got.value, got.topic, got.partition, got.offset) == (b"k", b"v", "t", 0, 7)
     assert got.timestamp_ms == 1_700_000_000_500
     assert got.headers == {"source": b"cam", "label": b"", "x": b"y"}
+
+
+def _stream_consumer():
+    from streamdl.streams.agents.faust_adapter import StreamApp
+
+    app = StreamApp("adapter-test-wait", broker="kafka://127.0.0.1:1", store="memory://")
+    return app, app.consumer
+
+
+def test_the_workers_app_makes_stream_consumers_and_calls_no_monitor_per_message():
+    from streamdl.streams.agents.faust_adapter import StreamConsumer
+
+    async def check() -> None:
+        app, consumer = _stream_consumer()
+        assert isinstance(consumer, StreamConsumer)
+        app.on_init_dependencies()
+        assert app.monitor not in app.sensors
+
+    asyncio.run(check())
+
+
+def test_a_delivery_that_completes_at_once_needs_no_task_and_closes_the_other_waits():
+    async def check() -> None:
+        _, consumer = _stream_consumer()
+        queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+        suspended = asyncio.Event()
+        other = suspended.wait()
+        made = []
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(lambda loop, coro, **kw: made.append(coro) or asyncio.Task(coro, loop=loop, **kw))
+        result = await consumer.wait_first(queue.put(1), other)
+        loop.set_task_factory(None)
+        assert (result.results, result.stopped, queue.qsize()) == ([None], False, 1)
+        assert made == []  # Faust's own wait_first makes four tasks here
+        assert other.cr_frame is None  # closed, so no "never awaited" warning
+
+    asyncio.run(check())
+
+
+def test_a_delivery_into_a_full_buffer_still_waits_and_completes_when_there_is_room():
+    async def check() -> None:
+        _, consumer = _stream_consumer()
+        queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+        queue.put_nowait(0)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, queue.get_nowait)  # the agent takes one: room for the waiting put
+        result = await consumer.wait_first(queue.put(1), asyncio.Event().wait())
+        assert (result.results, result.stopped) == ([None], False)
+        assert queue.get_nowait() == 1
+
+    asyncio.run(check())
+
+
+def test_a_delivery_into_a_full_buffer_is_interrupted_by_a_suspended_flow():
+    async def check() -> None:
+        _, consumer = _stream_consumer()
+        queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+        queue.put_nowait(0)
+        suspend = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, suspend.set)  # a rebalance suspends the flow
+        result = await asyncio.wait_for(consumer.wait_first(queue.put(1), suspend.wait()), 5)
+        assert (result.results, result.stopped) == ([True], False)  # the suspension won; the put was cancelled
+        await asyncio.sleep(0)
+        assert (queue.qsize(), queue.get_nowait()) == (1, 0)
+
+    asyncio.run(check())
