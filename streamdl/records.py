@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from streamdl.times import iso
 
@@ -97,4 +98,6 @@ def parse_dead_letter_headers(headers: list[tuple[str, bytes]] | None) -> dict[s
 
 
 def to_json(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact UTF-8 JSON (orjson: ~10x faster than ``json.dumps`` on a prediction; numpy values as numbers,
+    NaN as ``null``)."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
