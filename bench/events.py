@@ -11,6 +11,9 @@ day 3 of the sample on (where anomalies are injected):
 - **plain loop**: the same ``EventPipeline`` driven by a plain confluent-kafka loop
   (:mod:`bench.plain_loop`: consume 256, ``process_batch``, commit; serial), on the same events:
   the yardstick for the Faust agent's own overhead;
+- **intake alone**: the same events read by a Faust agent that only takes and acks them (the workers'
+  own app), and by a confluent-kafka loop that only consumes and commits (:mod:`bench.intake`): the
+  ceiling Faust itself puts on the worker, with the CPU each spends per message;
 - **Elasticsearch ceiling**: the same documents (computed beforehand), pre-serialized into bulk
   bodies of 256, sent one at a time and two at a time, then a refresh: no other work;
 - **profile**: py-spy samples of the micro-batched worker while it runs (top-N tables);
@@ -38,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
+from bench.intake import IntakeRun, intake_rates
 from bench.pipeline import BenchStack, PipelineRun
 from bench.plain_loop import PlainLoopProcess
 from bench.profile import Profile
@@ -519,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
         say(f"  {loop_run.rate:.0f} events/s ({loop_run.seconds:.1f}s)")
+        say(f"intake alone (Faust agent, plain loop; no work): the same {args.events} events")
+        intakes = intake_rates(settings.kafka_bootstrap_servers, loop_stack.settings.topic("events"), args.events)
+        say("  " + ", ".join(f"{i.mode} {i.rate:.0f}/s, {i.cpu_us:.0f} µs CPU per message" for i in intakes))
     finally:
         loop_stack.close()
     ceilings = {}
@@ -544,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             (f"latency run ({lat.sent} events at {lat.rate:.0f}/s)", lat.stages, lat.batches, None),
         ],
     )
-    table += "\n\n" + render_yardsticks(run, loop_run, ceilings)
+    table += "\n\n" + render_yardsticks(run, loop_run, ceilings, intakes)
     if profile is not None:
         table += "\n\n" + profile.tables(f"the micro-batched worker ({args.events} events)")
     print(table)
@@ -555,8 +562,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def render_yardsticks(run: PipelineRun, loop: PipelineRun, ceilings: dict[int, PipelineRun]) -> str:
-    """The agent against the same pipeline in a plain loop, and against Elasticsearch alone."""
+def render_yardsticks(
+    run: PipelineRun, loop: PipelineRun, ceilings: dict[int, PipelineRun], intakes: list[IntakeRun]
+) -> str:
+    """The agent against the same pipeline in a plain loop, against Elasticsearch alone, and the intakes alone."""
     best = max(c.rate for c in ceilings.values())
     lines = [
         "| run (same events, produce→searchable) | events/s | Faust worker / this |",
@@ -569,6 +578,15 @@ def render_yardsticks(run: PipelineRun, loop: PipelineRun, ceilings: dict[int, P
         lines.append(
             f"| Elasticsearch ceiling: pre-serialized bulks, {inflight} in flight | {c.rate:.0f} "
             f"| {run.rate / c.rate:.2f}{' (of the best ceiling)' if c.rate == best else ''} |"
+        )
+    what = {
+        "faust": "Faust intake alone: agent noack_take(256) + ack, no work",
+        "plain": "confluent-kafka intake alone: consume(256) + commit",
+    }
+    for intake in intakes:
+        lines.append(
+            f"| {what[intake.mode]} ({intake.cpu_us:.0f} µs CPU per message) | {intake.rate:.0f} "
+            f"| {run.rate / intake.rate:.2f} |"
         )
     return "\n".join(lines)
 

@@ -16,9 +16,9 @@ consumer's private ``_unacked_messages`` set, which ``wait_empty`` itself reads,
   first as a plain coroutine step: when it finishes without suspending (the stream buffer had room: the
   usual case) nothing else is needed; when it suspends, the rest of it goes through Faust's own
   ``wait_first`` unchanged, so a rebalance (``suspend_flow``) or a stop still interrupts a full buffer.
-* The Monitor sensor keeps per-event statistics the product never reads (its own metrics are
-  Prometheus'); the app keeps the Monitor object (Faust calls it for offsets) but not among the sensors
-  called for every message.
+* The Monitor sensor keeps per-message statistics the product never reads (its own metrics are
+  Prometheus'): :class:`QuietMonitor` keeps what Faust reads back (offsets, commits, rebalances) and
+  skips the per-message bookkeeping.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from collections.abc import Generator
 from typing import Any
 
 import faust
+from faust.sensors import Monitor
 from faust.transport.drivers import aiokafka
 from mode.services import WaitResults
 
@@ -87,7 +88,8 @@ class _Resumed:
 
 
 class StreamConsumer(aiokafka.Consumer):
-    """Faust's aiokafka consumer with a ``wait_first`` that costs nothing when the first coroutine completes at once."""
+    """Faust's aiokafka consumer with a ``wait_first`` that costs nothing when the first coroutine completes at
+    once."""
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         first = coros[0] if coros else None
@@ -109,13 +111,34 @@ class StreamTransport(aiokafka.Transport):
     Consumer = StreamConsumer
 
 
+class QuietMonitor(Monitor):
+    """Faust's Monitor without its per-message statistics (message and event counts, runtimes, send latency)."""
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        return None
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
+        return None
+
+    def on_stream_event_out(self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None) -> None:
+        return None
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        return None
+
+    def on_send_initiated(self, producer: Any, topic: str, message: Any, keysize: int, valsize: int) -> None:
+        return None
+
+    def on_send_completed(self, producer: Any, state: Any, metadata: Any) -> None:
+        return None
+
+
 class StreamApp(faust.App):
-    """The workers' Faust app: :class:`StreamTransport`, and no Monitor among the per-message sensors."""
+    """The workers' Faust app: :class:`StreamTransport` and :class:`QuietMonitor` (unless given another)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("Monitor", QuietMonitor)
+        super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> StreamTransport:
         return StreamTransport(self.conf.broker_consumer, self)
-
-    def on_init_dependencies(self) -> Any:
-        dependencies = super().on_init_dependencies()
-        self.sensors.remove(self.monitor)
-        return dependencies

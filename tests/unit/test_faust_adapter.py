@@ -61,14 +61,15 @@ def _stream_consumer():
     return app, app.consumer
 
 
-def test_the_workers_app_makes_stream_consumers_and_calls_no_monitor_per_message():
-    from streamdl.streams.agents.faust_adapter import StreamConsumer
+def test_the_workers_app_makes_stream_consumers_and_a_quiet_monitor():
+    from streamdl.streams.agents.faust_adapter import QuietMonitor, StreamConsumer
 
     async def check() -> None:
         app, consumer = _stream_consumer()
         assert isinstance(consumer, StreamConsumer)
-        app.on_init_dependencies()
-        assert app.monitor not in app.sensors
+        assert isinstance(app.monitor, QuietMonitor)
+        app.monitor.on_message_in(None, 1, message(1))
+        assert app.monitor.messages_received_total == 0  # Faust's Monitor counts it
 
     asyncio.run(check())
 
