@@ -84,6 +84,7 @@ def reports_index() -> dict[str, Any]:
                 "confidence_psi": {"type": "float"},
                 "mean_confidence": {"type": "float"},
                 "embedding_mmd": {"type": "float"},
+                "reference": keyword,  # drift reports: registry (validation split) or first_predictions
             },
         },
     }

@@ -35,6 +35,7 @@ from streamdl.streams.quality import metrics
 from streamdl.streams.quality.drift import DriftReport, DriftTracker
 from streamdl.streams.quality.indices import ensure_quality_indices, labels_alias, reports_alias
 from streamdl.streams.quality.labels import Label, LabelJoin
+from streamdl.streams.quality.reference import registry_references
 from streamdl.streams.quality.rollback import RollbackGuard
 from streamdl.streams.quality.windows import QualityReport, live_quality, orphan_counts
 from streamdl.times import parse_duration, to_epoch
@@ -79,7 +80,7 @@ class QualitySink(Sink):
         self._ticker = threading.Thread(target=self._tick_forever, name=f"quality-{stream or 'sink'}", daemon=True)
         self.es = None
         self.join: LabelJoin | None = None
-        self.drift = DriftTracker(settings, clock)
+        self.drift = DriftTracker(settings, clock, registry_references(settings, registry))
         self.engine = AlertEngine(self.rules, "images", settings.topic("images"))
         self.alert_index: Any = None
         self.alert_topic: Sink | None = None

@@ -19,11 +19,13 @@ from sklearn.datasets import load_digits
 
 from streamdl.connectors.es_client import es_client
 from streamdl.connectors.kafka_producer import make_producer, produce_all
-from streamdl.models.digits import digit_to_png
+from streamdl.models.digits import digit_to_png, digits_model_dir
 from streamdl.models.registry import Registry
 from streamdl.streams.quality.compare import compare
 from streamdl.streams.quality.demo import run_rollback_scenario
 from streamdl.streams.quality.indices import reports_alias
+from streamdl.streams.quality.reference import digits_reference
+from streamdl.times import to_epoch
 
 pytestmark = pytest.mark.integration
 
@@ -134,7 +136,8 @@ rules:
 
 def test_inverted_images_raise_a_drift_finding_within_a_few_windows(stream_factory, tmp_path, read_topic):
     """Scenario (b): the digits stream normally, then inverted (white background) with no label at all: the drift
-    rules fire within a bounded number of windows of the change."""
+    rules fire within a bounded number of windows of the change. The base model is registered with its drift
+    reference (its held-out digits), which the worker loads: every window is judged against it."""
     digits = load_digits()
     rules = tmp_path / "rules.yaml"
     rules.write_text(DRIFT_RULES)
@@ -150,7 +153,12 @@ def test_inverted_images_raise_a_drift_finding_within_a_few_windows(stream_facto
         drift_window_secs=window,
         drift_reference_size=200,
         drift_min_predictions=40,
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
     ) as (settings, worker):
+        source = digits_model_dir(settings.state_dir).resolve().as_uri()
+        Registry.from_settings(settings).ensure_base(
+            settings.model_name, {}, source, reference=lambda: digits_reference(settings)
+        )
         producer = make_producer(settings)
 
         def stream(seconds: float, start: int, invert: bool) -> int:
@@ -180,12 +188,18 @@ def test_inverted_images_raise_a_drift_finding_within_a_few_windows(stream_facto
             lambda got: any(json.loads(m.value())["kind"] == "drift_above" for m in got),
             timeout=60,
         )
+        es = es_client(settings)
+        es.indices.refresh(index=reports_alias(settings))
+        windows = es.search(index=reports_alias(settings), query={"term": {"kind": "drift"}}, size=100)["hits"]["hits"]
+        es.close()
+    assert windows and {w["_source"]["reference"] for w in windows} == {"registry"}
+    before = [w["_source"] for w in windows if to_epoch(w["_source"]["window_end"]) <= changed_at]
+    quiet = {s: round(max(w[s] for w in before), 3) for s in ("class_psi", "confidence_psi", "embedding_mmd")}
+    print(f"\ndrift: {len(before)} windows before the change, largest signals {quiet}")
     alerts = [json.loads(m.value()) for m in found]
     drift = [a for a in alerts if a["kind"] == "drift_above"]
     assert drift, alerts
     first = min(drift, key=lambda a: a["evidence"]["window_end"])
-    from streamdl.times import to_epoch
-
     windows_after = (to_epoch(first["evidence"]["window_end"]) - changed_at) / window
     print(
         f"\ndrift: first {first['rule']} alert for the window ending {windows_after:.1f} windows ({window:g}s each) "

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from streamdl.alert_rules import RulesError, parse_rules
+from streamdl.models.registry import REFERENCE_TAG, Registry
 from streamdl.records import Document
 from streamdl.settings import load_settings
 from streamdl.streams.pipelines.alerts import AlertEngine, Scored
 from streamdl.streams.quality import stats
-from streamdl.streams.quality.drift import DriftTracker
+from streamdl.streams.quality.drift import DriftTracker, Sample
 from streamdl.streams.quality.labels import Label, Limits, apply_label
+from streamdl.streams.quality.reference import prediction_reference, registry_references
 from streamdl.streams.quality.rollback import decide
 from streamdl.streams.quality.sink import quality_windows
 from streamdl.streams.quality.windows import reports
@@ -190,6 +192,46 @@ def test_drift_windows_against_the_reference():
     tracker.observe(images(rng, 10, digits))
     clock.now += 10
     assert tracker.close_windows(clock.now) == []  # too few predictions to judge
+
+
+def test_a_saved_reference_is_used_from_the_first_prediction(tmp_path):
+    """A version whose reference was saved in the registry is judged from its first window; one without falls
+    back to its first predictions; the saved reference round-trips through JSON and the registry (MLflow,
+    SQLite) and its reservoir is bounded by the setting."""
+    clock, rng = Clock(), np.random.default_rng(2)
+    digits = [str(d) for d in range(10)]
+    n = 300
+    probabilities = np.full((n, 10), 0.01)
+    probabilities[np.arange(n), np.arange(n) % 10] = 0.91
+    reference = prediction_reference(digits, probabilities, rng.normal(size=(n, 8)), capacity=64)
+    assert reference["n"] == n and len(reference["reservoir"]) == 64
+    assert np.allclose(np.linalg.norm(reference["reservoir"], axis=1), 1.0, atol=1e-5)  # unit rows
+    assert reference["classes"] == {d: 30 for d in digits} and reference["confidence"][9] == n
+
+    registry = Registry.from_settings(settings(state_dir=tmp_path))
+    base = registry.ensure_base("m", {}, source=tmp_path.as_uri(), reference=lambda: reference)
+    assert base.tags[REFERENCE_TAG].endswith("drift/reference.json")
+    assert registry.reference("m", "1") == reference
+    loaded = registry_references(settings(state_dir=tmp_path, drift_reservoir_size=32), registry)
+    sample = loaded("m", "1")
+    assert sample.n == n and len(sample.reservoir) == 32  # subsampled to the setting
+    assert loaded("m", "9") is None  # not registered: the fallback
+
+    with pytest.raises(ValueError, match="for 10 labels"):
+        prediction_reference(digits, probabilities[:, :3], None, capacity=64)
+
+    config = settings(drift_window_secs=10, drift_reference_size=100, drift_min_predictions=50)
+    saved = {("m", "1"): Sample.from_json(reference, 64)}
+    tracker = DriftTracker(config, clock, lambda name, version: saved.get((name, version)))
+    tracker.observe(images(rng, 100, digits))  # version 1: its saved reference, no warm-up
+    clock.now += 10
+    (first,) = tracker.close_windows(clock.now)
+    assert first.reference == "registry" and first.predictions == 100 and first.class_psi < 0.05
+    fallback = [Document(d.id, {**d.body, "model_version": "2"}) for d in images(rng, 150, digits)]
+    tracker.observe(fallback)  # version 2 has none: 100 make its reference, 50 its window
+    clock.now += 10
+    (second,) = [r for r in tracker.close_windows(clock.now) if r.model_version == "2"]
+    assert second.reference == "first_predictions" and second.predictions == 50
 
 
 # --- rules and rollback ---------------------------------------------------------------------------------
