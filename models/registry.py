@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,7 +260,11 @@ class Registry:
             run = self.client.create_run(self.experiment_id(), run_name=f"{version.name}-v{version.version}-reference")
             run_id = run.info.run_id
             self.client.set_terminated(run_id)
-        self.client.log_dict(run_id, reference, REFERENCE_ARTIFACT)
+        folder, file = REFERENCE_ARTIFACT.rsplit("/", 1)
+        with tempfile.TemporaryDirectory(prefix="streamdl-reference-") as tmp:
+            local = Path(tmp) / file
+            local.write_text(json.dumps(reference, separators=(",", ":")), encoding="utf-8")  # compact: ~100 KB
+            self.client.log_artifact(run_id, str(local), folder)
         uri = f"{self.client.get_run(run_id).info.artifact_uri}/{REFERENCE_ARTIFACT}"
         self.client.set_model_version_tag(version.name, version.version, REFERENCE_TAG, uri)
         return self.show(version.name, version.version)
