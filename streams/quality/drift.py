@@ -153,22 +153,54 @@ class _Version:
             self.bandwidth = median_distance(_unit_rows(self.reference.reservoir))
 
 
-class DriftTracker:
+class VersionWindows:
+    """What both drift trackers share: per model version a state with a tumbling window of ``drift_window_secs``
+    (processing time), the saved references (``references``, asked once per version, when its first prediction
+    arrives) and the closing of windows; a subclass judges a closed window (:meth:`_close`)."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float], references: Callable[[str, str], Any] | None):
+        self.window_secs = settings.drift_window_secs
+        self.reference_size = settings.drift_reference_size
+        self.min_predictions = settings.drift_min_predictions
+        self.clock = clock
+        self.references = references
+        self.versions: dict[tuple[str, str], Any] = {}
+
+    def close_windows(self, now: float) -> list[Any]:
+        """Close every window that ended by ``now``: the reports of those judged."""
+        out = []
+        for key, state in self.versions.items():
+            end = state.window_start + self.window_secs
+            if now < end:
+                continue
+            report = self._close(key, state, end)
+            if report is not None:
+                out.append(report)
+            state.window_start = self._start(now)
+        return out
+
+    def _close(self, key: tuple[str, str], state: Any, end: float) -> Any:
+        """The report of ``state``'s window ending at ``end`` (``None``: not judged); starts its next window."""
+        raise NotImplementedError
+
+    def _saved(self, key: tuple[str, str]) -> Any:
+        return self.references(*key) if self.references is not None else None
+
+    def _start(self, now: float) -> float:
+        return now - now % self.window_secs
+
+
+class DriftTracker(VersionWindows):
     """Per model version: the reference, the open window, and the reports of closed windows.
 
-    ``references`` gives the reference saved with a version (asked once per version, when its first
-    prediction arrives); without one the version's first ``drift_reference_size`` predictions make it."""
+    ``references`` gives the reference saved with a version; without one the version's first
+    ``drift_reference_size`` predictions make it."""
 
     def __init__(
         self, settings: Settings, clock: Callable[[], float] = time.time, references: References | None = None
     ) -> None:
-        self.window_secs = settings.drift_window_secs
-        self.reference_size = settings.drift_reference_size
-        self.min_predictions = settings.drift_min_predictions
+        super().__init__(settings, clock, references)
         self.reservoir = settings.drift_reservoir_size
-        self.clock = clock
-        self.references = references
-        self.versions: dict[tuple[str, str], _Version] = {}
 
     def observe(self, documents: Sequence[Document]) -> list[DriftReport]:
         """Add a batch of image documents; returns the reports of windows that closed."""
@@ -187,7 +219,7 @@ class DriftTracker:
         return closed
 
     def _new_version(self, key: tuple[str, str], now: float) -> _Version:
-        saved = self.references(*key) if self.references is not None else None
+        saved = self._saved(key)
         state = self.versions[key] = _Version(
             saved or Sample(self.reservoir, seed=1), Sample(self.reservoir, seed=2), self._start(now)
         )
@@ -196,34 +228,22 @@ class DriftTracker:
             state.complete()
         return state
 
-    def close_windows(self, now: float) -> list[DriftReport]:
-        """Close every window that ended by ``now``; a full one is compared with its complete reference."""
-        out = []
-        for (name, version), state in self.versions.items():
-            end = state.window_start + self.window_secs
-            if now < end:
-                continue
-            window = state.window
-            if window.n >= self.min_predictions and state.ready:
-                signals = compare(state.reference, window, state.bandwidth)
-                out.append(
-                    DriftReport(
-                        model_name=name,
-                        model_version=version,
-                        window_start=state.window_start,
-                        window_end=end,
-                        predictions=window.n,
-                        mean_confidence=window.confidence_sum / window.n,
-                        reference=state.source,
-                        **signals,
-                    )
-                )
-            state.window = Sample(self.reservoir, seed=int(end))
-            state.window_start = self._start(now)
-        return out
-
-    def _start(self, now: float) -> float:
-        return now - now % self.window_secs
+    def _close(self, key: tuple[str, str], state: _Version, end: float) -> DriftReport | None:
+        """A full window compared with its complete reference."""
+        window, report = state.window, None
+        if window.n >= self.min_predictions and state.ready:
+            report = DriftReport(
+                model_name=key[0],
+                model_version=key[1],
+                window_start=state.window_start,
+                window_end=end,
+                predictions=window.n,
+                mean_confidence=window.confidence_sum / window.n,
+                reference=state.source,
+                **compare(state.reference, window, state.bandwidth),
+            )
+        state.window = Sample(self.reservoir, seed=int(end))
+        return report
 
 
 def _unit_rows(rows: list[np.ndarray]) -> np.ndarray:

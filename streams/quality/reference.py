@@ -4,20 +4,24 @@ Whoever registers a version (``streamdl retrain`` and the Python API's ``Head.re
 model, the quality demo's bad head) runs the version on its validation images and saves what the worker
 would have seen: the predicted-class histogram, the top-class confidence histogram and a reservoir of
 ``drift_reservoir_size`` unit-length embeddings (:class:`~streamdl.streams.quality.drift.Sample`), as the
-MLflow artifact ``drift/reference.json`` of the version (:meth:`Registry.log_reference`). Workers load it
-when a version's first prediction arrives (:func:`registry_references`).
+MLflow artifact ``drift/reference.json`` of the version (:meth:`Registry.log_reference`). An event model
+version (``streamdl train events``) saves its per-feature reference there the same way
+(:func:`event_reference`). Workers load it when a version's first prediction arrives
+(:func:`registry_references`, :func:`feature_references`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from streamdl.settings import Settings
 from streamdl.streams.quality.drift import References, Sample
+from streamdl.streams.quality.feature_drift import FeatureReference, fit_reference
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +60,42 @@ def digits_reference(settings: Settings) -> dict[str, Any]:
     return prediction_reference(list(LABELS), out.probabilities, out.embeddings, settings.drift_reservoir_size)
 
 
-def registry_references(settings: Settings, registry: Any = None) -> References:
-    """The worker's loader of saved references: ``None`` (the first-predictions fallback, logged) when there
-    is no registry, the version has no reference, or it cannot be read."""
+def event_reference(settings: Settings, records: Sequence[Any], folder: Path) -> dict[str, Any]:
+    """An event model version's reference (:mod:`~streamdl.streams.quality.feature_drift`): its training
+    ``records`` (the autoencoder holds none out) scored by the saved model in ``folder``, as a worker would."""
+    from streamdl.models.event_features import EventRecord
+    from streamdl.models.event_handler import EventModelHandler
 
-    def load(name: str, version: str) -> Sample | None:
+    handler = EventModelHandler(lambda: Path(folder))
+    handler.load()
+    rows = [EventRecord.of(r) for r in records]
+    anomaly = handler.score_batch(rows).anomaly
+    drift_rows = [
+        (r.numeric, r.categorical, None if anomaly is None else float(anomaly[i])) for i, r in enumerate(rows)
+    ]
+    reference = fit_reference(drift_rows, settings.drift_max_features, settings.drift_top_categories)
+    return {**reference.as_json(), "source": "training events"}
+
+
+def feature_references(settings: Settings, registry: Any = None) -> References:
+    """The worker's loader of event model versions' saved references (see :func:`registry_references`)."""
+    return registry_references(
+        settings, registry, lambda saved: FeatureReference.from_json(saved, settings.drift_max_features)
+    )
+
+
+def registry_references(
+    settings: Settings, registry: Any = None, parse: Callable[[dict[str, Any]], Any] | None = None
+) -> References:
+    """The worker's loader of saved references, made by ``parse`` (default: an image version's
+    :class:`Sample`): ``None`` (the first-predictions fallback, logged) when there is no registry, the version
+    has no reference, or it cannot be read."""
+    if parse is None:
+
+        def parse(saved: dict[str, Any]) -> Sample:
+            return Sample.from_json(saved, settings.drift_reservoir_size)
+
+    def load(name: str, version: str) -> Any:
         nonlocal registry
         try:
             if registry is None:
@@ -79,7 +114,7 @@ def registry_references(settings: Settings, registry: Any = None) -> References:
                     settings.drift_reference_size,
                 )
                 return None
-            sample = Sample.from_json(saved, settings.drift_reservoir_size)
+            loaded = parse(saved)
         except Exception as exc:  # noqa: BLE001 - not registered, an unreadable artifact, an outage: the fallback
             logger.warning(
                 "drift: the saved reference of %s v%s could not be read (%s); using its first %d predictions",
@@ -89,7 +124,7 @@ def registry_references(settings: Settings, registry: Any = None) -> References:
                 settings.drift_reference_size,
             )
             return None
-        logger.info("drift: %s v%s is judged against its saved reference (%d predictions)", name, version, sample.n)
-        return sample
+        logger.info("drift: %s v%s is judged against its saved reference (%d predictions)", name, version, loaded.n)
+        return loaded
 
     return load

@@ -3,6 +3,7 @@ rollback decision, without a broker (the integration tests run them against Kafk
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ from streamdl.models.registry import REFERENCE_TAG, Registry
 from streamdl.records import Document
 from streamdl.settings import load_settings
 from streamdl.streams.pipelines.alerts import AlertEngine, Scored
-from streamdl.streams.quality import stats
+from streamdl.streams.quality import feature_drift, stats
 from streamdl.streams.quality.drift import DriftTracker, Sample
 from streamdl.streams.quality.labels import Label, Limits, apply_label
 from streamdl.streams.quality.reference import prediction_reference, registry_references
@@ -356,3 +357,82 @@ def test_the_comparison_table_puts_versions_side_by_side():
     assert lines[1].split()[:5] == ["1", "*", "0.950", "(40)", "0.967"]
     assert lines[2].split() == ["2", "-", "0.108", "(120)", "0.050", "12.0s", "1.750", "3.800", "-"]
     assert "no live quality yet" in comparison({"all": []}, {}, None)
+
+
+# --- per-feature drift of the event stream -------------------------------------------------------------
+def events(rng, n: int, shift: float = 0.0, sites: int = 5, version: str = "1") -> list[Document]:
+    """Scored event documents: numeric ``temp`` (normal), ``load`` (sometimes missing), categorical ``site``."""
+    return [
+        Document(
+            f"e{k}",
+            {
+                "type": "reading",
+                "model_name": "machines",
+                "model_version": version,
+                "numeric": {
+                    "temp": float(rng.normal(20 + shift, 2)),
+                    **({"load": float(rng.random())} if k % 4 else {}),
+                },
+                "categorical": {"site": f"s{int(rng.integers(sites))}"},
+                "anomaly_score": float(rng.gamma(2.0, 0.5 + shift)),
+            },
+        )
+        for k in range(n)
+    ]
+
+
+def test_feature_drift_per_numeric_and_categorical_feature_and_the_anomaly_score():
+    clock, rng = Clock(), np.random.default_rng(4)
+    rows = [feature_drift.row_of(d.body) for d in events(rng, 2000, sites=12)]
+    reference = feature_drift.fit_reference(rows, max_features=2, top_categories=3)
+    # two features tracked: the most present (temp, site in every event; load in 3 of 4)
+    assert set(reference.signals()) == {"feature_psi:temp", "feature_psi:site", "anomaly_psi"}
+    assert len(reference.numeric["temp"]) == feature_drift.FEATURE_BINS - 1
+    assert (
+        len(reference.categorical["site"]) == 3 and len(reference.counts["feature_psi:site"]) == 5
+    )  # + other, missing
+    saved = feature_drift.FeatureReference.from_json(json.loads(json.dumps(reference.as_json())), max_features=2)
+    assert saved == reference
+
+    config = settings(drift_window_secs=10, drift_reference_size=200, drift_min_predictions=100)
+    tracker = feature_drift.FeatureDriftTracker(config, clock, lambda name, version: saved if version == "1" else None)
+    tracker.observe(events(rng, 500, sites=12) + [Document("l", {"type": "label", "image_id": "x", "label": "1"})])
+    clock.now += 10
+    (steady,) = tracker.close_windows(clock.now)
+    assert steady.reference == "registry" and steady.predictions == 500
+    assert max(steady.signals().values()) < 0.05, steady.signals()
+    tracker.observe(events(rng, 500, shift=3.0, sites=12))
+    clock.now += 10
+    (moved,) = tracker.close_windows(clock.now)
+    assert moved.psi["feature_psi:temp"] > 1 and moved.psi["anomaly_psi"] > 0.25
+    assert moved.psi["feature_psi:site"] < 0.05  # the sites did not change
+    tracker.observe(events(rng, 500, sites=40))  # mostly sites the reference never saw: the 'other' bin
+    clock.now += 10
+    (sites,) = tracker.close_windows(clock.now)
+    assert sites.psi["feature_psi:site"] > 0.25 and sites.psi["feature_psi:temp"] < 0.05
+    doc = sites.as_json()
+    assert (
+        doc["kind"] == "feature_drift" and doc["max_feature"] == "site" and set(doc["feature_psi"]) == {"temp", "site"}
+    )
+
+    tracker.observe(events(rng, 300, version="2"))  # no saved reference: its first 200 events make it
+    clock.now += 10
+    (fallback,) = [r for r in tracker.close_windows(clock.now) if r.model_version == "2"]
+    assert fallback.reference == "first_predictions" and fallback.predictions == 100
+    assert "feature_psi:load" in fallback.signals()  # the fallback tracks up to drift_max_features (32)
+
+
+def test_event_drift_rules_name_a_feature_and_watch_the_events():
+    (rule,) = parse_rules(
+        "version: 1\nrules:\n  - name: temp_drift\n    severity: warning\n    drift_above: 0.25\n"
+        "    signal: feature_psi:temp\n",
+        60,
+    )
+    assert rule.signal == "feature_psi:temp" and rule.streams == ("events",)
+    engine = AlertEngine([rule], "events", "events")
+    quiet = {"drift": {"feature_psi:temp": 0.1, "feature_psi:site": 0.9}}
+    assert engine.evaluate([Scored(id="m:1", ts=1.0, model_name="m", model_version="1", findings=quiet)], 1.0).new == []
+    moved = {"drift": {"feature_psi:temp": 0.6}}
+    (alert,) = engine.evaluate([Scored(id="m:1", ts=2.0, model_name="m", model_version="1", findings=moved)], 2.0).new
+    assert alert.kind == "drift_above" and alert.evidence["value"] == 0.6
+    assert AlertEngine([rule], "images", "images").rules == []
