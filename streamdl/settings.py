@@ -416,7 +416,8 @@ class Settings(BaseSettings):
         500,
         ge=20,
         le=100_000,
-        description="Predictions of a version that make its drift reference (its first ones served). "
+        description="Predictions of a version that make its drift reference when none was saved with it in the "
+        "registry (its first ones served; events: its first scored events). "
         "Env STREAMDL_DRIFT_REFERENCE_SIZE.",
     )
     drift_min_predictions: int = Field(

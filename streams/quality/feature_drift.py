@@ -150,16 +150,15 @@ class FeatureCounts:
         if not rows:
             return self
         self.n += len(rows)
-        for name, edges in self._edges.items():
-            values = np.array([_number(n.get(name)) for n, _, _ in rows], float)
+        for name, edges in self._edges.items():  # None -> NaN: the missing bin (the event contract: numbers or null)
+            values = np.array([n.get(name) for n, _, _ in rows], float)
             self._count(FEATURE_PREFIX + name, edges, values)
         for name, index in self._index.items():
             other = len(index)
             codes = [other + 1 if c.get(name) is None else index.get(str(c[name]), other) for _, c, _ in rows]
             self.bins[FEATURE_PREFIX + name] += np.bincount(codes, minlength=other + 2)
         if ANOMALY in self.bins:
-            scores = np.array([np.nan if a is None else float(a) for _, _, a in rows], float)
-            self._count(ANOMALY, self._anomaly, scores)
+            self._count(ANOMALY, self._anomaly, np.array([a for _, _, a in rows], float))
         return self
 
     def _count(self, signal: str, edges: np.ndarray, values: np.ndarray) -> None:
