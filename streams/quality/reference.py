@@ -97,6 +97,8 @@ def registry_references(
 
     def load(name: str, version: str) -> Any:
         nonlocal registry
+        from streamdl.models.errors import ModelNotFound
+
         try:
             if registry is None:
                 from streamdl.models.registry import Registry
@@ -105,7 +107,10 @@ def registry_references(
                     logger.info("drift: no registry; %s v%s is judged against its first predictions", name, version)
                     return None
                 registry = Registry.from_settings(settings)
-            saved = registry.reference(name, version)
+            try:
+                saved = registry.reference(name, version)
+            except ModelNotFound:  # a model or version served without being registered
+                saved = None
             if saved is None:
                 logger.info(
                     "drift: %s v%s has no saved reference; it is judged against its first %d predictions",
@@ -115,7 +120,7 @@ def registry_references(
                 )
                 return None
             loaded = parse(saved)
-        except Exception as exc:  # noqa: BLE001 - not registered, an unreadable artifact, an outage: the fallback
+        except Exception as exc:  # noqa: BLE001 - an unreadable artifact, an outage: the fallback
             logger.warning(
                 "drift: the saved reference of %s v%s could not be read (%s); using its first %d predictions",
                 name,
