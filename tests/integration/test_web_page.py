@@ -550,3 +550,8 @@ def test_the_metrics_endpoint_counts_the_page_requests(web):
     ok = [line for line in text.splitlines() if line.startswith("streamdl_web_requests_total{")]
     assert any('route="/api/index"' in line and 'status="200"' in line for line in ok), ok
     assert "streamdl_web_request_seconds_bucket" in text
+    # the Grafana dashboard reads only names the real server exports (the workers' in test_model_quality.py)
+    from tests.integration.test_model_quality import dashboard_metrics, exported_names
+
+    wanted = {n for n in dashboard_metrics() if n.startswith("streamdl_web_")}
+    assert wanted and wanted <= exported_names(text), wanted - exported_names(text)
