@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,9 @@ logger = logging.getLogger(__name__)
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
 EXPERIMENT = "streamdl-retraining"
+REFERENCE_TAG = "drift_reference"
+"""Version tag: the artifact URI of the version's drift reference (JSON, from its validation split)."""
+REFERENCE_ARTIFACT = "drift/reference.json"
 
 
 class NotRegistered(ModelNotFound):
@@ -149,6 +154,13 @@ class Registry:
         """The version the workers serve, or ``None`` when nothing was promoted (image and event models alike)."""
         return next((v for v in self.versions(name) if v.champion), None)
 
+    def reference(self, name: str, version: str) -> dict[str, Any] | None:
+        """The drift reference saved with a version (:meth:`log_reference`), ``None`` when it has none."""
+        uri = self.show(name, version).tags.get(REFERENCE_TAG)
+        if not uri:
+            return None
+        return self.mlflow.artifacts.load_dict(uri)
+
     def head_folder(self, version: Version) -> Path:
         """A local folder with the version's ``head.keras`` and ``info.json``."""
         if version.kind != "head":
@@ -157,10 +169,19 @@ class Registry:
         return Path(local)
 
     # --- writing --------------------------------------------------------------------------
-    def ensure_base(self, name: str, metrics: dict[str, float], source: str) -> Version:
-        """Register the base model as version 1 (promoted) if ``name`` has no versions yet."""
+    def ensure_base(
+        self,
+        name: str,
+        metrics: dict[str, float],
+        source: str,
+        reference: Callable[[], dict[str, Any]] | None = None,
+    ) -> Version:
+        """Register the base model as version 1 (promoted) if ``name`` has no versions yet; ``reference`` computes
+        its drift reference (only when it is registered, or when version 1 has none yet)."""
         existing = self.versions(name)
         if existing:
+            if reference is not None and REFERENCE_TAG not in existing[0].tags:
+                self.log_reference(existing[0], reference())
             return existing[0]
         self._ensure_model(name)
         mv = self.client.create_model_version(
@@ -170,6 +191,8 @@ class Registry:
         )
         self._set_champion(name, str(mv.version), history=[str(mv.version)])
         logger.info("registered the base model %s as version %s", name, mv.version)
+        if reference is not None:
+            self.log_reference(self.show(name, str(mv.version)), reference())
         return self.show(name, str(mv.version))
 
     def register_event_model(self, name: str, folder: Path, metrics: dict[str, float]) -> Version:
@@ -228,6 +251,23 @@ class Registry:
             )
         self._set_champion(name, history[-2], history=history[:-1])
         return self.show(name, history[-2])
+
+    def log_reference(self, version: Version, reference: dict[str, Any]) -> Version:
+        """Save ``reference`` (JSON) as the artifact ``drift/reference.json`` of the version's run (a run of its own
+        for a version without one: the base model, event models) and point the version's tag at it."""
+        run_id = version.run_id
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id(), run_name=f"{version.name}-v{version.version}-reference")
+            run_id = run.info.run_id
+            self.client.set_terminated(run_id)
+        folder, file = REFERENCE_ARTIFACT.rsplit("/", 1)
+        with tempfile.TemporaryDirectory(prefix="streamdl-reference-") as tmp:
+            local = Path(tmp) / file
+            local.write_text(json.dumps(reference, separators=(",", ":")), encoding="utf-8")  # compact: ~100 KB
+            self.client.log_artifact(run_id, str(local), folder)
+        uri = f"{self.client.get_run(run_id).info.artifact_uri}/{REFERENCE_ARTIFACT}"
+        self.client.set_model_version_tag(version.name, version.version, REFERENCE_TAG, uri)
+        return self.show(version.name, version.version)
 
     def model_tag(self, name: str, key: str) -> str | None:
         """A tag of the registered model (``None`` when it or the tag does not exist)."""

@@ -24,7 +24,8 @@ The file::
       - name: prediction_drift
         severity: warning
         drift_above: 0.25               # condition: a model version's drift in a closed drift window
-        signal: class_psi               # class_psi (default), class_js, confidence_psi or embedding_mmd
+        signal: class_psi               # class_psi (default), class_js, confidence_psi or embedding_mmd (images);
+                                        # feature_psi:<feature> or anomaly_psi (event models, per feature)
       - name: live_accuracy
         severity: critical
         accuracy_below: 0.8             # condition: live accuracy from late labels ...
@@ -34,7 +35,8 @@ The file::
 Each rule has exactly one condition. ``streams`` (``[images]``, ``[events]`` or both) limits
 where it applies; by default class and dead-letter rules watch both streams, anomaly rules the
 events and findings the images; drift and accuracy rules judge model versions (subject: the
-version, ``name:version``), reported by the quality sink (:mod:`streamdl.streams.quality`).
+version, ``name:version``), reported by the quality sink (:mod:`streamdl.streams.quality`): a drift rule
+watches the images, or the events when its signal is an event model's (``feature_psi:...``, ``anomaly_psi``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,16 @@ from streamdl.times import parse_duration
 SEVERITIES = ("info", "warning", "critical")
 FINDINGS = ("near_duplicate", "novel")
 DRIFT_SIGNALS = ("class_psi", "class_js", "confidence_psi", "embedding_mmd")
+EVENT_DRIFT_SIGNALS = ("feature_psi:<feature>", "anomaly_psi")
+"""The drift signals of event model versions (:mod:`streamdl.streams.quality.feature_drift`)."""
+_FEATURE_SIGNAL = re.compile(r"^feature_psi:[^\s]{1,200}$")
+
+
+def is_event_signal(signal: str) -> bool:
+    """Whether a drift signal is an event model's (one feature's PSI, or the anomaly score's)."""
+    return signal == "anomaly_psi" or bool(_FEATURE_SIGNAL.match(signal))
+
+
 STREAMS = ("images", "events")
 DEFAULT_RULES_FILE = Path(__file__).with_name("default_alert_rules.yaml")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -245,9 +257,12 @@ def _rule(item: dict[str, Any], default_throttle: float, fail) -> Rule:
     elif kind == "drift_above":
         rule["threshold"] = _number(value, 0, float("inf"), kind, where, at, fail)
         signal = fields.get("signal", "class_psi")
-        if signal not in DRIFT_SIGNALS:
-            raise fail(at("signal"), where + f"'signal' must be one of {', '.join(DRIFT_SIGNALS)}, got {signal!r}")
+        if not isinstance(signal, str) or not (signal in DRIFT_SIGNALS or is_event_signal(signal)):
+            signals = ", ".join((*DRIFT_SIGNALS, *EVENT_DRIFT_SIGNALS))
+            raise fail(at("signal"), where + f"'signal' must be one of {signals}, got {signal!r}")
         rule["signal"] = signal
+        if "streams" not in fields and is_event_signal(signal):
+            rule["streams"] = ("events",)
     else:
         rule["threshold"] = _number(value, 0, 1, kind, where, at, fail)
         key = "min_labels" if kind == "accuracy_below" else "min_messages"

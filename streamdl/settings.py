@@ -416,7 +416,8 @@ class Settings(BaseSettings):
         500,
         ge=20,
         le=100_000,
-        description="Predictions of a version that make its drift reference (its first ones served). "
+        description="Predictions of a version that make its drift reference when none was saved with it in the "
+        "registry (its first ones served; events: its first scored events). "
         "Env STREAMDL_DRIFT_REFERENCE_SIZE.",
     )
     drift_min_predictions: int = Field(
@@ -430,6 +431,20 @@ class Settings(BaseSettings):
         le=4096,
         description="Embeddings kept per window and in the reference for the MMD embedding drift (reservoir "
         "sample). Env STREAMDL_DRIFT_RESERVOIR_SIZE.",
+    )
+    drift_max_features: int = Field(
+        32,
+        ge=1,
+        le=256,
+        description="Event features whose drift is tracked per model version (the ones most present in its "
+        "reference; the others are not tracked). Env STREAMDL_DRIFT_MAX_FEATURES.",
+    )
+    drift_top_categories: int = Field(
+        10,
+        ge=1,
+        le=100,
+        description="Categories of a categorical event feature binned on their own in its drift (its most frequent "
+        "in the reference; the rest share one 'other' bin). Env STREAMDL_DRIFT_TOP_CATEGORIES.",
     )
 
     # --- Local state and operations ------------------------------------------

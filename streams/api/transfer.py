@@ -41,6 +41,8 @@ class Head:
     test: pa.Table
     """The test rows (with their embeddings), kept for :meth:`register`'s comparison with the served model."""
     test_probabilities: np.ndarray = field(repr=False)
+    validation_embeddings: np.ndarray | None = field(default=None, repr=False)
+    """The validation rows' embeddings: :meth:`register` saves the head's drift reference from them."""
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -100,6 +102,7 @@ class Head:
         from streamdl.models.registry import Registry
         from streamdl.streams.api.featurize import ImagePredictor
         from streamdl.streams.jobs.retrain import _served, register_head
+        from streamdl.streams.quality.reference import head_reference
 
         settings = self.featurizer.settings.model_copy(update={"model_name": self.featurizer.model})
         registry = Registry.from_settings(settings)
@@ -110,9 +113,14 @@ class Head:
         ).transform(self.test)  # fmt: skip
         truth = np.asarray(self.test["label"].to_pylist(), dtype=object)
         current_acc = float((np.asarray(current["prediction"].to_pylist(), dtype=object) == truth).mean())
+        reference = None
+        if self.validation_embeddings is not None and len(self.validation_embeddings):
+            reference = head_reference(
+                self.trained.model, self.labels, self.validation_embeddings, settings.drift_reservoir_size
+            )
         return register_head(
             settings, registry, champion, self.trained, self.evaluation, self.test_probabilities, current_acc,
-            current_labels, gate=gate, say=say,
+            current_labels, gate=gate, say=say, reference=reference,
         )  # fmt: skip
 
 
@@ -161,7 +169,7 @@ def fit_head(
     trained = heads.train_head(x[train], y[train], x[val], y[val], len(labels), tried, seed=seed, progress=say)
     probabilities = np.asarray(trained.model.predict(x[test], batch_size=1024, verbose=0))
     evaluation = heads.evaluate(probabilities, y[test], labels)
-    return Head(featurizer, labels, trained, evaluation, table.take(pa.array(test)), probabilities)
+    return Head(featurizer, labels, trained, evaluation, table.take(pa.array(test)), probabilities, x[val])
 
 
 def _split(rows: np.ndarray, y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

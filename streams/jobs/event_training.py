@@ -106,8 +106,11 @@ def train_events(
         bar.close()
     info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
     from streamdl.models.registry import Registry
+    from streamdl.streams.quality.reference import event_reference
 
     metrics = {k: float(v) for k, v in (info.get("metrics") or {}).items() if isinstance(v, (int, float))}
-    version = Registry.from_settings(settings).register_event_model(name, folder, metrics)
+    registry = Registry.from_settings(settings)
+    version = registry.register_event_model(name, folder, metrics)
+    registry.log_reference(version, event_reference(settings, records, folder))  # its drift reference
     say(f"registered {name} version {version.version} in the registry; it serves from the next worker start")
     return {**info, "path": str(folder), "registered_version": version.version}

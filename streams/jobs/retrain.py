@@ -128,6 +128,7 @@ def _run(settings: Settings, since, until, beam_args, search, trials, skip_uncha
     from streamdl.models.retraining import heads
     from streamdl.streams.jobs import retrain_pipeline as pipeline
     from streamdl.streams.jobs import runners
+    from streamdl.streams.quality.reference import head_reference
 
     with tempfile.TemporaryDirectory(prefix="streamdl-retrain-") as tmp:
         t = time.perf_counter()
@@ -173,6 +174,7 @@ def _run(settings: Settings, since, until, beam_args, search, trials, skip_uncha
         current_pred = np.array([current_labels[j] for j in data["probabilities"][test].argmax(axis=1)])
         current_acc = float((current_pred == data["label"][test]).mean())
         seconds["evaluate"] = time.perf_counter() - t
+        reference = head_reference(trained.model, labels, data["embedding"][val], settings.drift_reservoir_size)
         return register_head(
             settings,
             registry,
@@ -188,6 +190,7 @@ def _run(settings: Settings, since, until, beam_args, search, trials, skip_uncha
             counters=counters,
             seconds=seconds,
             say=say,
+            reference=reference,
         )
 
 
@@ -208,12 +211,14 @@ def register_head(
     counters: dict[str, int] | None = None,
     seconds: dict[str, float] | None = None,
     say: Say = print,
+    reference: dict | None = None,
 ) -> RetrainResult:
     """Judge a trained head against the champion, register it as the next version of ``settings.model_name``
     (MLflow run, artifacts, model version), then promote and announce it when the gate passes (``gate=False``:
     promote whatever the gate says, recording what it said). ``evaluation`` and ``probabilities`` are the
-    head's on the test split; ``current_acc`` the champion's on the same images. ``streamdl retrain`` and
-    the Python API's ``Head.register`` both end here."""
+    head's on the test split; ``current_acc`` the champion's on the same images; ``reference`` its drift
+    reference from the validation split (:mod:`~streamdl.streams.quality.reference`), saved with the version.
+    ``streamdl retrain`` and the Python API's ``Head.register`` both end here."""
     name, labels = settings.model_name, list(evaluation.labels)
     counters, seconds = dict(counters or {}), dict(seconds or {})
     n = int(evaluation.confusion.sum())  # the test images the head was judged on
@@ -234,6 +239,8 @@ def register_head(
             settings, registry, name, champion, trained, evaluation, current_acc, labels, labels_seen or "",
             since, until, counters, {**seconds}, Path(tmp), changes, reason,
         )  # fmt: skip
+    if reference is not None:
+        version = registry.log_reference(version, reference)
     seconds["register"] = time.perf_counter() - t
     if labels_seen is not None:
         registry.set_model_tag(name, LABELS_SEEN, labels_seen)
@@ -256,6 +263,7 @@ def _served(settings: Settings, registry):
     from streamdl.models.catalog import load_handler
     from streamdl.models.digits import digits_model_dir
     from streamdl.streams.jobs.retrain_pipeline import ServedModel
+    from streamdl.streams.quality.reference import digits_reference
 
     base = load_handler(
         settings.model_name, state_dir=settings.state_dir, batch_size=settings.max_batch_size, weights=settings.weights
@@ -266,7 +274,8 @@ def _served(settings: Settings, registry):
     info_file = digits_model_dir(settings.state_dir) / "info.json"
     if settings.model_name == "digits-cnn" and info_file.is_file():
         metrics["holdout_accuracy"] = float(json.loads(info_file.read_text())["holdout_accuracy"])
-    registry.ensure_base(settings.model_name, metrics, source=_base_source(settings))
+    reference = (lambda: digits_reference(settings)) if settings.model_name == "digits-cnn" else None
+    registry.ensure_base(settings.model_name, metrics, source=_base_source(settings), reference=reference)
     champion = registry.champion(settings.model_name)
     head, labels = None, list(info.labels)
     if champion.kind == "head":

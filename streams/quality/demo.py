@@ -84,30 +84,37 @@ def promote_shuffled_head(settings: Settings, registry: Any, epochs: int = 30, s
     from sklearn.datasets import load_digits
 
     from streamdl.models.catalog import load_handler
-    from streamdl.models.digits import digit_to_array
+    from streamdl.models.digits import digit_id, digit_to_array, held_out_ids
     from streamdl.models.retraining import heads
     from streamdl.streams.jobs.retrain import announce
+    from streamdl.streams.quality.reference import head_reference
 
     digits = load_digits()
     featurizer = load_handler(
         settings.model_name, state_dir=settings.state_dir, batch_size=64, weights=settings.weights, mode="featurize"
     )
     featurizer.load()
-    embeddings = featurizer.predict_batch(np.stack([digit_to_array(digits.data[i]) for i in range(300)])).embeddings
+
+    def embed(indices: list[int]) -> np.ndarray:
+        return featurizer.predict_batch(np.stack([digit_to_array(digits.data[i]) for i in indices])).embeddings
+
+    embeddings = embed(list(range(300)))
     shuffled = np.random.default_rng(seed).permutation(digits.target[:300])
     model = heads.build_head("softmax", embeddings.shape[1], 10, 0.0)
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
     model.fit(embeddings, shuffled, epochs=epochs, verbose=0)
-    name = settings.model_name
+    name, labels = settings.model_name, [str(d) for d in range(10)]
     version = str(max(int(v.version) for v in registry.versions(name)) + 1)
     registry.mlflow.set_tracking_uri(registry.tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "head"
         info = {"name": f"{name}-head", "version": version, "model_name": name, "model_version": version}
-        heads.save_head(model, folder, {**info, "labels": [str(d) for d in range(10)]})
+        heads.save_head(model, folder, {**info, "labels": labels})
         with registry.mlflow.start_run(experiment_id=registry.experiment_id(), run_name=f"shuffled-{version}") as run:
             registry.mlflow.log_artifacts(str(folder), artifact_path="head")
     registered = registry.register_head(name, run.info.run_id, "head", {}, {"gate": "forced: shuffled labels"})
+    held_out = embed([i for i in range(300, len(digits.target)) if digit_id(i) in held_out_ids()])  # unseen by both
+    registry.log_reference(registered, head_reference(model, labels, held_out, settings.drift_reservoir_size))
     announce(settings, registry.promote(name, registered.version, reason="forced past the gate (shuffled labels)"))
     return registered.version
 
@@ -128,13 +135,15 @@ def run_rollback_scenario(
 
     from streamdl.models.digits import digit_id, digit_to_png, digits_model_dir
     from streamdl.models.registry import Registry
+    from streamdl.streams.quality.reference import digits_reference
 
     digits = load_digits()
     name = settings.model_name
     registry = Registry.from_settings(settings)
     info = digits_model_dir(settings.state_dir) / "info.json"
     metrics = {"holdout_accuracy": float(json.loads(info.read_text())["holdout_accuracy"])}
-    registry.ensure_base(name, metrics, source=digits_model_dir(settings.state_dir).resolve().as_uri())
+    source = digits_model_dir(settings.state_dir).resolve().as_uri()
+    registry.ensure_base(name, metrics, source=source, reference=lambda: digits_reference(settings))
     es, producer = es_client(settings), make_producer(settings)
 
     def ids(i: int) -> str:  # ids of their own: the demo streamed the digits under digit_id already

@@ -1,8 +1,10 @@
 """Drift without labels: each window's predictions of a version against the version's reference.
 
-The reference of a version is the first ``drift_reference_size`` predictions this worker made with it
-(the distribution it was promoted into); each tumbling window of ``drift_window_secs`` (processing time)
-is compared with it on three signals:
+The reference of a version is the one saved with it in the registry, computed from its validation split
+when it was registered (:mod:`~streamdl.streams.quality.reference`); a version without one (registered
+before references existed, or no registry at all) falls back to the first ``drift_reference_size``
+predictions this worker made with it. Each tumbling window of ``drift_window_secs`` (processing time) is
+compared with the reference on three signals:
 
 * ``class_psi`` / ``class_js``: the predicted-class distribution (population stability index,
   Jensen-Shannon divergence);
@@ -29,6 +31,11 @@ from streamdl.settings import Settings
 from streamdl.streams.quality.stats import confidence_bin, jensen_shannon, median_distance, mmd, psi
 
 CONFIDENCE_BINS = 10
+REGISTRY, FIRST_PREDICTIONS = "registry", "first_predictions"
+"""Where a version's reference came from."""
+
+References = Callable[[str, str], "Sample | None"]
+"""``(model name, version) -> the reference saved with the version``, or ``None`` when it has none."""
 
 
 @dataclass
@@ -45,6 +52,30 @@ class Sample:
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
+
+    def as_json(self) -> dict[str, Any]:
+        """The sample as JSON (the reservoir as unit-length rows, 6 decimals)."""
+        rows = _unit_rows(self.reservoir).round(6).tolist() if self.reservoir else []
+        return {
+            "n": self.n,
+            "classes": dict(self.classes),
+            "confidence": self.confidence.tolist(),
+            "confidence_sum": self.confidence_sum,
+            "reservoir": rows,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], capacity: int) -> Sample:
+        """A sample saved by :meth:`as_json`; a reservoir larger than ``capacity`` is subsampled to it."""
+        confidence = np.asarray(data["confidence"], float)
+        if confidence.shape != (CONFIDENCE_BINS,):
+            raise ValueError(f"a confidence histogram of {confidence.shape} bins, expected {CONFIDENCE_BINS}")
+        rows = [np.asarray(r, np.float32) for r in data.get("reservoir") or []]
+        if len(rows) > capacity:
+            keep = random.Random(0).sample(range(len(rows)), capacity)
+            rows = [rows[i] for i in sorted(keep)]
+        classes = {str(k): int(v) for k, v in data["classes"].items()}
+        return cls(capacity, 0, int(data["n"]), classes, confidence, float(data["confidence_sum"]), rows)
 
     def add(self, label: str | None, score: float | None, embedding: Any) -> None:
         self.n += 1
@@ -77,6 +108,8 @@ class DriftReport:
     confidence_psi: float
     mean_confidence: float
     embedding_mmd: float | None
+    reference: str = FIRST_PREDICTIONS
+    """Where the reference came from: ``registry`` (the version's validation split) or ``first_predictions``."""
 
     def signals(self) -> dict[str, float]:
         out = {"class_psi": self.class_psi, "class_js": self.class_js, "confidence_psi": self.confidence_psi}
@@ -109,19 +142,65 @@ class _Version:
     reference: Sample
     window: Sample
     window_start: float
+    source: str = FIRST_PREDICTIONS
     bandwidth: float | None = None
+    ready: bool = False
+    """The reference is complete: loaded from the registry, or ``drift_reference_size`` predictions made."""
+
+    def complete(self) -> None:
+        self.ready = True
+        if len(self.reference.reservoir) >= 2:
+            self.bandwidth = median_distance(_unit_rows(self.reference.reservoir))
 
 
-class DriftTracker:
-    """Per model version: the reference, the open window, and the reports of closed windows."""
+class VersionWindows:
+    """What both drift trackers share: per model version a state with a tumbling window of ``drift_window_secs``
+    (processing time), the saved references (``references``, asked once per version, when its first prediction
+    arrives) and the closing of windows; a subclass judges a closed window (:meth:`_close`)."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float], references: Callable[[str, str], Any] | None):
         self.window_secs = settings.drift_window_secs
         self.reference_size = settings.drift_reference_size
         self.min_predictions = settings.drift_min_predictions
-        self.reservoir = settings.drift_reservoir_size
         self.clock = clock
-        self.versions: dict[tuple[str, str], _Version] = {}
+        self.references = references
+        self.versions: dict[tuple[str, str], Any] = {}
+
+    def close_windows(self, now: float) -> list[Any]:
+        """Close every window that ended by ``now``: the reports of those judged."""
+        out = []
+        for key, state in self.versions.items():
+            end = state.window_start + self.window_secs
+            if now < end:
+                continue
+            report = self._close(key, state, end)
+            if report is not None:
+                out.append(report)
+            state.window_start = self._start(now)
+        return out
+
+    def _close(self, key: tuple[str, str], state: Any, end: float) -> Any:
+        """The report of ``state``'s window ending at ``end`` (``None``: not judged); starts its next window."""
+        raise NotImplementedError
+
+    def _saved(self, key: tuple[str, str]) -> Any:
+        return self.references(*key) if self.references is not None else None
+
+    def _start(self, now: float) -> float:
+        return now - now % self.window_secs
+
+
+class DriftTracker(VersionWindows):
+    """Per model version: the reference, the open window, and the reports of closed windows.
+
+    ``references`` gives the reference saved with a version; without one the version's first
+    ``drift_reference_size`` predictions make it."""
+
+    def __init__(
+        self, settings: Settings, clock: Callable[[], float] = time.time, references: References | None = None
+    ) -> None:
+        super().__init__(settings, clock, references)
+        self.reservoir = settings.drift_reservoir_size
 
     def observe(self, documents: Sequence[Document]) -> list[DriftReport]:
         """Add a batch of image documents; returns the reports of windows that closed."""
@@ -130,46 +209,41 @@ class DriftTracker:
         for doc in documents:
             body = doc.body
             key = (str(body.get("model_name")), str(body.get("model_version")))
-            state = self.versions.get(key)
-            if state is None:
-                state = self.versions[key] = _Version(
-                    Sample(self.reservoir, seed=1), Sample(self.reservoir, seed=2), self._start(now)
-                )
-            if state.reference.n < self.reference_size:
+            state = self.versions.get(key) or self._new_version(key, now)
+            if not state.ready:
                 state.reference.add(body.get("label"), body.get("score"), body.get("embedding"))
-                if state.reference.n == self.reference_size and len(state.reference.reservoir) >= 2:
-                    state.bandwidth = median_distance(_unit_rows(state.reference.reservoir))
+                if state.reference.n >= self.reference_size:
+                    state.complete()
             else:
                 state.window.add(body.get("label"), body.get("score"), body.get("embedding"))
         return closed
 
-    def close_windows(self, now: float) -> list[DriftReport]:
-        """Close every window that ended by ``now``; a full one is compared with its complete reference."""
-        out = []
-        for (name, version), state in self.versions.items():
-            end = state.window_start + self.window_secs
-            if now < end:
-                continue
-            window = state.window
-            if window.n >= self.min_predictions and state.reference.n >= self.reference_size:
-                signals = compare(state.reference, window, state.bandwidth)
-                out.append(
-                    DriftReport(
-                        model_name=name,
-                        model_version=version,
-                        window_start=state.window_start,
-                        window_end=end,
-                        predictions=window.n,
-                        mean_confidence=window.confidence_sum / window.n,
-                        **signals,
-                    )
-                )
-            state.window = Sample(self.reservoir, seed=int(end))
-            state.window_start = self._start(now)
-        return out
+    def _new_version(self, key: tuple[str, str], now: float) -> _Version:
+        saved = self._saved(key)
+        state = self.versions[key] = _Version(
+            saved or Sample(self.reservoir, seed=1), Sample(self.reservoir, seed=2), self._start(now)
+        )
+        if saved is not None:
+            state.source = REGISTRY
+            state.complete()
+        return state
 
-    def _start(self, now: float) -> float:
-        return now - now % self.window_secs
+    def _close(self, key: tuple[str, str], state: _Version, end: float) -> DriftReport | None:
+        """A full window compared with its complete reference."""
+        window, report = state.window, None
+        if window.n >= self.min_predictions and state.ready:
+            report = DriftReport(
+                model_name=key[0],
+                model_version=key[1],
+                window_start=state.window_start,
+                window_end=end,
+                predictions=window.n,
+                mean_confidence=window.confidence_sum / window.n,
+                reference=state.source,
+                **compare(state.reference, window, state.bandwidth),
+            )
+        state.window = Sample(self.reservoir, seed=int(end))
+        return report
 
 
 def _unit_rows(rows: list[np.ndarray]) -> np.ndarray:

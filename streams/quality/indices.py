@@ -59,7 +59,7 @@ def reports_index() -> dict[str, Any]:
         "settings": _SETTINGS,
         "mappings": {
             "properties": {
-                "kind": keyword,  # quality (from labels) or drift (without labels)
+                "kind": keyword,  # quality (from labels), drift (predictions) or feature_drift (event features)
                 "worker": keyword,  # drift reports: the worker that judged its own partitions
                 "model_name": keyword,
                 "model_version": keyword,
@@ -84,6 +84,11 @@ def reports_index() -> dict[str, Any]:
                 "confidence_psi": {"type": "float"},
                 "mean_confidence": {"type": "float"},
                 "embedding_mmd": {"type": "float"},
+                "reference": keyword,  # drift reports: registry (validation split) or first_predictions
+                "feature_psi": {"type": "object", "enabled": False},  # feature_drift reports: PSI per feature
+                "anomaly_psi": {"type": "float"},
+                "max_feature_psi": {"type": "float"},
+                "max_feature": keyword,
             },
         },
     }

@@ -6,7 +6,8 @@
   (:mod:`~streamdl.streams.quality.windows`) into the ``<prefix>quality`` index and the Prometheus gauges,
   applies the ``accuracy_below`` alert rules and the rollback rule (:mod:`~streamdl.streams.quality.rollback`).
 * On the **images** pipeline it tracks drift (:mod:`~streamdl.streams.quality.drift`) and applies the
-  ``drift_above`` rules when a drift window closes.
+  ``drift_above`` rules when a drift window closes; on the **events** pipeline the per-feature drift of the
+  scored events (:mod:`~streamdl.streams.quality.feature_drift`), with the ``drift_above`` rules of its signals.
 
 A sink, not a job of its own: it sees each batch's documents right after they were indexed, with no
 second consumer of the topics, and the worker's write thread already paces it. Its alerts go through the
@@ -33,8 +34,10 @@ from streamdl.streams.pipelines.alerts import Alert, AlertEngine, Scored
 from streamdl.streams.pipelines.sinks import Outputs, Sink
 from streamdl.streams.quality import metrics
 from streamdl.streams.quality.drift import DriftReport, DriftTracker
+from streamdl.streams.quality.feature_drift import FeatureDriftReport, FeatureDriftTracker
 from streamdl.streams.quality.indices import ensure_quality_indices, labels_alias, reports_alias
 from streamdl.streams.quality.labels import Label, LabelJoin
+from streamdl.streams.quality.reference import feature_references, registry_references
 from streamdl.streams.quality.rollback import RollbackGuard
 from streamdl.streams.quality.windows import QualityReport, live_quality, orphan_counts
 from streamdl.times import parse_duration, to_epoch
@@ -79,8 +82,11 @@ class QualitySink(Sink):
         self._ticker = threading.Thread(target=self._tick_forever, name=f"quality-{stream or 'sink'}", daemon=True)
         self.es = None
         self.join: LabelJoin | None = None
-        self.drift = DriftTracker(settings, clock)
+        self.drift = DriftTracker(settings, clock, registry_references(settings, registry))
+        self.features = FeatureDriftTracker(settings, clock, feature_references(settings, registry))
         self.engine = AlertEngine(self.rules, "images", settings.topic("images"))
+        self.event_engine = AlertEngine(self.rules, "events", settings.topic("events"))
+        """The per-feature ``drift_above`` rules of event model versions."""
         self.alert_index: Any = None
         self.alert_topic: Sink | None = None
         self.guard: RollbackGuard | None = None
@@ -116,6 +122,7 @@ class QualitySink(Sink):
             ]
             if labels:
                 self.join.add(labels)
+            self._drift(self.features.observe(outputs.documents), "events")
 
     def close(self) -> None:
         self._stopping.set()
@@ -133,6 +140,7 @@ class QualitySink(Sink):
             try:
                 with self._lock:
                     if self.stream == "events":
+                        self._drift(self.features.close_windows(self.clock()), "events")
                         self.tick(self.clock())
                     elif self.stream == "images":
                         self._drift(self.drift.close_windows(self.clock()))
@@ -184,8 +192,8 @@ class QualitySink(Sink):
         ]
         self._alerts(scored, now)
 
-    # --- drift (images pipeline) -----------------------------------------------------------------------
-    def _drift(self, reports: list[DriftReport]) -> None:
+    # --- drift: predictions (images pipeline), features (events pipeline) ---------------------------------
+    def _drift(self, reports: Sequence[DriftReport | FeatureDriftReport], stream: str = "images") -> None:
         if not reports:
             return
         now = self.clock()
@@ -205,27 +213,27 @@ class QualitySink(Sink):
             )
             for r in reports
         ]
-        self._alerts(scored, now)
+        self._alerts(scored, now, stream)
 
     # --- writing ---------------------------------------------------------------------------------------
-    def _alerts(self, scored: list[Scored], now: float) -> None:
-        batch = self.engine.evaluate(scored, now)
-        self._publish(batch.new, batch.updated)
+    def _alerts(self, scored: list[Scored], now: float, stream: str = "images") -> None:
+        batch = (self.event_engine if stream == "events" else self.engine).evaluate(scored, now)
+        self._publish(batch.new, batch.updated, stream)
 
     def raise_alert(self, alert: Alert) -> None:
         """An alert from outside the rules (a rollback): to the alerts index and topic now."""
         self._publish([alert], [])
 
-    def _publish(self, new: list[Alert], updated: list[Alert]) -> None:
+    def _publish(self, new: list[Alert], updated: list[Alert], stream: str = "images") -> None:
         """Index the alerts (each id created once across workers); publish those this worker created."""
         if not (new or updated):
             return
         lost = {a.alert_id for a in self.alert_index.write(new, updated)}
         mine = [a for a in new if a.alert_id not in lost]
         if mine:
-            self.alert_topic.write(Outputs(stream="images", alerts=mine))
+            self.alert_topic.write(Outputs(stream=stream, alerts=mine))
         for alert in mine:
-            pipeline_metrics.ALERTS.labels("images", alert.rule).inc()
+            pipeline_metrics.ALERTS.labels(stream, alert.rule).inc()
 
     def _index_reports(self, docs: list[dict[str, Any]], now: float, bucket_secs: float | None) -> None:
         """Report documents; a quality report's id is its version, window and time bucket (all workers compute

@@ -9,11 +9,14 @@ Routes (and nothing else; no file is served from disk):
 - ``GET /api/index``: what is searched (alias, index, model, dimensions, document count).
 - ``GET /api/browse?page=1&size=24``: what is indexed, newest first, a page at a time, with the same
   filters (``label``, ``source``, ``since``, ``until``, ``model_version``).
+- ``GET /quality`` and ``GET /api/quality``: live accuracy and drift per model version over time
+  (:mod:`~streamdl.streams.web.quality_page`).
+- ``GET /metrics``: requests and latencies per route, Prometheus text (:mod:`~streamdl.streams.web.metrics`).
 
 Access: on a loopback address (the default, 127.0.0.1) anyone on this machine may ask. On any other
-address every request needs the token of ``STREAMDL_WEB_TOKEN_FILE`` (``Authorization: Bearer <token>``,
-or HTTP Basic with the token as the password, which a browser asks for), else 401; ``--insecure``
-serves without one.
+address every request, ``/metrics`` included, needs the token of ``STREAMDL_WEB_TOKEN_FILE``
+(``Authorization: Bearer <token>``, or HTTP Basic with the token as the password, which a browser asks
+for), else 401; ``--insecure`` serves without one.
 
 Errors are JSON ``{"error": "..."}`` with a 4xx status for bad input (400, 404 unknown id, 413 body
 too large); an unexpected failure is a 500 with a short message, its traceback only in the log.
@@ -39,6 +42,9 @@ from aiohttp import web
 from streamdl.errors import StreamdlError
 from streamdl.settings import Settings
 from streamdl.streams.search import Filters, SearchError, SimilaritySearch
+from streamdl.streams.web.metrics import measure, metrics
+from streamdl.streams.web.page import page_head
+from streamdl.streams.web.quality_page import quality_data, quality_page
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +53,7 @@ BODY_SLACK = 64 * 1024
 SEARCH_THREADS = 4
 ROUTES = (
     "GET /, GET /api/similar?id=..., POST /api/similar (multipart field 'image'), GET /api/index, "
-    "GET /api/browse?page=...&size=..."
+    "GET /api/browse?page=...&size=..., GET /quality, GET /api/quality?window=...&since=..., GET /metrics"
 )
 CONTROL_PARAMS = ("k", "num_candidates", "exact", "model")
 """Query parameters that are not filters; every other one goes through :meth:`Filters.from_mapping`."""
@@ -72,7 +78,7 @@ def create_app(
 ) -> web.Application:
     """The web app; one ``search`` (created here unless given) answers every request; with ``token``, only
     requests that carry it (else 401)."""
-    middlewares = [_errors] if token is None else [_errors, _require(token)]
+    middlewares = [measure, _errors] if token is None else [measure, _errors, _require(token)]
     app = web.Application(client_max_size=settings.max_message_bytes + BODY_SLACK, middlewares=middlewares)
     app[SETTINGS_KEY] = settings
     app[SEARCH_KEY] = search or SimilaritySearch(settings)
@@ -83,6 +89,9 @@ def create_app(
     app.router.add_post("/api/similar", similar_by_image)
     app.router.add_get("/api/index", index_info)
     app.router.add_get("/api/browse", browse)
+    app.router.add_get("/quality", quality_page)
+    app.router.add_get("/api/quality", quality_data)
+    app.router.add_get("/metrics", metrics)
     app.on_response_prepare.append(_add_headers)
     app.on_cleanup.append(_close)
     return app
@@ -339,23 +348,9 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8088, *, inse
     return 0
 
 
-PAGE = r"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>streamdl - similar images</title>
-<style>
-  :root { --fg: #1d2330; --muted: #667085; --line: #d9dee7; --accent: #2f6fde; --bad: #b42318; --bg: #f6f7f9; }
-  * { box-sizing: border-box; }
-  body { margin: 0; font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
-         background: var(--bg); }
-  header { padding: 14px 24px; background: #fff; border-bottom: 1px solid var(--line); }
-  header h1 { margin: 0; font-size: 18px; }
-  header p { margin: 2px 0 0; color: var(--muted); }
-  main { padding: 16px 24px; }
-  form { display: flex; flex-wrap: wrap; gap: 12px 18px; align-items: flex-end; background: #fff;
-         border: 1px solid var(--line); border-radius: 8px; padding: 14px 16px; }
+PAGE = (
+    page_head("similar images")
+    + r"""
   fieldset { border: 0; margin: 0; padding: 0; display: flex; gap: 12px; align-items: flex-end; flex-wrap: wrap; }
   label { display: flex; flex-direction: column; gap: 3px; font-size: 12px; color: var(--muted); }
   label.inline { flex-direction: row; align-items: center; gap: 6px; font-size: 14px; color: var(--fg);
@@ -368,10 +363,6 @@ PAGE = r"""<!doctype html>
   button { font: inherit; padding: 7px 18px; border: 0; border-radius: 5px; background: var(--accent); color: #fff;
            cursor: pointer; }
   button:disabled { opacity: .6; cursor: progress; }
-  #status { margin: 12px 0 0; color: var(--muted); min-height: 1.4em; }
-  #error { margin: 12px 0 0; padding: 10px 12px; border: 1px solid var(--bad); border-radius: 6px; background: #fef3f2;
-           color: var(--bad); white-space: pre-wrap; }
-  #error[hidden] { display: none; }
   #grid { margin-top: 14px; display: grid; grid-template-columns: repeat(auto-fill, minmax(132px, 1fr)); gap: 12px; }
   .tile, .query { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 8px; text-align: center;
                   overflow: hidden; }
@@ -396,7 +387,7 @@ PAGE = r"""<!doctype html>
 <header>
   <h1>Similar images</h1>
   <p>Nearest neighbours in the streamdl image index (cosine similarity of the model's embeddings). Without a
-     query: what is indexed, newest first; click an image to search from it.</p>
+     query: what is indexed, newest first; click an image to search from it. <a href="quality">Model quality</a></p>
 </header>
 <main>
   <form id="form" autocomplete="off">
@@ -601,3 +592,4 @@ fetch("api/index").then(async (resp) => {
 </body>
 </html>
 """
+)

@@ -14,16 +14,19 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
 from streamdl.connectors.es_client import es_client
 from streamdl.connectors.kafka_producer import make_producer, produce_all
-from streamdl.models.digits import digit_to_png
+from streamdl.models.digits import digit_to_png, digits_model_dir
 from streamdl.models.registry import Registry
 from streamdl.streams.quality.compare import compare
 from streamdl.streams.quality.demo import run_rollback_scenario
 from streamdl.streams.quality.indices import reports_alias
+from streamdl.streams.quality.reference import digits_reference
+from streamdl.times import to_epoch
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +95,10 @@ def test_a_bad_version_is_rolled_back_by_its_live_labels(stream_factory, tmp_pat
 
     archive = [f for f in REGISTRY.collect() if f.name.startswith("streamdl_archive")]
     archiver = {s.name for f in archive for s in f.samples} | {f"{f.name}_total" for f in archive}
-    missing = dashboard_metrics() - exported - archiver
+    web = {
+        n for n in dashboard_metrics() if n.startswith("streamdl_web_")
+    }  # the web page's: tests/integration/test_web_page.py
+    missing = dashboard_metrics() - exported - archiver - web
     assert not missing, f"the dashboard queries metrics nobody exports: {sorted(missing)}"
 
 
@@ -134,7 +140,8 @@ rules:
 
 def test_inverted_images_raise_a_drift_finding_within_a_few_windows(stream_factory, tmp_path, read_topic):
     """Scenario (b): the digits stream normally, then inverted (white background) with no label at all: the drift
-    rules fire within a bounded number of windows of the change."""
+    rules fire within a bounded number of windows of the change. The base model is registered with its drift
+    reference (its held-out digits), which the worker loads: every window is judged against it."""
     digits = load_digits()
     rules = tmp_path / "rules.yaml"
     rules.write_text(DRIFT_RULES)
@@ -150,7 +157,12 @@ def test_inverted_images_raise_a_drift_finding_within_a_few_windows(stream_facto
         drift_window_secs=window,
         drift_reference_size=200,
         drift_min_predictions=40,
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
     ) as (settings, worker):
+        source = digits_model_dir(settings.state_dir).resolve().as_uri()
+        Registry.from_settings(settings).ensure_base(
+            settings.model_name, {}, source, reference=lambda: digits_reference(settings)
+        )
         producer = make_producer(settings)
 
         def stream(seconds: float, start: int, invert: bool) -> int:
@@ -180,12 +192,18 @@ def test_inverted_images_raise_a_drift_finding_within_a_few_windows(stream_facto
             lambda got: any(json.loads(m.value())["kind"] == "drift_above" for m in got),
             timeout=60,
         )
+        es = es_client(settings)
+        es.indices.refresh(index=reports_alias(settings))
+        windows = es.search(index=reports_alias(settings), query={"term": {"kind": "drift"}}, size=100)["hits"]["hits"]
+        es.close()
+    assert windows and {w["_source"]["reference"] for w in windows} == {"registry"}
+    before = [w["_source"] for w in windows if to_epoch(w["_source"]["window_end"]) <= changed_at]
+    quiet = {s: round(max(w[s] for w in before), 3) for s in ("class_psi", "confidence_psi", "embedding_mmd")}
+    print(f"\ndrift: {len(before)} windows before the change, largest signals {quiet}")
     alerts = [json.loads(m.value()) for m in found]
     drift = [a for a in alerts if a["kind"] == "drift_above"]
     assert drift, alerts
     first = min(drift, key=lambda a: a["evidence"]["window_end"])
-    from streamdl.times import to_epoch
-
     windows_after = (to_epoch(first["evidence"]["window_end"]) - changed_at) / window
     print(
         f"\ndrift: first {first['rule']} alert for the window ending {windows_after:.1f} windows ({window:g}s each) "
@@ -193,3 +211,99 @@ def test_inverted_images_raise_a_drift_finding_within_a_few_windows(stream_facto
     )
     assert not [a for a in drift if to_epoch(a["evidence"]["window_end"]) < changed_at], "drift before the change"
     assert windows_after <= 3
+
+
+FEATURE_RULES = """
+version: 1
+rules:
+  - name: temp_drift
+    severity: warning
+    drift_above: 0.25
+    signal: feature_psi:temp
+"""
+
+
+def reading(i: int, rng, shift: float = 0.0) -> dict:
+    """A sensor reading: ``temp`` (shifted by ``shift``), ``load``, and one of four sites."""
+    numeric = {"temp": round(float(rng.normal(20 + shift, 2)), 3), "load": round(float(rng.random()), 3)}
+    return {
+        "id": f"r{i}",
+        "ts": time.time(),
+        "type": "reading",
+        "numeric": numeric,
+        "categorical": {"site": f"s{i % 4}"},
+    }
+
+
+def test_a_shifted_event_feature_raises_a_per_feature_drift_finding(stream_factory, tmp_path, read_topic):
+    """Per-feature drift of the events: an autoencoder trained and registered by ``streamdl train events`` (its
+    reference: its training events), then readings as trained, then with ``temp`` shifted by three standard
+    deviations: the ``feature_psi:temp`` rule fires for a window after the change and none before."""
+    from streamdl.settings import load_settings
+    from streamdl.streams.jobs.event_training import train_events
+
+    rng = np.random.default_rng(5)
+    training = tmp_path / "readings.jsonl"
+    training.write_text("".join(json.dumps(reading(i, rng)) + "\n" for i in range(600)))
+    base = {"state_dir": tmp_path / "state", "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    train_events(
+        load_settings(base, env_file=None), file=training, sample=None, kind="autoencoder", name="readings",
+        epochs=2, say=print,
+    )  # fmt: skip
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(FEATURE_RULES)
+    window = 4.0
+    with stream_factory(
+        tmp_path / "worker.log",
+        worker_agents="events",
+        event_model="readings",
+        alert_rules_file=rules,
+        max_batch_duration_secs=0.2,
+        quality_interval_secs=1.0,
+        drift_window_secs=window,
+        drift_min_predictions=40,
+        **base,
+    ) as (settings, worker):
+        producer = make_producer(settings)
+
+        def stream(seconds: float, start: int, shift: float) -> int:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                for i in range(start, start + 10):
+                    producer.produce(settings.topic("events"), json.dumps(reading(i, rng, shift)).encode(), f"r{i}")
+                producer.flush(10)
+                start += 10
+                time.sleep(0.2)
+            return start
+
+        nxt = stream(3 * window, 0, 0.0)
+        changed_at = time.time()
+        stream(3 * window, nxt, 6.0)
+        found = read_topic(
+            settings,
+            settings.topic("alerts"),
+            lambda got: any(json.loads(m.value())["kind"] == "drift_above" for m in got),
+            timeout=60,
+        )
+        exported = worker.metric("streamdl_drift", "signal", name="readings")
+        es = es_client(settings)
+        es.indices.refresh(index=reports_alias(settings))
+        query = {"term": {"kind": "feature_drift"}}
+        windows = [
+            h["_source"] for h in es.search(index=reports_alias(settings), query=query, size=100)["hits"]["hits"]
+        ]
+        es.close()
+    alerts = [json.loads(m.value()) for m in found if json.loads(m.value())["kind"] == "drift_above"]
+    assert alerts and windows and {w["reference"] for w in windows} == {"registry"}
+    first = min(alerts, key=lambda a: a["evidence"]["window_end"])
+    before = [w for w in windows if to_epoch(w["window_end"]) <= changed_at]
+    quiet = {f: round(max(w["feature_psi"][f] for w in before), 3) for f in ("temp", "load", "site")}
+    windows_after = (to_epoch(first["evidence"]["window_end"]) - changed_at) / window
+    print(
+        f"\nfeature drift: {len(before)} windows before the change, largest PSI {quiet}; first {first['rule']} alert "
+        f"for the window ending {windows_after:.1f} windows after the change: temp PSI {first['evidence']['value']}"
+    )
+    assert first["model_name"] == "readings" and first["evidence"]["signal"] == "feature_psi:temp"
+    assert not [a for a in alerts if to_epoch(a["evidence"]["window_end"]) < changed_at], "drift before the change"
+    assert windows_after <= 3 and quiet["temp"] < 0.25
+    assert {"feature_psi:temp", "feature_psi:load", "feature_psi:site", "anomaly_psi"} <= set(exported)

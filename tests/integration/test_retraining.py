@@ -146,6 +146,13 @@ def test_retraining_promotes_a_version_and_the_running_worker_swaps_to_it(loop, 
     run = registry.client.get_run(v2.run_id)
     assert run.data.params["arch"] in ("softmax", "mlp") and run.data.tags["git_commit"]
     assert {"confusion.png", "search.json", "head"} <= {a.path for a in registry.client.list_artifacts(v2.run_id)}
+    # both versions carry a drift reference (docs/model-quality.md): v1 its held-out digits, v2 its validation split
+    base, head = registry.reference(settings.model_name, "1"), registry.reference(settings.model_name, "2")
+    assert base["n"] == 360 and 0 < head["n"] < result.counters["labelled_images"]
+    assert (
+        len(head["reservoir"]) == min(head["n"], settings.drift_reservoir_size)
+        and sum(head["classes"].values()) == head["n"]
+    )
     updates = read_topic(settings, settings.topic("model-updates"), lambda got: len(got) >= 1, timeout=30)
     assert [json.loads(m.value())["version"] for m in updates] == ["2"]
 

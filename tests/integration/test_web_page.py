@@ -477,3 +477,81 @@ def test_a_second_index_offers_a_choice_of_model(page, web, es):
         assert status == 404 and "indexed models: digits-cnn, other-net" in body["error"]
     finally:
         es.indices.delete(index=other)
+
+
+# --- the quality page ---------------------------------------------------------------------
+POINTS = 6
+
+
+def index_quality_reports(es, settings) -> None:
+    """Live-quality and drift reports of two versions, ``POINTS`` windows each, as the workers' quality sinks write
+    them (the report classes' JSON, in the real ``<prefix>quality`` index): version 2 is worse and drifts."""
+    from streamdl.records import iso
+    from streamdl.streams.quality.drift import DriftReport
+    from streamdl.streams.quality.indices import ensure_quality_indices, reports_alias
+    from streamdl.streams.quality.windows import QualityReport
+
+    ensure_quality_indices(es, settings)
+    end = time.time() - time.time() % 60
+    for version, accuracy, psi, mmd in (("1", 0.97, 0.02, 0.003), ("2", 0.41, 0.9, 0.12)):
+        for i in range(POINTS):
+            t = end - (POINTS - i) * 60
+            quality = QualityReport("digits-cnn", version, "5m", 300.0, 100, int(accuracy * 100), accuracy, 0.05)
+            drift = DriftReport("digits-cnn", version, t - 60, t, 120, psi + i / 100, 0.01, 0.1, 0.9, mmd)
+            window = {"window_start": iso(t - 300), "window_end": iso(t)}
+            es.index(index=reports_alias(settings), document={**quality.as_json(), **window})
+            window = {"window_start": iso(t - 60), "window_end": iso(t), "worker": "test:1"}
+            es.index(index=reports_alias(settings), document={**drift.as_json(), **window})
+    es.indices.refresh(index=reports_alias(settings))
+
+
+def test_the_quality_page_charts_accuracy_and_drift_per_version(page, web, es):
+    settings, server = web
+    index_quality_reports(es, settings)
+    status, body = call(f"{server.url}/api/quality?window=5m&since=now-1h")
+    assert status == 200, body
+    assert [v["model_version"] for v in body["versions"]] == ["1", "2"]
+    for v in body["versions"]:
+        assert len(v["accuracy"]) == POINTS and len(v["drift"]) == POINTS
+        assert [p["t"] for p in v["drift"]] == sorted(p["t"] for p in v["drift"])  # oldest first
+    assert body["versions"][1]["accuracy"][0]["accuracy"] == pytest.approx(0.41)
+    for bad, what in (("colour=red", "unknown parameter 'colour'"), ("size=0", "size must be 1..10000")):
+        status, error = call(f"{server.url}/api/quality?{bad}")
+        assert status == 400 and what in error["error"], error
+
+    page.goto(server.url + "/quality")
+    for chart in ("accuracy", "drift"):
+        expect(page.locator(f"#{chart} .chart svg g.series")).to_have_count(2)
+        series = page.eval_on_selector_all(
+            f"#{chart} svg g.series",
+            "gs => gs.map(g => ({v: g.dataset.version, dots: g.querySelectorAll('circle').length, "
+            "line: g.querySelector('polyline').getAttribute('points').split(' ').length}))",
+        )
+        assert series == [{"v": f"digits-cnn v{n}", "dots": POINTS, "line": POINTS} for n in ("1", "2")], series
+        legend = page.inner_text(f"#{chart} .legend")
+        assert "digits-cnn v1" in legend and "digits-cnn v2" in legend
+    assert "2 version(s)" in page.inner_text("#status")
+    # version 2's accuracy line lies lower (larger y) than version 1's, and the drift signal can be changed
+    ys = page.eval_on_selector_all("#accuracy g.series circle", "cs => cs.map(c => Number(c.getAttribute('cy')))")
+    assert min(ys[POINTS:]) > max(ys[:POINTS])
+    assert page.is_hidden("#svg-ns") and page.is_hidden("#error")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-quality.png"), full_page=True)
+    page.select_option("#signal", "embedding_mmd")
+    expect(page.locator("#drift .chart svg")).to_have_attribute("aria-label", "embedding_mmd")
+
+
+def test_the_metrics_endpoint_counts_the_page_requests(web):
+    _, server = web
+    call(f"{server.url}/api/index")
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+        assert resp.headers.get_content_type() == "text/plain"
+    ok = [line for line in text.splitlines() if line.startswith("streamdl_web_requests_total{")]
+    assert any('route="/api/index"' in line and 'status="200"' in line for line in ok), ok
+    assert "streamdl_web_request_seconds_bucket" in text
+    # the Grafana dashboard reads only names the real server exports (the workers' in test_model_quality.py)
+    from tests.integration.test_model_quality import dashboard_metrics, exported_names
+
+    wanted = {n for n in dashboard_metrics() if n.startswith("streamdl_web_")}
+    assert wanted and wanted <= exported_names(text), wanted - exported_names(text)

@@ -20,7 +20,7 @@ def published_ports(service: dict) -> set[int]:
 
 def test_services_and_health_checks():
     assert {"kafka", "elasticsearch", "kibana", "worker"} <= set(SERVICES)
-    for name in ("kafka", "elasticsearch", "kibana", "worker"):
+    for name in ("kafka", "elasticsearch", "kibana", "worker", "web"):
         assert SERVICES[name]["healthcheck"]["test"], f"{name} has no health check"
 
 
@@ -52,7 +52,7 @@ def test_worker_environment_is_valid_settings_pointing_at_compose_services(monke
 
 def test_worker_is_built_from_infra_dockerfile_and_runs_real_commands():
     parser = build_parser()
-    for name in ("worker", "init", "archiver"):
+    for name in ("worker", "init", "archiver", "web"):
         build = SERVICES[name]["build"]
         assert (ROOT / build["context"] / build["dockerfile"]).is_file()
         parser.parse_args(SERVICES[name]["command"])  # a real subcommand (exits on an unknown one)

@@ -58,3 +58,10 @@ def test_train_events_registers_the_new_version_as_champion(tmp_path, capsys):
     settings = load_settings({"state_dir": tmp_path, "event_model": "readings"}, env_file=None)
     champion = Registry.from_settings(settings).champion("readings")
     assert champion is not None and champion.kind == "event" and event_model_ref(settings) == "readings:1"
+    # its per-feature drift reference was saved with it, from its training events scored by the model
+    from streamdl.streams.quality.reference import feature_references
+
+    reference = feature_references(settings)("readings", "1")
+    assert reference is not None and reference.n == 96 and set(reference.numeric) == {"a", "b"}
+    assert reference.anomaly and set(reference.signals()) == {"feature_psi:a", "feature_psi:b", "anomaly_psi"}
+    assert sum(reference.counts["feature_psi:a"]) == 96 and reference.numeric["b"] == [1.0]  # a constant: one edge

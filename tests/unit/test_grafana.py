@@ -44,7 +44,7 @@ def test_prometheus_and_grafana_run_with_health_checks_and_their_files():
     assert mounted("grafana")[ROOT / "infra/grafana/dashboards"] == "/var/lib/grafana/dashboards"
 
 
-def test_prometheus_scrapes_the_workers_and_the_archiver_on_their_metrics_ports():
+def test_prometheus_scrapes_the_workers_the_archiver_and_the_web_page_on_their_metrics_ports():
     defaults = load_settings(env_file=None)
     config = yaml.safe_load((ROOT / "infra/prometheus/prometheus.yml").read_text())
     targets = {
@@ -56,6 +56,10 @@ def test_prometheus_scrapes_the_workers_and_the_archiver_on_their_metrics_ports(
     for service, _ in targets.values():
         assert service in SERVICES
         assert SERVICES[service]["environment"]["STREAMDL_METRICS_HOST"] == "0.0.0.0"
+    # the web page serves /metrics on its own port, listening on the container's interfaces
+    command = SERVICES["web"]["command"]
+    assert command[:1] == ["serve"] and targets["streamdl-web"] == ("web", int(command[command.index("--port") + 1]))
+    assert command[command.index("--host") + 1] == "0.0.0.0" and "web" in SERVICES["prometheus"]["depends_on"]
 
 
 def test_the_dashboard_uses_the_provisioned_data_source_and_reads_only_streamdl_metrics():

@@ -3,18 +3,21 @@ rollback decision, without a broker (the integration tests run them against Kafk
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
 from streamdl.alert_rules import RulesError, parse_rules
+from streamdl.models.registry import REFERENCE_TAG, Registry
 from streamdl.records import Document
 from streamdl.settings import load_settings
 from streamdl.streams.pipelines.alerts import AlertEngine, Scored
-from streamdl.streams.quality import stats
-from streamdl.streams.quality.drift import DriftTracker
+from streamdl.streams.quality import feature_drift, stats
+from streamdl.streams.quality.drift import DriftTracker, Sample
 from streamdl.streams.quality.labels import Label, Limits, apply_label
+from streamdl.streams.quality.reference import prediction_reference, registry_references
 from streamdl.streams.quality.rollback import decide
 from streamdl.streams.quality.sink import quality_windows
 from streamdl.streams.quality.windows import reports
@@ -192,6 +195,46 @@ def test_drift_windows_against_the_reference():
     assert tracker.close_windows(clock.now) == []  # too few predictions to judge
 
 
+def test_a_saved_reference_is_used_from_the_first_prediction(tmp_path):
+    """A version whose reference was saved in the registry is judged from its first window; one without falls
+    back to its first predictions; the saved reference round-trips through JSON and the registry (MLflow,
+    SQLite) and its reservoir is bounded by the setting."""
+    clock, rng = Clock(), np.random.default_rng(2)
+    digits = [str(d) for d in range(10)]
+    n = 300
+    probabilities = np.full((n, 10), 0.01)
+    probabilities[np.arange(n), np.arange(n) % 10] = 0.91
+    reference = prediction_reference(digits, probabilities, rng.normal(size=(n, 8)), capacity=64)
+    assert reference["n"] == n and len(reference["reservoir"]) == 64
+    assert np.allclose(np.linalg.norm(reference["reservoir"], axis=1), 1.0, atol=1e-5)  # unit rows
+    assert reference["classes"] == {d: 30 for d in digits} and reference["confidence"][9] == n
+
+    registry = Registry.from_settings(settings(state_dir=tmp_path))
+    base = registry.ensure_base("m", {}, source=tmp_path.as_uri(), reference=lambda: reference)
+    assert base.tags[REFERENCE_TAG].endswith("drift/reference.json")
+    assert registry.reference("m", "1") == reference
+    loaded = registry_references(settings(state_dir=tmp_path, drift_reservoir_size=32), registry)
+    sample = loaded("m", "1")
+    assert sample.n == n and len(sample.reservoir) == 32  # subsampled to the setting
+    assert loaded("m", "9") is None  # not registered: the fallback
+
+    with pytest.raises(ValueError, match="for 10 labels"):
+        prediction_reference(digits, probabilities[:, :3], None, capacity=64)
+
+    config = settings(drift_window_secs=10, drift_reference_size=100, drift_min_predictions=50)
+    saved = {("m", "1"): Sample.from_json(reference, 64)}
+    tracker = DriftTracker(config, clock, lambda name, version: saved.get((name, version)))
+    tracker.observe(images(rng, 100, digits))  # version 1: its saved reference, no warm-up
+    clock.now += 10
+    (first,) = tracker.close_windows(clock.now)
+    assert first.reference == "registry" and first.predictions == 100 and first.class_psi < 0.05
+    fallback = [Document(d.id, {**d.body, "model_version": "2"}) for d in images(rng, 150, digits)]
+    tracker.observe(fallback)  # version 2 has none: 100 make its reference, 50 its window
+    clock.now += 10
+    (second,) = [r for r in tracker.close_windows(clock.now) if r.model_version == "2"]
+    assert second.reference == "first_predictions" and second.predictions == 50
+
+
 # --- rules and rollback ---------------------------------------------------------------------------------
 RULES = """
 version: 1
@@ -314,3 +357,82 @@ def test_the_comparison_table_puts_versions_side_by_side():
     assert lines[1].split()[:5] == ["1", "*", "0.950", "(40)", "0.967"]
     assert lines[2].split() == ["2", "-", "0.108", "(120)", "0.050", "12.0s", "1.750", "3.800", "-"]
     assert "no live quality yet" in comparison({"all": []}, {}, None)
+
+
+# --- per-feature drift of the event stream -------------------------------------------------------------
+def events(rng, n: int, shift: float = 0.0, sites: int = 5, version: str = "1") -> list[Document]:
+    """Scored event documents: numeric ``temp`` (normal), ``load`` (sometimes missing), categorical ``site``."""
+    return [
+        Document(
+            f"e{k}",
+            {
+                "type": "reading",
+                "model_name": "machines",
+                "model_version": version,
+                "numeric": {
+                    "temp": float(rng.normal(20 + shift, 2)),
+                    **({"load": float(rng.random())} if k % 4 else {}),
+                },
+                "categorical": {"site": f"s{int(rng.integers(sites))}"},
+                "anomaly_score": float(rng.gamma(2.0, 0.5 + shift)),
+            },
+        )
+        for k in range(n)
+    ]
+
+
+def test_feature_drift_per_numeric_and_categorical_feature_and_the_anomaly_score():
+    clock, rng = Clock(), np.random.default_rng(4)
+    rows = [feature_drift.row_of(d.body) for d in events(rng, 2000, sites=12)]
+    reference = feature_drift.fit_reference(rows, max_features=2, top_categories=3)
+    # two features tracked: the most present (temp, site in every event; load in 3 of 4)
+    assert set(reference.signals()) == {"feature_psi:temp", "feature_psi:site", "anomaly_psi"}
+    assert len(reference.numeric["temp"]) == feature_drift.FEATURE_BINS - 1
+    assert (
+        len(reference.categorical["site"]) == 3 and len(reference.counts["feature_psi:site"]) == 5
+    )  # + other, missing
+    saved = feature_drift.FeatureReference.from_json(json.loads(json.dumps(reference.as_json())), max_features=2)
+    assert saved == reference
+
+    config = settings(drift_window_secs=10, drift_reference_size=200, drift_min_predictions=100)
+    tracker = feature_drift.FeatureDriftTracker(config, clock, lambda name, version: saved if version == "1" else None)
+    tracker.observe(events(rng, 500, sites=12) + [Document("l", {"type": "label", "image_id": "x", "label": "1"})])
+    clock.now += 10
+    (steady,) = tracker.close_windows(clock.now)
+    assert steady.reference == "registry" and steady.predictions == 500
+    assert max(steady.signals().values()) < 0.05, steady.signals()
+    tracker.observe(events(rng, 500, shift=3.0, sites=12))
+    clock.now += 10
+    (moved,) = tracker.close_windows(clock.now)
+    assert moved.psi["feature_psi:temp"] > 1 and moved.psi["anomaly_psi"] > 0.25
+    assert moved.psi["feature_psi:site"] < 0.05  # the sites did not change
+    tracker.observe(events(rng, 500, sites=40))  # mostly sites the reference never saw: the 'other' bin
+    clock.now += 10
+    (sites,) = tracker.close_windows(clock.now)
+    assert sites.psi["feature_psi:site"] > 0.25 and sites.psi["feature_psi:temp"] < 0.05
+    doc = sites.as_json()
+    assert (
+        doc["kind"] == "feature_drift" and doc["max_feature"] == "site" and set(doc["feature_psi"]) == {"temp", "site"}
+    )
+
+    tracker.observe(events(rng, 300, version="2"))  # no saved reference: its first 200 events make it
+    clock.now += 10
+    (fallback,) = [r for r in tracker.close_windows(clock.now) if r.model_version == "2"]
+    assert fallback.reference == "first_predictions" and fallback.predictions == 100
+    assert "feature_psi:load" in fallback.signals()  # the fallback tracks up to drift_max_features (32)
+
+
+def test_event_drift_rules_name_a_feature_and_watch_the_events():
+    (rule,) = parse_rules(
+        "version: 1\nrules:\n  - name: temp_drift\n    severity: warning\n    drift_above: 0.25\n"
+        "    signal: feature_psi:temp\n",
+        60,
+    )
+    assert rule.signal == "feature_psi:temp" and rule.streams == ("events",)
+    engine = AlertEngine([rule], "events", "events")
+    quiet = {"drift": {"feature_psi:temp": 0.1, "feature_psi:site": 0.9}}
+    assert engine.evaluate([Scored(id="m:1", ts=1.0, model_name="m", model_version="1", findings=quiet)], 1.0).new == []
+    moved = {"drift": {"feature_psi:temp": 0.6}}
+    (alert,) = engine.evaluate([Scored(id="m:1", ts=2.0, model_name="m", model_version="1", findings=moved)], 2.0).new
+    assert alert.kind == "drift_above" and alert.evidence["value"] == 0.6
+    assert AlertEngine([rule], "images", "images").rules == []

@@ -73,3 +73,32 @@ def test_the_token_comes_from_its_file(tmp_path, monkeypatch):
     settings = load_settings({}, env_file=None)
     assert settings.web_token.get_secret_value() == TOKEN
     assert TOKEN not in str(settings.masked())
+
+
+def test_metrics_need_the_token_and_count_requests_per_route():
+    """``/metrics`` is behind the token like every route; it counts each answer by route pattern (``unmatched`` for
+    unknown paths, so a client cannot grow the label values), method and status, 401s included."""
+    from streamdl.streams.web.metrics import REQUESTS
+
+    def count(route: str, status: str) -> float:
+        return REQUESTS.labels(route, "GET", status)._value.get()
+
+    async def run() -> tuple[int, int, str]:
+        app = create_app(load_settings({}, env_file=None), NoSearch(), token=TOKEN)
+        async with TestClient(TestServer(app)) as client:
+            denied = (await client.get("/metrics")).status
+            await client.get("/a/random/path", headers={"Authorization": f"Bearer {TOKEN}"})
+            resp = await client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+            return denied, resp.status, await resp.text()
+
+    before = (count("/metrics", "401"), count("unmatched", "404"), count("/metrics", "200"))
+    denied, ok, text = asyncio.run(run())
+    assert (denied, ok) == (401, 200)
+    assert (count("/metrics", "401"), count("unmatched", "404"), count("/metrics", "200")) == (
+        before[0] + 1,
+        before[1] + 1,
+        before[2] + 1,
+    )
+    assert 'streamdl_web_requests_total{method="GET",route="unmatched",status="404"}' in text
+    assert 'streamdl_web_request_seconds_bucket{le="0.005",route="/metrics"}' in text
+    assert "/a/random/path" not in text
