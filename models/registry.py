@@ -177,9 +177,9 @@ class Registry:
             model = self.client.get_registered_model(name)
         except MlflowException:
             return Roles()
-        aliases, tags = model.aliases or {}, model.tags or {}
+        aliases = {k: str(v) for k, v in (model.aliases or {}).items()}
         canary = aliases.get(CANARY)
-        fraction = float(tags.get(CANARY_FRACTION_TAG) or 0.0) if canary else 0.0
+        fraction = float((model.tags or {}).get(CANARY_FRACTION_TAG) or 0.0) if canary else 0.0
         return Roles(shadow=aliases.get(SHADOW), canary=canary, fraction=fraction)
 
     def head_folder(self, version: Version) -> Path:
