@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from streamdl.alert_rules import parse_rules
 from streamdl.models.errors import RoleRefused
 from streamdl.models.handler import BatchResult, ModelInfo
 from streamdl.models.registry import Registry
@@ -291,7 +292,6 @@ def bucket(version: str, n: int, shadow: int) -> dict:
 
 
 def test_a_shadow_only_version_is_reported_but_never_alerted_on(monkeypatch):
-    from streamdl.alert_rules import parse_rules
     from streamdl.streams.quality.sink import QualitySink
 
     rows = reports({"aggregations": {"versions": {"buckets": [bucket("1", 40, 0), bucket("2", 40, 40)]}}}, "5m", 300)
@@ -308,9 +308,7 @@ def test_shadow_drift_is_reported_without_alerts_and_one_shadow_is_tracked(monke
     from streamdl.records import Document
     from streamdl.streams.quality.sink import QualitySink
 
-    rules = [*__import__("streamdl.alert_rules", fromlist=["parse_rules"]).parse_rules(
-        "rules:\n  - name: d\n    severity: warning\n    drift_above: 0.0001\n", 300
-    )]  # fmt: skip
+    rules = parse_rules("rules:\n  - name: d\n    severity: warning\n    drift_above: 0.0001\n", 300)
     now = [1000.0]
     sink = QualitySink(
         load_settings(
