@@ -348,23 +348,24 @@ class ImagePipeline(MicroBatchPipeline):
             metrics.SIDE_ERRORS.labels(SHADOW).inc()
             return
         top = out.top_k(side.info.labels, self.settings.top_k)
-        server = {i: info for info, rows, _ in served for i in rows}
+        server = {i: info.version for info, rows, _ in served for i in rows}
+        common = {"role": SHADOW, "model_name": side.info.name, "model_version": side.info.version}
+        processed_time = iso(processed)
         for i, item in enumerate(decoded):
+            served_doc = computed.scored[item.image_id].fields  # the served document: the same message's facts
             label, confidence = top[i][0] if top[i] else (None, None)
             body = {
                 "image_id": item.image_id,
-                "role": SHADOW,
+                **common,
                 "label": label,
                 "score": confidence,
-                "true_label": item.msg.header("label"),
                 "top_k": [{"label": lab, "probability": round(p, 6)} for lab, p in top[i]],
-                "model_name": side.info.name,
-                "model_version": side.info.version,
-                "served_version": server[i].version,
-                "served_label": computed.scored[item.image_id].fields.get("label"),
-                "kafka": item.msg.coordinates,
-                "event_time": iso(item.msg.timestamp_ms / 1000) if item.msg.timestamp_ms else None,
-                "processed_time": iso(processed),
+                "true_label": served_doc["true_label"],
+                "served_version": server[i],
+                "served_label": served_doc["label"],
+                "kafka": served_doc["kafka"],
+                "event_time": served_doc["event_time"],
+                "processed_time": processed_time,
             }
             computed.shadow.append(Document(item.image_id, body))
             computed.shadow_predictions[item.image_id] = to_json(body)
