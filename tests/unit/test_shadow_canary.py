@@ -352,3 +352,47 @@ def test_the_table_marks_the_shadow_and_the_canary():
     assert rows["1"][1] == "*" and rows["2"][1:3] == ["shadow", "0.108"] and rows["3"][1] == "canary@0.1"
     assert rows["4"][1:3] == ["shadow", "-"]  # a shadow with no label yet still has its row
     assert "shadow: scored beside it, never served or alerted on" in table.splitlines()[-1]
+
+
+class Answers:
+    """Elasticsearch answering every search with the given per-version aggregation buckets."""
+
+    def __init__(self, buckets: list[dict]) -> None:
+        self.buckets = buckets
+
+    def options(self, **_):
+        return self
+
+    def search(self, **_):
+        return {"aggregations": {"versions": {"buckets": self.buckets}}}
+
+
+class Versions:
+    """A registry of versions 1 (the champion) and 2, recording the tags noted."""
+
+    def __init__(self) -> None:
+        self.tags: dict[str, str] = {}
+
+    def show(self, name, version):
+        return SimpleNamespace(version=str(version), tags=dict(self.tags))
+
+    def champion(self, name):
+        return SimpleNamespace(version="1")
+
+    def note(self, name, version, key, value):
+        self.tags[key] = value
+
+
+def test_promotion_evidence_reads_the_live_counts_and_records_the_look_in_the_registry():
+    from streamdl.streams.quality.promotion import promotion_evidence
+
+    def counts(version: str, n: int, correct: int) -> dict:
+        return {**bucket(version, n, 0), "correct": {"value": correct}}
+
+    settings = load_settings({}, env_file=None)
+    es, registry = Answers([counts("1", 1000, 950), counts("2", 400, 380)]), Versions()
+    first = promotion_evidence(settings, es, registry, "2", min_labels=100, margin=0.05, alpha=0.05)
+    assert first.accepted and registry.tags == {"promotion_look.1": "3"}
+    again = promotion_evidence(settings, es, registry, "2", min_labels=100, margin=0.05, alpha=0.05)
+    assert not again.accepted and "taken already" in again.message  # the same look is not taken twice
+    assert promotion_evidence(settings, es, registry, "1", 100, 0.05, 0.05).message.endswith("the champion already")
