@@ -150,15 +150,23 @@ class ModelFollower(DaemonLoop):
         if name != self.settings.model_name or self.pipeline.settle(version):
             return  # another model, or this version serves already (a candidate still waiting is withdrawn)
         logger.info("model update: %s version %s; loading it in the background", name, version)
+        candidate = self._load(version, "")
+        if candidate is not None:
+            self.pipeline.offer(candidate)
+
+    def _load(self, version: str, role: str) -> ModelHandler | None:
+        """The loaded handler of ``version``, or ``None`` after refusing it (a ``model_refused`` alert)."""
         try:
             candidate = self.load(self.settings, version)
             if candidate is None:
-                raise ValueError(f"version {version} is not a registered head of {name}")
+                raise ValueError(f"version {version} is not a registered head of {self.settings.model_name}")
             candidate.load()
         except Exception as exc:  # noqa: BLE001
-            self.pipeline.refuse(version, f"could not load it: {type(exc).__name__}: {exc}")
-            return
-        self.pipeline.offer(candidate)
+            self.pipeline.refuse(
+                version, f"{role and f'as the {role}: '}could not load it: {type(exc).__name__}: {exc}"
+            )
+            return None
+        return candidate
 
     def handle_role(self, update: dict[str, Any]) -> None:
         """A ``shadow`` or ``canary`` announcement: load the version and offer it, or end the role."""
@@ -176,12 +184,6 @@ class ModelFollower(DaemonLoop):
         if update["name"] != self.settings.model_name or self.pipeline.settle_role(role, version, fraction):
             return
         logger.info("model update: %s version %s as the %s; loading it", update["name"], version, role)
-        try:
-            candidate = self.load(self.settings, version)
-            if candidate is None:
-                raise ValueError(f"version {version} is not registered")
-            candidate.load()
-        except Exception as exc:  # noqa: BLE001
-            self.pipeline.refuse(version, f"as the {role}: could not load it: {type(exc).__name__}: {exc}")
-            return
-        self.pipeline.offer_role(role, candidate, fraction)
+        candidate = self._load(version, role)
+        if candidate is not None:
+            self.pipeline.offer_role(role, candidate, fraction)

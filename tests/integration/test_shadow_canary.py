@@ -132,32 +132,26 @@ def test_a_shadow_is_judged_beside_the_champion_and_never_alerts_and_a_canary_se
 
 
 def test_the_cli_sets_and_ends_roles_and_promotes_only_on_live_evidence(
-    stack, tmp_path, monkeypatch, capsys, read_topic, unique
+    own_settings, tmp_path, monkeypatch, capsys, read_topic
 ):
     """``streamdl models shadow|canary|promote --min-labels`` against the real Kafka (the announcements) and
     Elasticsearch (the live labels: none here)."""
-    from streamdl.connectors.kafka_admin import admin_client
-    from streamdl.connectors.setup import init_all
     from streamdl.streams.cli.main import main
 
-    tag = unique("roles")
-    env = {"TOPIC_PREFIX": f"{tag}.", "INDEX_PREFIX": f"{tag}-", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
-    settings = stack.model_copy(update={k.lower(): v for k, v in env.items()})
-    for key, value in env.items():
-        monkeypatch.setenv(f"STREAMDL_{key}", value)
-    monkeypatch.chdir(tmp_path)  # no .env of the project's
-    init_all(settings)
-    name = settings.model_name
-    registry = Registry.from_settings(settings)
-    registry.ensure_base(name, {}, source=tmp_path.as_uri())
-    registry.client.create_model_version(name, source=tmp_path.as_uri(), tags={"kind": "head"})
+    with own_settings(mlflow_tracking_uri=f"sqlite:///{tmp_path}/m.db") as settings:
+        for key in ("topic_prefix", "index_prefix", "mlflow_tracking_uri"):
+            monkeypatch.setenv(f"STREAMDL_{key.upper()}", getattr(settings, key))
+        monkeypatch.chdir(tmp_path)  # no .env of the project's
+        name = settings.model_name
+        registry = Registry.from_settings(settings)
+        registry.ensure_base(name, {}, source=tmp_path.as_uri())
+        registry.client.create_model_version(name, source=tmp_path.as_uri(), tags={"kind": "head"})
 
-    def cli(*args: str) -> tuple[int, str, str]:
-        code = main(["models", *args, "--state-dir", str(tmp_path / "state")])
-        out, err = capsys.readouterr()
-        return code, out, err
+        def cli(*args: str) -> tuple[int, str, str]:
+            code = main(["models", *args, "--state-dir", str(tmp_path / "state")])
+            out, err = capsys.readouterr()
+            return code, out, err
 
-    try:
         assert cli("shadow", "2")[0] == 0
         code, _, err = cli("canary", "2", "--fraction", "0.2")
         assert code == 2 and "is the shadow already" in err
@@ -172,16 +166,10 @@ def test_the_cli_sets_and_ends_roles_and_promotes_only_on_live_evidence(
         assert registry.champion(name).version == "1"
         assert cli("canary", "--off")[0] == 0
         updates = read_topic(settings, settings.topic("model-updates"), lambda got: len(got) >= 4, timeout=30, settle=1)
-        got = [(m.key().decode(), json.loads(m.value())) for m in updates]
-        assert [(key, update["version"], update["fraction"]) for key, update in got] == [
-            (f"{name}:shadow", "2", 0.0),
-            (f"{name}:shadow", None, 0.0),
-            (f"{name}:canary", "2", 0.2),
-            (f"{name}:canary", None, 0.0),
-        ]
-    finally:
-        es_client(settings).options(ignore_status=404).indices.delete(index=f"{tag}-*")
-        admin = admin_client(settings)
-        topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(tag)]
-        if topics:
-            admin.delete_topics(topics, operation_timeout=30)
+    got = [(m.key().decode(), json.loads(m.value())) for m in updates]
+    assert [(key, update["version"], update["fraction"]) for key, update in got] == [
+        (f"{name}:shadow", "2", 0.0),
+        (f"{name}:shadow", None, 0.0),
+        (f"{name}:canary", "2", 0.2),
+        (f"{name}:canary", None, 0.0),
+    ]
