@@ -190,14 +190,16 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
             print(registry.unregistered(name))
             return 0
         print(
-            f"{'version':>7}  {'kind':<5} {'serving':<8}{'promoted':<9}{'test acc':>9}  "
+            f"{'version':>7}  {'kind':<5} {'role':<8}{'promoted':<9}{'test acc':>9}  "
             f"{'created (UTC)':<20} gate / note"
         )
+        roles = registry.roles(name)
         for v in versions:
             acc = v.metrics.get("test_accuracy", v.metrics.get("holdout_accuracy"))
+            role = "*" if v.champion else roles.of(v.version) or ""
             created = datetime.fromtimestamp(v.created_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
             print(
-                f"{v.version:>7}  {v.kind:<5} {'*' if v.champion else '':<8}{'yes' if v.promoted else 'no':<9}"
+                f"{v.version:>7}  {v.kind:<5} {role:<8}{'yes' if v.promoted else 'no':<9}"
                 f"{'' if acc is None else f'{acc:.4f}':>9}  {created:<20} "
                 f"{v.tags.get('not_promoted') or v.tags.get('gate', '')}"
             )

@@ -10,6 +10,7 @@ batch's writing with the next batch's computing; neither raises for bad input;
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import threading
 import time
@@ -181,12 +182,17 @@ class ImagePipeline(MicroBatchPipeline):
 
     def settle_role(self, role: str, version: str | None, fraction: float = 0.0) -> bool:
         """A ``shadow`` or ``canary`` announcement: ``True`` when nothing is to load (the role is that version
-        already, or it ends: then it ends at the next micro-batch)."""
+        already; it ends; or only the canary's fraction changes: then from the next micro-batch)."""
         if self.sides.settled(role, version, fraction):
             return True
         if version is None:
             self.sides.offer(role, None)
             logger.info("the %s version ends from the next micro-batch", role)
+            return True
+        side = self.sides.get(role)
+        if side is not None and side.info.version == version:
+            self.sides.offer(role, dataclasses.replace(side, fraction=fraction))
+            logger.info("the %s version %s serves %g of the ids from the next micro-batch", role, version, fraction)
             return True
         return False
 

@@ -161,6 +161,8 @@ def test_the_cli_sets_and_ends_roles_and_promotes_only_on_live_evidence(
         assert code == 0 and "version 2 serves 0.2 of the ids as the canary" in out
         code, out, _ = cli("compare")
         assert code == 0 and "2 canary@0.2" in out
+        code, out, _ = cli("list")
+        assert code == 0 and out.splitlines()[2].split()[:3] == ["2", "head", "canary"]
         code, _, err = cli("promote", "2", "--min-labels", "10")
         assert code == 6 and "version 2 has 0 joined live labels; --min-labels needs 10" in err
         assert registry.champion(name).version == "1"

@@ -189,6 +189,12 @@ def test_role_messages_on_model_updates_load_offer_and_end_a_role(pipeline):
     assert {d.id for d in out.documents if d.body["model_version"] == "2"} == {
         f"img-{i}" for i in range(30) if in_canary(f"img-{i}", 0.3)
     }
+    send(role="canary", version="2", fraction=0.6)  # only the share changes: the loaded version stays
+    assert loaded == ["2"]
+    out = pipeline.compute(batch(30))
+    assert {d.id for d in out.documents if d.body["model_version"] == "2"} == {
+        f"img-{i}" for i in range(30) if in_canary(f"img-{i}", 0.6)
+    }
     send(role="canary", version=None, fraction=0)
     assert {d.body["model_version"] for d in pipeline.compute(batch(30)).documents} == {"1"}
     send(version="5")  # a promotion still takes the champion's path
