@@ -190,8 +190,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
             print(registry.unregistered(name))
             return 0
         print(
-            f"{'version':>7}  {'kind':<5} {'role':<8}{'promoted':<9}{'test acc':>9}  "
-            f"{'created (UTC)':<20} gate / note"
+            f"{'version':>7}  {'kind':<5} {'role':<8}{'promoted':<9}{'test acc':>9}  {'created (UTC)':<20} gate / note"
         )
         roles = registry.roles(name)
         for v in versions:
