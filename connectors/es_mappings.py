@@ -63,6 +63,31 @@ def images_index(dims: int, model: dict[str, str] | None = None, *, index_type: 
     }
 
 
+def shadow_images_index() -> dict[str, Any]:
+    """The shadow predictions: one document per image id with the shadow version's prediction beside the version
+    that served it (no embedding: the images index has the vectors). Never searched for neighbours."""
+    return {
+        "settings": _SETTINGS,
+        "mappings": {
+            "dynamic": "strict",
+            "properties": {
+                "image_id": {"type": "keyword"},
+                "role": {"type": "keyword"},
+                "label": {"type": "keyword"},
+                "score": {"type": "float"},
+                "true_label": {"type": "keyword"},
+                "top_k": {"type": "object", "enabled": False},
+                **_MODEL,
+                "served_version": {"type": "keyword"},
+                "served_label": {"type": "keyword"},
+                "kafka": _KAFKA,
+                "event_time": {"type": "date"},
+                "processed_time": {"type": "date"},
+            },
+        },
+    }
+
+
 def events_index() -> dict[str, Any]:
     """The events index: the event, its scores and the model that scored it.
 

@@ -93,6 +93,7 @@ class KerasImageHandler:
         self._load_lock = threading.Lock()
         self._info: ModelInfo | None = None
         self._model: keras.Model | None = None
+        self._head: Callable[[tf.Tensor], tf.Tensor] | None = None
         self._fns: dict[int, Callable[[tf.Tensor], dict[str, tf.Tensor]]] = {}
         self._shape: tuple[int, int, int] = (0, 0, 0)
         self.buckets = bucket_sizes(batch_size)
@@ -124,6 +125,7 @@ class KerasImageHandler:
             if mixed:
                 info = dataclasses.replace(info, extra={**info.extra, "precision": "mixed_float16"})
             self._model, self._info, self._fns = model, info, fns
+            self._head = _trace_head(parts.head) if parts.featurizer is not None and parts.head is not None else None
             logger.info(
                 "loaded %s version %s: input %sx%sx%s, embedding %d, %d labels, batch %d%s",
                 parts.info.name,
@@ -176,6 +178,14 @@ class KerasImageHandler:
                 probabilities[start : start + rows] = out["probabilities"].numpy()[:rows]
         return BatchResult(embeddings=embeddings, probabilities=probabilities)
 
+    def classify_embeddings(self, embeddings: np.ndarray) -> np.ndarray | None:
+        """The head alone on ``(n, embedding_size)`` embeddings of this model's featurizer: ``(n, labels)``
+        probabilities, or ``None`` when the model is not a featurizer followed by a head. One small call: a
+        shadow or canary head on the champion's featurizer reuses the champion's embeddings."""
+        if self._head is None:
+            return None
+        return self._head(tf.constant(np.asarray(embeddings, np.float32))).numpy()
+
     # --- Extras -------------------------------------------------------------------
     @property
     def model(self) -> keras.Model:
@@ -198,6 +208,18 @@ class KerasImageHandler:
             return {key: tf.cast(value, tf.float32) for key, value in outputs.items()}
 
         return run
+
+
+def _trace_head(head: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The head as one traced function over any number of embedding rows (traced once, at load)."""
+    width = int(head.inputs[0].shape[-1])
+
+    @tf.function(input_signature=[tf.TensorSpec((None, width), tf.float32, name="embeddings")])
+    def run(embeddings: tf.Tensor) -> tf.Tensor:
+        return tf.cast(head(tf.cast(embeddings, head.inputs[0].dtype), training=False), tf.float32)
+
+    run(tf.zeros((1, width), tf.float32))
+    return run
 
 
 def bucket_sizes(batch_size: int) -> tuple[int, ...]:

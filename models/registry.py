@@ -5,7 +5,9 @@ model itself (registered on first use, tag ``kind=base``); retrained versions (`
 classifier heads over the base's featurizer, stored as run artifacts (``head/head.keras`` and
 ``head/info.json``). The version the workers serve carries the alias ``champion``; the registered
 model's tag ``champion_history`` keeps the promotions in order, so a rollback returns to the
-previous one.
+previous one. A version may also run beside the champion: alias ``shadow`` (scored on the same
+micro-batches, never served) or ``canary`` (served to the share of ids in the model's tag
+``canary_fraction``); :meth:`Registry.roles` reads both.
 
 Until the first ``streamdl retrain`` nothing is registered and the workers serve the base model as it is
 (``digits-cnn`` v1); asking for a version then is a :class:`NotRegistered` error that says so.
@@ -23,11 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from streamdl.models import digits
-from streamdl.models.errors import ModelNotFound
+from streamdl.models.errors import ModelNotFound, RoleRefused
 
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+SHADOW = "shadow"
+CANARY = "canary"
+ROLES = (SHADOW, CANARY)
+CANARY_FRACTION_TAG = "canary_fraction"
 HISTORY_TAG = "champion_history"
 EXPERIMENT = "streamdl-retraining"
 REFERENCE_TAG = "drift_reference"
@@ -63,6 +69,20 @@ class Version:
     @property
     def promoted(self) -> bool:
         return self.tags.get("promoted") == "true"
+
+
+@dataclass(frozen=True)
+class Roles:
+    """The versions running beside the champion: the shadow, and the canary with its share of ids."""
+
+    shadow: str | None = None
+    canary: str | None = None
+    fraction: float = 0.0
+    """The canary's share of ids (0 without a canary)."""
+
+    def of(self, version: str) -> str | None:
+        """``shadow``, ``canary`` or ``None`` for ``version``."""
+        return SHADOW if version == self.shadow else CANARY if version == self.canary else None
 
 
 def default_tracking_uri(state_dir: Path) -> str:
@@ -161,6 +181,19 @@ class Registry:
             return None
         return self.mlflow.artifacts.load_dict(uri)
 
+    def roles(self, name: str) -> Roles:
+        """The shadow and canary versions of ``name`` (none when it was never registered)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(name)
+        except MlflowException:
+            return Roles()
+        aliases = {k: str(v) for k, v in (model.aliases or {}).items()}
+        canary = aliases.get(CANARY)
+        fraction = float((model.tags or {}).get(CANARY_FRACTION_TAG) or 0.0) if canary else 0.0
+        return Roles(shadow=aliases.get(SHADOW), canary=canary, fraction=fraction)
+
     def head_folder(self, version: Version) -> Path:
         """A local folder with the version's ``head.keras`` and ``info.json``."""
         if version.kind != "head":
@@ -236,7 +269,41 @@ class Registry:
         if reason:
             self.client.set_model_version_tag(name, target.version, "promotion_reason", reason[:500])
         self._set_champion(name, target.version, history=[*history, target.version])
+        for role in ROLES:  # a shadow or canary promoted to champion leaves its role
+            if getattr(self.roles(name), role) == target.version:
+                self.set_role(name, role, None)
         return self.show(name, version)
+
+    def set_role(self, name: str, role: str, version: str | None, fraction: float = 0.0) -> Roles:
+        """Make ``version`` the ``shadow`` or the ``canary`` (served to ``fraction`` of the ids) of ``name``, or,
+        with ``version=None``, clear that role. The champion itself, or an event model, cannot take a role."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}. Received: role={role!r}")
+        if version is None:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                self.client.delete_registered_model_alias(name, role)
+            except MlflowException:
+                pass  # no such alias (or model): nothing to clear
+            return self.roles(name)
+        target = self.show(name, version)
+        other = getattr(self.roles(name), CANARY if role == SHADOW else SHADOW)
+        if target.champion:
+            raise RoleRefused(f"{name} version {target.version} is the champion; a {role} runs beside it")
+        if target.kind == "event":
+            raise RoleRefused(f"{name} version {target.version} is an event model; only image models take a {role}")
+        if other == target.version:
+            raise RoleRefused(
+                f"{name} version {target.version} is the {CANARY if role == SHADOW else SHADOW} already; "
+                "one role per version (end that one first with --off)"
+            )
+        if role == CANARY:
+            if not 0.0 < fraction < 1.0:
+                raise RoleRefused(f"a canary serves a share of the ids: 0 < fraction < 1. Received: {fraction}")
+            self.client.set_registered_model_tag(name, CANARY_FRACTION_TAG, f"{fraction:g}")
+        self.client.set_registered_model_alias(name, role, target.version)
+        return self.roles(name)
 
     def rollback(self, name: str) -> Version:
         """Make the previously promoted version the champion again."""

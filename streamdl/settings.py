@@ -22,7 +22,9 @@ from streamdl.errors import SettingsError
 
 ENV_PREFIX = "STREAMDL_"
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
-TOPIC_NAMES = ("images", "events", "predictions", "alerts", "dlq", "model-updates", "dlq-replayed")
+TOPIC_NAMES = (
+    "images", "events", "predictions", "predictions-shadow", "alerts", "dlq", "model-updates", "dlq-replayed",
+)  # fmt: skip
 ALIAS_NAMES = ("images", "events", "alerts")
 AGENT_NAMES = ("images", "events")
 

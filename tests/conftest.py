@@ -91,12 +91,12 @@ def index_factory(es, unique) -> Iterator[Callable[..., str]]:
 
 
 @contextmanager
-def running_stream(base: Settings, log: Path, **overrides) -> Iterator[tuple[Settings, WorkerProcess]]:
-    """A real worker on its own topics, indices and consumer group; everything removed afterwards."""
+def tagged_settings(base: Settings, **overrides) -> Iterator[Settings]:
+    """Settings with topics, indices and a consumer group of their own, created (``init_all``); everything
+    removed afterwards."""
     from streamdl.connectors.es_client import es_client
     from streamdl.connectors.kafka_admin import admin_client
     from streamdl.connectors.setup import init_all
-    from streamdl.streams.agents.worker_process import WorkerProcess
 
     tag = f"t{uuid.uuid4().hex[:8]}"
     settings = base.model_copy(
@@ -109,16 +109,33 @@ def running_stream(base: Settings, log: Path, **overrides) -> Iterator[tuple[Set
         }
     )
     init_all(settings)
-    worker = WorkerProcess(settings, log).start()
     try:
-        yield settings, worker
+        yield settings
     finally:
-        worker.stop()
         es_client(settings).options(ignore_status=404).indices.delete(index=f"{tag}-*")
         admin = admin_client(settings)
         topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(tag)]
         if topics:
             admin.delete_topics(topics, operation_timeout=30)
+
+
+@contextmanager
+def running_stream(base: Settings, log: Path, **overrides) -> Iterator[tuple[Settings, WorkerProcess]]:
+    """A real worker on its own topics, indices and consumer group; everything removed afterwards."""
+    from streamdl.streams.agents.worker_process import WorkerProcess
+
+    with tagged_settings(base, **overrides) as settings:
+        worker = WorkerProcess(settings, log).start()
+        try:
+            yield settings, worker
+        finally:
+            worker.stop()
+
+
+@pytest.fixture
+def own_settings(stack: Settings) -> Callable[..., contextmanager]:
+    """``with own_settings(**setting_overrides) as settings:`` topics and indices of the test's own, no worker."""
+    return lambda **overrides: tagged_settings(stack, **overrides)
 
 
 @pytest.fixture(scope="session")

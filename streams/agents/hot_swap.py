@@ -7,6 +7,10 @@ finite, the same embedding size, one probability per label) and handed to the pi
 swaps it in at the start of its next micro-batch: a batch is scored by one version, never two,
 and every output names the version that made it. A version that fails the check is refused: the
 worker keeps the old one and raises a ``model_refused`` alert.
+
+The same topic carries the versions that run beside the champion (key ``name:shadow`` / ``name:canary``,
+``{"name", "role", "version", "fraction"}``; ``version`` null ends the role): they are loaded and checked the
+same way and take effect at the next micro-batch (:mod:`streamdl.streams.pipelines.roles`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ class Swappable(Protocol):
 
     def refuse(self, version: str, reason: str) -> None: ...
 
+    def settle_role(self, role: str, version: str | None, fraction: float = 0.0) -> bool: ...
+
+    def offer_role(self, role: str, candidate: ModelHandler, fraction: float = 0.0) -> None: ...
+
 
 def registered_handler(settings: Settings, version: str | None = None) -> ModelHandler | None:
     """A handler for a registered version of the served model, or, without ``version``, for the
@@ -59,10 +67,13 @@ def registered_handler(settings: Settings, version: str | None = None) -> ModelH
     )
 
 
-def check_candidate(candidate: ModelHandler, current: ModelHandler, batch: np.ndarray) -> str | None:
-    """Why ``candidate`` must not replace ``current`` (``None`` when it may), judged on ``batch``."""
+def check_candidate(
+    candidate: ModelHandler, current: ModelHandler, batch: np.ndarray, *, same_embedding: bool = True
+) -> str | None:
+    """Why ``candidate`` must not replace ``current`` (``None`` when it may), judged on ``batch``.
+    ``same_embedding=False``: a shadow, which writes no vectors, may have an embedding of another size."""
     new, old = candidate.info(), current.info()
-    if new.embedding_size != old.embedding_size:
+    if same_embedding and new.embedding_size != old.embedding_size:
         return f"embedding size {new.embedding_size} differs from the index's {old.embedding_size}"
     if (new.input_size, new.channels) != (old.input_size, old.channels):
         return f"input {new.input_size}x{new.channels} differs from {old.input_size}x{old.channels}"
@@ -133,15 +144,46 @@ class ModelFollower(DaemonLoop):
                 "ignoring a model-updates message that is not {name, version} JSON: %r", (value or b"")[:200]
             )
             return
+        if update.get("role") is not None:
+            self.handle_role(update)
+            return
         if name != self.settings.model_name or self.pipeline.settle(version):
             return  # another model, or this version serves already (a candidate still waiting is withdrawn)
         logger.info("model update: %s version %s; loading it in the background", name, version)
+        candidate = self._load(version, "")
+        if candidate is not None:
+            self.pipeline.offer(candidate)
+
+    def _load(self, version: str, role: str) -> ModelHandler | None:
+        """The loaded handler of ``version``, or ``None`` after refusing it (a ``model_refused`` alert)."""
         try:
             candidate = self.load(self.settings, version)
             if candidate is None:
-                raise ValueError(f"version {version} is not a registered head of {name}")
+                raise ValueError(f"version {version} is not a registered head of {self.settings.model_name}")
             candidate.load()
         except Exception as exc:  # noqa: BLE001
-            self.pipeline.refuse(version, f"could not load it: {type(exc).__name__}: {exc}")
+            self.pipeline.refuse(
+                version, f"{role and f'as the {role}: '}could not load it: {type(exc).__name__}: {exc}"
+            )
+            return None
+        return candidate
+
+    def handle_role(self, update: dict[str, Any]) -> None:
+        """A ``shadow`` or ``canary`` announcement: load the version and offer it, or end the role."""
+        from streamdl.streams.pipelines.roles import CANARY, SHADOW
+
+        role, version = update.get("role"), update.get("version")
+        try:
+            fraction = float(update.get("fraction") or 0.0)
+        except (TypeError, ValueError):
+            fraction = -1.0
+        if role not in (SHADOW, CANARY) or (role == CANARY and version is not None and not 0 < fraction < 1):
+            logger.warning("ignoring a model-updates role message with a bad role or fraction: %r", update)
             return
-        self.pipeline.offer(candidate)
+        version = None if version is None else str(version)
+        if update["name"] != self.settings.model_name or self.pipeline.settle_role(role, version, fraction):
+            return
+        logger.info("model update: %s version %s as the %s; loading it", update["name"], version, role)
+        candidate = self._load(version, role)
+        if candidate is not None:
+            self.pipeline.offer_role(role, candidate, fraction)

@@ -7,11 +7,13 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from streamdl.errors import SettingsError
 from streamdl.settings import Settings
 from streamdl.times import parse_duration
 
 EXIT_BUSY = 4
 EXIT_TOO_FEW = 5
+EXIT_NO_EVIDENCE = 6
 
 
 def add_model_parsers(sub, common: argparse.ArgumentParser) -> None:
@@ -56,6 +58,32 @@ def add_model_parsers(sub, common: argparse.ArgumentParser) -> None:
         "promote", parents=[common], help="make a version the one the workers serve, and announce it"
     )
     promote.add_argument("version")
+    promote.add_argument(
+        "--min-labels",
+        type=int,
+        metavar="N",
+        help="promote only on live evidence: the version and the champion each have N joined labels and a "
+        "sequential non-inferiority test says the version is not worse by more than --margin (exit 6 otherwise)",
+    )
+    promote.add_argument(
+        "--margin", type=float, help="accuracy the version may lose against the champion (default: rollback_margin)"
+    )
+    promote.add_argument(
+        "--alpha", type=float, help="the test's overall level over its looks (default: rollback_alpha)"
+    )
+    shadow = models_sub.add_parser(
+        "shadow",
+        parents=[common],
+        help="score a version beside the champion on the same micro-batches; never served, its alerts never sent",
+    )
+    shadow.add_argument("version", nargs="?", help="the version (omit with --off)")
+    shadow.add_argument("--off", action="store_true", help="stop the shadow version")
+    canary = models_sub.add_parser(
+        "canary", parents=[common], help="serve a version to a deterministic hash-fraction of the image ids"
+    )
+    canary.add_argument("version", nargs="?", help="the version (omit with --off)")
+    canary.add_argument("--fraction", type=float, default=0.1, help="share of the ids it serves, 0..1 (default 0.1)")
+    canary.add_argument("--off", action="store_true", help="stop the canary: the champion serves every id again")
     models_sub.add_parser(
         "rollback", parents=[common], help="serve the previously promoted version again, and announce it"
     )
@@ -144,9 +172,15 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         from streamdl.streams.quality.compare import compare
 
         champion = registry.champion(name) if Registry.exists(settings) else None
+        roles = registry.roles(name) if Registry.exists(settings) else None
+        marks = {}
+        if roles is not None and roles.shadow:
+            marks[roles.shadow] = "shadow"
+        if roles is not None and roles.canary:
+            marks[roles.canary] = f"canary@{roles.fraction:g}"
         es = es_client(settings)
         try:
-            print(compare(settings, es, champion.version if champion else None, time.time()))
+            print(compare(settings, es, champion.version if champion else None, time.time(), marks))
         finally:
             es.close()
         return 0
@@ -156,14 +190,15 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
             print(registry.unregistered(name))
             return 0
         print(
-            f"{'version':>7}  {'kind':<5} {'serving':<8}{'promoted':<9}{'test acc':>9}  "
-            f"{'created (UTC)':<20} gate / note"
+            f"{'version':>7}  {'kind':<5} {'role':<8}{'promoted':<9}{'test acc':>9}  {'created (UTC)':<20} gate / note"
         )
+        roles = registry.roles(name)
         for v in versions:
             acc = v.metrics.get("test_accuracy", v.metrics.get("holdout_accuracy"))
+            role = "*" if v.champion else roles.of(v.version) or ""
             created = datetime.fromtimestamp(v.created_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
             print(
-                f"{v.version:>7}  {v.kind:<5} {'*' if v.champion else '':<8}{'yes' if v.promoted else 'no':<9}"
+                f"{v.version:>7}  {v.kind:<5} {role:<8}{'yes' if v.promoted else 'no':<9}"
                 f"{'' if acc is None else f'{acc:.4f}':>9}  {created:<20} "
                 f"{v.tags.get('not_promoted') or v.tags.get('gate', '')}"
             )
@@ -177,8 +212,14 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         for key, value in sorted(v.tags.items()):
             print(f"  {key}: {value}")
         return 0
+    if args.action in ("shadow", "canary"):
+        return _role(args, settings, registry)
     if args.action == "promote":
+        if args.min_labels is not None and not _evidence(args, settings, registry):
+            return EXIT_NO_EVIDENCE
+        before = registry.roles(name)
         version = registry.promote(name, args.version, reason="promoted by hand")
+        _announce_ended_roles(settings, name, before, registry.roles(name))
     else:
         version = registry.rollback(name)
     if version.kind == "event":
@@ -187,6 +228,59 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     announce(settings, version)
     print(f"{name}: version {version.version} now serves; announced on {settings.topic('model-updates')}")
     return 0
+
+
+def _evidence(args: argparse.Namespace, settings: Settings, registry) -> bool:
+    """``promote --min-labels``: print the verdict of the live evidence; whether it allows the promotion."""
+    from streamdl.connectors.es_client import es_client
+    from streamdl.streams.quality.promotion import promotion_evidence
+
+    margin = settings.rollback_margin if args.margin is None else args.margin
+    alpha = settings.rollback_alpha if args.alpha is None else args.alpha
+    if args.min_labels < 1 or not 0 <= margin < 1 or not 0 < alpha < 0.5:
+        raise SettingsError(
+            f"--min-labels must be >= 1, --margin in [0, 1), --alpha in (0, 0.5). "
+            f"Received: {args.min_labels}, {margin}, {alpha}"
+        )
+    es = es_client(settings)
+    try:
+        verdict = promotion_evidence(settings, es, registry, args.version, args.min_labels, margin, alpha)
+    finally:
+        es.close()
+    print(f"{settings.model_name}: {'promoting' if verdict.accepted else 'not promoted'}: {verdict.message}",
+          file=sys.stdout if verdict.accepted else sys.stderr)  # fmt: skip
+    return verdict.accepted
+
+
+def _role(args: argparse.Namespace, settings: Settings, registry) -> int:
+    """``models shadow V`` / ``models canary V --fraction F`` (``--off`` ends the role): the registry's alias,
+    announced on model-updates so every worker picks it up between micro-batches."""
+    from streamdl.streams.jobs.retrain import announce_role
+
+    name, role = settings.model_name, args.action
+    if args.off == (args.version is not None):
+        raise SettingsError(f"'streamdl models {role}' takes a VERSION or --off (not both)")
+    fraction = args.fraction if role == "canary" else 0.0
+    roles = registry.set_role(name, role, None if args.off else args.version, fraction)
+    version = getattr(roles, role)
+    announce_role(settings, name, role, version, roles.fraction if role == "canary" else 0.0)
+    topic = settings.topic("model-updates")
+    if version is None:
+        print(f"{name}: no {role} version now; announced on {topic}")
+    elif role == "canary":
+        print(f"{name}: version {version} serves {roles.fraction:g} of the ids as the canary; announced on {topic}")
+    else:
+        print(f"{name}: version {version} runs as the shadow beside the champion; announced on {topic}")
+    return 0
+
+
+def _announce_ended_roles(settings: Settings, name: str, before, after) -> None:
+    """A promoted shadow or canary leaves its role: the workers are told."""
+    from streamdl.streams.jobs.retrain import announce_role
+
+    for role in ("shadow", "canary"):
+        if getattr(before, role) is not None and getattr(after, role) is None:
+            announce_role(settings, name, role, None)
 
 
 def _say(message: str) -> None:

@@ -472,6 +472,16 @@ def announce(settings: Settings, version) -> None:
     produce_all(settings, settings.topic("model-updates"), [(version.name, to_json(message), [])])
 
 
+def announce_role(settings: Settings, name: str, role: str, version: str | None, fraction: float = 0.0) -> None:
+    """Publish the ``shadow`` or ``canary`` version of ``name`` (``None``: the role is cleared) to the model-updates
+    topic, key ``name:role`` (compaction keeps the latest of each role beside the champion's ``name``)."""
+    from streamdl.connectors.kafka_producer import produce_all
+    from streamdl.records import to_json
+
+    message = {"name": name, "role": role, "version": version, "fraction": fraction, "announced_at": time.time()}
+    produce_all(settings, settings.topic("model-updates"), [(f"{name}:{role}", to_json(message), [])])
+
+
 def _git_commit() -> str:
     try:
         out = subprocess.run(

@@ -10,6 +10,7 @@ batch's writing with the next batch's computing; neither raises for bad input;
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import threading
 import time
@@ -21,8 +22,10 @@ import numpy as np
 from elasticsearch import Elasticsearch
 
 from streamdl.alert_rules import Rule
+from streamdl.connectors.es_bulk import bulk_index
 from streamdl.connectors.es_client import ensure_index
-from streamdl.connectors.es_mappings import images_index
+from streamdl.connectors.es_mappings import images_index, shadow_images_index
+from streamdl.connectors.setup import ensure_fixed_index
 from streamdl.models.decode import DecodeError, DecodeLimits, decode_with_thumbnail, thumbnail_jpeg
 from streamdl.models.handler import BatchResult, ModelHandler, ModelInfo
 from streamdl.records import Document, InMessage, iso, to_json
@@ -32,6 +35,7 @@ from streamdl.streams.pipelines import metrics
 from streamdl.streams.pipelines.alerts import Alert, Scored
 from streamdl.streams.pipelines.isolate import call_isolating
 from streamdl.streams.pipelines.neighbours import NeighbourCheck
+from streamdl.streams.pipelines.roles import CANARY, SHADOW, Side, Sides, in_canary, score, shadow_index
 from streamdl.streams.pipelines.sinks import Sink
 from streamdl.streams.pipelines.stage import BatchReport, Computed
 from streamdl.streams.pipelines.writer import MicroBatchPipeline
@@ -61,7 +65,8 @@ class _Decoded:
 
 
 class ImagePipeline(MicroBatchPipeline):
-    """Decode → featurize and classify (one model call) → index → publish predictions and dead letters."""
+    """Decode → featurize and classify (one model call) → index → publish predictions and dead letters; a shadow
+    version is scored beside the champion and a canary serves its share of ids (:mod:`.roles`)."""
 
     stream = "images"
     processed = metrics.IMAGES_PROCESSED
@@ -84,6 +89,8 @@ class ImagePipeline(MicroBatchPipeline):
         self._pending: ModelHandler | None = None
         self._swap_lock = threading.Lock()
         self._recent: list[np.ndarray] = []
+        self.sides = Sides()
+        self.shadow_index = shadow_index(settings)
 
     # --- lifecycle -------------------------------------------------------------------
     def prepare(self, es: Elasticsearch) -> str:
@@ -98,6 +105,8 @@ class ImagePipeline(MicroBatchPipeline):
         body = images_index(info.embedding_size, meta)
         index = ensure_index(es, self.settings.alias("images"), embedding_space(info), body)
         es.indices.put_mapping(index=index, meta=body["mappings"]["_meta"])  # also an index made before _meta existed
+        if self.publish:
+            ensure_fixed_index(es, self.shadow_index, shadow_images_index())
         if self.settings.similarity_alerts and self.publish:
             self.neighbours = NeighbourCheck(self.settings, es, index)
         metrics.MODEL_VERSION.labels("images", info.name, info.version).set(1)
@@ -171,16 +180,59 @@ class ImagePipeline(MicroBatchPipeline):
         )
         self.writer.raise_alert(alert)
 
+    def settle_role(self, role: str, version: str | None, fraction: float = 0.0) -> bool:
+        """A ``shadow`` or ``canary`` announcement: ``True`` when nothing is to load (the role is that version
+        already; it ends; or only the canary's fraction changes: then from the next micro-batch)."""
+        if self.sides.settled(role, version, fraction):
+            return True
+        if version is None:
+            self.sides.offer(role, None)
+            logger.info("the %s version ends from the next micro-batch", role)
+            return True
+        side = self.sides.get(role)
+        if side is not None and side.info.version == version:
+            self.sides.offer(role, dataclasses.replace(side, fraction=fraction))
+            logger.info("the %s version %s serves %g of the ids from the next micro-batch", role, version, fraction)
+            return True
+        return False
+
+    def offer_role(self, role: str, candidate: ModelHandler, fraction: float = 0.0) -> None:
+        """Check a loaded ``shadow`` or ``canary`` on the warm-up batch; it runs from the next micro-batch on, or is
+        refused (``model_refused`` alert). A canary writes the champion's images index, so it needs the champion's
+        featurizer; a shadow needs only the same input."""
+        from streamdl.streams.agents.hot_swap import check_candidate
+
+        info = candidate.info()
+        shares = embedding_space(info) == embedding_space(self.info)
+        if role == CANARY and not shares:
+            theirs, ours = embedding_space(info), embedding_space(self.info)
+            reason = f"a canary writes the champion's images index, so it needs its featurizer {ours}, not {theirs}"
+        else:
+            reason = check_candidate(candidate, self.handler, self.warmup_batch(), same_embedding=role == CANARY)
+        if reason is not None:
+            self.refuse(info.version, f"as the {role}: {reason}")
+            return
+        self.sides.offer(role, Side(role, candidate, info, shares, fraction))
+        logger.info("version %s passed its warm-up check; the %s from the next micro-batch", info.version, role)
+
     def _swap_if_pending(self) -> None:
         with self._swap_lock:
             candidate, self._pending = self._pending, None
-            if candidate is None:
-                return
-            old = self.info
-            self.handler, self.info = candidate, candidate.info()
-        metrics.MODEL_VERSION.labels("images", old.name, old.version).set(0)
-        metrics.MODEL_VERSION.labels("images", self.info.name, self.info.version).set(1)
-        logger.info("swapped model %s version %s -> %s between micro-batches", old.name, old.version, self.info.version)
+            if candidate is not None:
+                old = self.info
+                self.handler, self.info = candidate, candidate.info()
+        if candidate is not None:
+            metrics.MODEL_VERSION.labels("images", old.name, old.version).set(0)
+            metrics.MODEL_VERSION.labels("images", self.info.name, self.info.version).set(1)
+            logger.info(
+                "swapped model %s version %s -> %s between micro-batches", old.name, old.version, self.info.version
+            )
+        for role, old_version, new_version in self.sides.apply(self.info.version):
+            if old_version is not None:
+                metrics.MODEL_ROLE.labels("images", self.info.name, old_version, role).set(0)
+            if new_version is not None:
+                metrics.MODEL_ROLE.labels("images", self.info.name, new_version, role).set(1)
+            logger.info("%s version %s -> %s between micro-batches", role, old_version or "none", new_version or "none")
 
     # --- one micro-batch -------------------------------------------------------------
     def compute(self, batch: Sequence[InMessage]) -> Computed:
@@ -195,7 +247,14 @@ class ImagePipeline(MicroBatchPipeline):
         t1 = time.perf_counter()
         results = self._predict(decoded, computed)
         t2 = time.perf_counter()
-        self._outputs(decoded, results, computed, processed=time.time(), timings=(t1 - t0, t2 - t1))
+        if results is None:
+            return computed
+        processed = time.time()
+        served = self._canary(decoded, results, computed)
+        per_image = ((t1 - t0) / len(decoded), (t2 - t1) / len(decoded))
+        for info, rows, part in served:
+            self._outputs([decoded[i] for i in rows], part, computed, processed, per_image, info)
+        self._shadow(decoded, results, served, computed, processed)
         computed.seconds.update(decode=t1 - t0, model=t2 - t1)
         return computed
 
@@ -207,6 +266,11 @@ class ImagePipeline(MicroBatchPipeline):
             for image_id, found in self.neighbours.findings(computed.documents).items():
                 computed.scored[image_id].findings = found
         computed.seconds["neighbours"] = time.perf_counter() - t0
+        if computed.shadow:  # before the champion's documents: a label that finds those finds the shadow's too
+            docs = [(d.id, d.body) for d in computed.shadow]
+            for rejected in bulk_index(self.es, self.shadow_index, docs, should_stop=self._stopping.is_set):
+                logger.error("shadow prediction %s refused by Elasticsearch: %s", rejected.doc_id, rejected.reason)
+                computed.shadow_predictions.pop(rejected.doc_id, None)
         return self.writer.write(computed)
 
     def _decode(self, batch: Sequence[InMessage], computed: Computed) -> list[_Decoded]:
@@ -245,19 +309,87 @@ class ImagePipeline(MicroBatchPipeline):
             "images",
         )
 
+    def _canary(
+        self, decoded: list[_Decoded], results: BatchResult, computed: Computed
+    ) -> list[tuple[ModelInfo, list[int], BatchResult]]:
+        """Which version serves which rows, with its outputs for them: the canary's share of ids gets the canary's
+        head on the champion's embeddings, the rest the champion. A canary that fails leaves its rows to the
+        champion."""
+        side, everyone = self.sides.get(CANARY), list(range(len(decoded)))
+        rows = [i for i, d in enumerate(decoded) if side is not None and in_canary(d.image_id, side.fraction)]
+        if not rows:
+            return [(self.info, everyone, results)]
+        t0 = time.perf_counter()
+        try:
+            canary = score(side, results.embeddings[rows], lambda: np.stack([decoded[i].pixels for i in rows]))
+        except Exception:
+            logger.exception("canary version %s failed on a batch; the champion served its ids", side.info.version)
+            metrics.SIDE_ERRORS.labels(CANARY).inc()
+            return [(self.info, everyone, results)]
+        computed.seconds["canary"] = time.perf_counter() - t0
+        chosen = set(rows)
+        rest = [i for i in everyone if i not in chosen]
+        champion = BatchResult(results.embeddings[rest], results.probabilities[rest])
+        return [(self.info, rest, champion), (side.info, rows, canary)]
+
+    def _shadow(
+        self,
+        decoded: list[_Decoded],
+        results: BatchResult,
+        served: list[tuple[ModelInfo, list[int], BatchResult]],
+        computed: Computed,
+        processed: float,
+    ) -> None:
+        """The shadow's prediction of every image, beside the version that served it: documents for the shadow
+        index and JSON for the shadow topic; no :class:`Scored`, so no rule ever sees it. A shadow that fails
+        costs this batch its shadow predictions only."""
+        side = self.sides.get(SHADOW)
+        if side is None or not decoded:
+            return
+        t0 = time.perf_counter()
+        try:
+            out = score(side, results.embeddings, lambda: np.stack([d.pixels for d in decoded]))
+        except Exception:
+            logger.exception("shadow version %s failed on a batch; no shadow predictions for it", side.info.version)
+            metrics.SIDE_ERRORS.labels(SHADOW).inc()
+            return
+        top = out.top_k(side.info.labels, self.settings.top_k)
+        server = {i: info.version for info, rows, _ in served for i in rows}
+        common = {"role": SHADOW, "model_name": side.info.name, "model_version": side.info.version}
+        processed_time = iso(processed)
+        for i, item in enumerate(decoded):
+            served_doc = computed.scored[item.image_id].fields  # the served document: the same message's facts
+            label, confidence = top[i][0] if top[i] else (None, None)
+            body = {
+                "image_id": item.image_id,
+                **common,
+                "label": label,
+                "score": confidence,
+                "top_k": [{"label": lab, "probability": round(p, 6)} for lab, p in top[i]],
+                "true_label": served_doc["true_label"],
+                "served_version": server[i],
+                "served_label": served_doc["label"],
+                "kafka": served_doc["kafka"],
+                "event_time": served_doc["event_time"],
+                "processed_time": processed_time,
+            }
+            computed.shadow.append(Document(item.image_id, body))
+            computed.shadow_predictions[item.image_id] = to_json(body)
+        computed.seconds["shadow"] = time.perf_counter() - t0
+
     def _outputs(
         self,
         decoded: list[_Decoded],
-        results: BatchResult | None,
+        results: BatchResult,
         computed: Computed,
         processed: float,
-        timings: tuple[float, float],
+        per_image: tuple[float, float],
+        info: ModelInfo,
     ) -> None:
-        if results is None:
+        if not decoded:
             return
-        info = self.info
         top = results.top_k(info.labels, self.settings.top_k)
-        per_image_ms = {"decode": 1000 * timings[0] / len(decoded), "model": 1000 * timings[1] / len(decoded)}
+        per_image_ms = {"decode": 1000 * per_image[0], "model": 1000 * per_image[1]}
         predictions = computed.predictions
         for i, item in enumerate(decoded):
             computed.messages[item.image_id] = item.msg

@@ -32,6 +32,18 @@ MODEL_VERSION = Gauge(
     ["stream", "name", "version"],
     registry=REGISTRY,
 )
+MODEL_ROLE = Gauge(
+    "streamdl_model_role",
+    "1 for the version the worker runs beside the champion as its shadow or canary",
+    ["stream", "name", "version", "role"],
+    registry=REGISTRY,
+)
+SIDE_ERRORS = Counter(
+    "streamdl_model_side_errors",
+    "Micro-batches a shadow or canary version failed on (the champion's outputs stood)",
+    ["role"],
+    registry=REGISTRY,
+)
 ALERTS = Counter("streamdl_alerts", "Alerts raised (throttled ones not counted)", ["stream", "rule"], registry=REGISTRY)
 ALERTS_SUPPRESSED = Counter(
     "streamdl_alerts_suppressed",

@@ -46,6 +46,10 @@ class Outputs:
     updated_alerts: list[Alert] = field(default_factory=list)
     """Alerts raised earlier or by another worker whose suppressed count changed (not published again)."""
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    shadow: list[Document] = field(default_factory=list)
+    """The shadow version's predictions as indexed (no alert is ever raised on them)."""
+    shadow_predictions: dict[str, bytes] = field(default_factory=dict)
+    """JSON shadow prediction by image id, for the ``predictions-shadow`` topic."""
 
 
 class Sink(ABC):
@@ -147,12 +151,12 @@ class ElasticsearchAlerts:
 
 
 class KafkaOutputs(Sink):
-    """Alerts, dead letters and predictions to their topics; returns once all are acknowledged, raises when any
-    was not delivered (e.g. a broker outage longer than ``delivery.timeout.ms``)."""
+    """Alerts, dead letters, predictions and shadow predictions to their topics; returns once all are acknowledged,
+    raises when any was not delivered (e.g. a broker outage longer than ``delivery.timeout.ms``)."""
 
     def __init__(self, settings: Settings, deliveries: Deliveries, should_stop: Callable[[], bool]) -> None:
         self.deliveries, self.should_stop = deliveries, should_stop
-        self.topics = {name: settings.topic(name) for name in ("predictions", "dlq", "alerts")}
+        self.topics = {name: settings.topic(name) for name in ("predictions", "predictions-shadow", "dlq", "alerts")}
 
     def write(self, outputs: Outputs) -> None:
         failed_before = len(self.deliveries.failed)
@@ -163,6 +167,8 @@ class KafkaOutputs(Sink):
             self.deliveries.produce(self.topics["dlq"], value, key, headers)
         for doc_id, value in outputs.predictions.items():
             self.deliveries.produce(self.topics["predictions"], value, doc_id)
+        for image_id, value in outputs.shadow_predictions.items():
+            self.deliveries.produce(self.topics["predictions-shadow"], value, image_id)
         self.deliveries.wait(what="predictions, alerts and dead letters", should_stop=self.should_stop)
         failed = self.deliveries.failed[failed_before:]
         if failed:

@@ -37,6 +37,10 @@ class Computed:
     scored: dict[str, Scored] = field(default_factory=dict)
     """What the alert rules look at, by document id."""
     dead: list[DeadLetter] = field(default_factory=list)
+    shadow: list[Document] = field(default_factory=list)
+    """The shadow version's prediction of each image (:mod:`~streamdl.streams.pipelines.roles`): never served."""
+    shadow_predictions: dict[str, bytes] = field(default_factory=dict)
+    """The JSON shadow prediction of each image id, for the shadow predictions topic."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Time spent per step (``decode``, ``model``, ...), for the metrics and the batch log line."""
 

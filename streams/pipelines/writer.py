@@ -78,6 +78,7 @@ class BatchWriter:
             reason = f"Elasticsearch rejected the document ({rejected.status}): {rejected.reason}"
             computed.dead.append(DeadLetter(computed.messages[rejected.doc_id], "index_rejected", reason, "index"))
             computed.predictions.pop(rejected.doc_id, None)
+            computed.shadow_predictions.pop(rejected.doc_id, None)
             computed.scored.pop(rejected.doc_id, None)
         refused = sum(1 for d in computed.dead if d.code == "index_rejected")
         t1 = time.perf_counter()
@@ -97,6 +98,8 @@ class BatchWriter:
                 alerts=alerts.new,
                 updated_alerts=alerts.updated,
                 dead_letters=computed.dead,
+                shadow=computed.shadow,
+                shadow_predictions=computed.shadow_predictions,
             )
             for sink in self.sinks:
                 sink.write(outputs)

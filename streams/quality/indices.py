@@ -33,6 +33,7 @@ def labels_index() -> dict[str, Any]:
                 "label": keyword,
                 "label_event_id": keyword,
                 "status": keyword,  # pending (no prediction yet), joined or orphan
+                "role": keyword,  # shadow: a shadow version's prediction of the image (id <image id>:v<version>)
                 "orphan_reason": keyword,
                 "received_at": {"type": "date"},
                 "joined_at": {"type": "date"},
@@ -60,6 +61,7 @@ def reports_index() -> dict[str, Any]:
         "mappings": {
             "properties": {
                 "kind": keyword,  # quality (from labels), drift (predictions) or feature_drift (event features)
+                "role": keyword,  # drift reports of a shadow version: shadow
                 "worker": keyword,  # drift reports: the worker that judged its own partitions
                 "model_name": keyword,
                 "model_version": keyword,
@@ -68,6 +70,7 @@ def reports_index() -> dict[str, Any]:
                 "window_start": {"type": "date"},
                 "window_end": {"type": "date"},
                 "labelled": {"type": "integer"},
+                "shadow": {"type": "integer"},  # of the labelled: judging shadow predictions
                 "accuracy": {"type": "float"},
                 "ece": {"type": "float"},
                 "delay_p50_secs": {"type": "float"},

@@ -7,6 +7,10 @@ indexed yet: retried every interval) or ``orphan`` (still no prediction after ``
 or more than ``quality_max_pending`` labels waiting). A later label for the same image is counted as a
 duplicate (same class) or a contradiction (another class); the first label stays the one judged.
 
+When an image had a shadow version beside its champion (:mod:`streamdl.streams.pipelines.roles`), the label
+that joins the champion's prediction also judges the shadow's: one more document, id ``<image id>:v<version>``,
+``role: shadow``, so live quality is per version for shadows too and the champion's document is untouched.
+
 The state lives in Elasticsearch, so it survives restarts and every worker sees the same; a replayed batch
 (after a crash) finds its label event ids already recorded and changes nothing.
 """
@@ -25,6 +29,7 @@ from streamdl.connectors.es_bulk import bulk_index
 from streamdl.records import iso
 from streamdl.retry import Backoff, sleep
 from streamdl.settings import Settings
+from streamdl.streams.pipelines.roles import SHADOW, shadow_index
 from streamdl.streams.quality import metrics
 from streamdl.streams.quality.indices import labels_alias
 from streamdl.streams.quality.stats import confidence_bin
@@ -115,6 +120,14 @@ def join(doc: dict[str, Any], prediction: dict[str, Any], received_at: float, li
     }
 
 
+def shadow_join(doc: dict[str, Any], prediction: dict[str, Any], limits: Limits) -> tuple[str, dict[str, Any]]:
+    """The id and label document judging a shadow ``prediction`` with the label of the joined ``doc``."""
+    own = {k: doc[k] for k in ("image_id", "label", "label_event_id", "received_at")}
+    base = {**own, "duplicates": 0, "contradictions": 0, "other_labels": [], "role": SHADOW}
+    joined = join(base, prediction, to_epoch(doc["received_at"]), limits)
+    return f"{doc['image_id']}:v{joined['model_version']}", joined
+
+
 def orphan(doc: dict[str, Any], reason: str, now: float) -> dict[str, Any]:
     return {**doc, "status": "orphan", "orphan_reason": reason, "orphaned_at": iso(now)}
 
@@ -134,6 +147,7 @@ class LabelJoin:
         self.limits = Limits.of(settings)
         self.index = labels_alias(settings)
         self.images = settings.alias("images")
+        self.shadow = shadow_index(settings)
         self.pending = 0
         """Labels waiting for their prediction (refreshed by :meth:`retry`, counted up by :meth:`add`)."""
 
@@ -146,6 +160,7 @@ class LabelJoin:
         predictions = self._predictions([i for i in ids if states.get(i) is None])
         changed: dict[str, dict[str, Any]] = {}
         outcomes: dict[str, int] = {}
+        newly: set[str] = set()
         for label in labels:
             state = changed.get(label.image_id, states.get(label.image_id))
             doc, outcome = apply_label(
@@ -154,9 +169,11 @@ class LabelJoin:
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             if outcome == "pending":
                 self.pending += 1
+            if outcome == "joined":
+                newly.add(label.image_id)
             if doc is not None:
                 changed[label.image_id] = doc
-        self._write(changed)
+        self._write({**changed, **self._shadow_joins({i: changed[i] for i in newly})})
         for outcome, n in outcomes.items():
             metrics.LABELS.labels(outcome).inc(n)
         return outcomes
@@ -190,7 +207,7 @@ class LabelJoin:
             elif received < now - self.limits.pending_ttl_secs:
                 changed[image_id] = orphan(doc, "no_prediction", now)
                 outcomes["orphan"] += 1
-        self._write(changed)
+        self._write({**changed, **self._shadow_joins(changed)})
         self.pending -= len(changed)
         for outcome, n in outcomes.items():
             metrics.LABELS.labels(f"late_{outcome}").inc(n)
@@ -202,6 +219,27 @@ class LabelJoin:
             "the label state", lambda: self.es.options(ignore_status=404).mget(index=self.index, ids=ids, realtime=True)
         )
         return {d["_id"]: d["_source"] for d in found.get("docs", []) if d.get("found")}
+
+    def _shadow_joins(self, joined_now: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The shadow label documents of the images joined now (a realtime read by id: the shadow prediction is
+        indexed before the champion's, so a label that found the one finds the other)."""
+        joined = {i: d for i, d in joined_now.items() if d.get("status") == "joined"}
+        if not joined:
+            return {}
+        found = self._waiting(
+            "the shadow predictions",
+            lambda: self.es.options(ignore_status=404).mget(
+                index=self.shadow, ids=list(joined), realtime=True, source_includes=PREDICTION_FIELDS
+            ),
+        )
+        out = {}
+        for d in found.get("docs", []):
+            if d.get("found"):
+                doc_id, doc = shadow_join(joined[d["_id"]], d["_source"], self.limits)
+                out[doc_id] = doc
+        if out:
+            metrics.LABELS.labels("shadow_joined").inc(len(out))
+        return out
 
     def _predictions(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """The indexed prediction of each id (the latest when several indices hold it)."""

@@ -9,6 +9,10 @@
   ``drift_above`` rules when a drift window closes; on the **events** pipeline the per-feature drift of the
   scored events (:mod:`~streamdl.streams.quality.feature_drift`), with the ``drift_above`` rules of its signals.
 
+A shadow version (:mod:`~streamdl.streams.pipelines.roles`) is reported like any version (its labels, its drift
+from a tracker of its own) but never alerted on: no ``drift_above`` rule sees its drift, and no
+``accuracy_below`` rule a version that served none of the window's labelled images.
+
 A sink, not a job of its own: it sees each batch's documents right after they were indexed, with no
 second consumer of the topics, and the worker's write thread already paces it. Its alerts go through the
 same alert sinks as the pipelines' (the alerts index and topic).
@@ -83,6 +87,8 @@ class QualitySink(Sink):
         self.es = None
         self.join: LabelJoin | None = None
         self.drift = DriftTracker(settings, clock, registry_references(settings, registry))
+        self.shadow_drift = DriftTracker(settings, clock, registry_references(settings, registry))
+        """The shadow's predictions: reported, never alerted on."""
         self.features = FeatureDriftTracker(settings, clock, feature_references(settings, registry))
         self.engine = AlertEngine(self.rules, "images", settings.topic("images"))
         self.event_engine = AlertEngine(self.rules, "events", settings.topic("events"))
@@ -114,6 +120,7 @@ class QualitySink(Sink):
         with self._lock:
             if outputs.stream == "images":
                 self._drift(self.drift.observe(outputs.documents))
+                self._shadow_drift(outputs.shadow)
                 return
             labels = [
                 Label(doc.id, str(doc.body["image_id"]), str(doc.body["label"]), to_epoch(doc.body["processed_time"]))
@@ -144,6 +151,7 @@ class QualitySink(Sink):
                         self.tick(self.clock())
                     elif self.stream == "images":
                         self._drift(self.drift.close_windows(self.clock()))
+                        self._drift(self.shadow_drift.close_windows(self.clock()), alert=False)
             except Exception:  # an outage: the next interval tries again
                 logger.exception(
                     "quality: the periodic work failed; trying again in %ss", self.settings.quality_interval_secs
@@ -180,7 +188,7 @@ class QualitySink(Sink):
         if not self.rules:
             return
         by_version: dict[tuple[str, str], dict[float, dict[str, Any]]] = {}
-        for r in reports:
+        for r in (r for r in reports if r.served):  # a shadow's accuracy is reported, never alerted on
             by_version.setdefault((r.model_name, r.model_version), {})[r.window_secs] = {
                 "accuracy": round(r.accuracy, 6),
                 "labelled": r.labelled,
@@ -193,7 +201,17 @@ class QualitySink(Sink):
         self._alerts(scored, now)
 
     # --- drift: predictions (images pipeline), features (events pipeline) ---------------------------------
-    def _drift(self, reports: Sequence[DriftReport | FeatureDriftReport], stream: str = "images") -> None:
+    def _shadow_drift(self, shadow: list[Any]) -> None:
+        """Drift of the shadow's predictions; only the current shadow version is tracked (one at a time)."""
+        live = {(str(d.body.get("model_name")), str(d.body.get("model_version"))) for d in shadow}
+        for gone in set(self.shadow_drift.versions) - live if live else ():
+            del self.shadow_drift.versions[gone]
+        self._drift(self.shadow_drift.observe(shadow), alert=False)
+
+    def _drift(
+        self, reports: Sequence[DriftReport | FeatureDriftReport], stream: str = "images", alert: bool = True
+    ) -> None:
+        """Index and export closed drift windows; ``alert=False`` (a shadow's): no rule sees them."""
         if not reports:
             return
         now = self.clock()
@@ -201,8 +219,11 @@ class QualitySink(Sink):
         for r in reports:
             for signal, value in r.signals().items():
                 metrics.DRIFT.labels(r.model_name, r.model_version, signal).set(value)
-            docs.append({**r.as_json(), "window_start": iso(r.window_start), "window_end": iso(r.window_end)})
+            role = {} if alert else {"role": "shadow"}
+            docs.append({**r.as_json(), **role, "window_start": iso(r.window_start), "window_end": iso(r.window_end)})
         self._index_reports(docs, now, None)
+        if not alert:
+            return
         scored = [
             Scored(
                 id=f"{r.model_name}:{r.model_version}",

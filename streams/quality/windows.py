@@ -31,6 +31,13 @@ class QualityReport:
     delay_p95_secs: float | None = None
     duplicates: int = 0
     contradictions: int = 0
+    shadow: int = 0
+    """Of ``labelled``, the labels that judged the version's shadow predictions (it did not serve those)."""
+
+    @property
+    def served(self) -> bool:
+        """Whether the version served any of the window's labelled images (a shadow only never did)."""
+        return self.shadow < self.labelled
 
     def as_json(self) -> dict[str, Any]:
         return {"kind": "quality", **asdict(self)}
@@ -52,6 +59,7 @@ def aggregations() -> dict[str, Any]:
             "aggs": {
                 "name": {"terms": {"field": "model_name", "size": 1}},
                 "correct": {"sum": {"field": "correct"}},
+                "shadow": {"filter": {"term": {"role": "shadow"}}},
                 "duplicates": {"sum": {"field": "duplicates"}},
                 "contradictions": {"sum": {"field": "contradictions"}},
                 "delay": {"percentiles": {"field": "delay_secs", "percents": [50, 95]}},
@@ -101,6 +109,7 @@ def reports(response: dict[str, Any], window: str, window_secs: float) -> list[Q
                 delay_p95_secs=delays.get("95.0"),
                 duplicates=int(bucket["duplicates"]["value"]),
                 contradictions=int(bucket["contradictions"]["value"]),
+                shadow=int(bucket.get("shadow", {}).get("doc_count", 0)),
             )
         )
     return out
