@@ -307,7 +307,7 @@ def test_a_shadow_only_version_is_reported_but_never_alerted_on(monkeypatch):
     rules = parse_rules("rules:\n  - name: low\n    severity: critical\n    accuracy_below: 0.8\n", 300)
     sink = QualitySink(load_settings({}, env_file=None), rules=rules)
     published: list = []
-    monkeypatch.setattr(sink, "_publish", lambda new, updated: published.extend(new))
+    monkeypatch.setattr(sink, "_publish", lambda new, updated, stream="images": published.extend(new))
     sink._accuracy_alerts(rows, 1000.0)
     assert [(a.kind, a.model_version) for a in published] == [("accuracy_below", "1")]
 
@@ -327,7 +327,7 @@ def test_shadow_drift_is_reported_without_alerts_and_one_shadow_is_tracked(monke
     )
     indexed, published = [], []
     monkeypatch.setattr(sink, "_index_reports", lambda docs, *_: indexed.extend(docs))
-    monkeypatch.setattr(sink, "_publish", lambda new, updated: published.extend(new))
+    monkeypatch.setattr(sink, "_publish", lambda new, updated, stream="images": published.extend(new))
 
     def docs(version: str, label: str, n: int) -> list[Document]:
         return [Document(f"{version}-{i}", {"model_name": "m", "model_version": version, "label": label, "score": 0.9})
