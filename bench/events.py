@@ -11,9 +11,10 @@ day 3 of the sample on (where anomalies are injected):
 - **plain loop**: the same ``EventPipeline`` driven by a plain confluent-kafka loop
   (:mod:`bench.plain_loop`: consume 256, ``process_batch``, commit; serial), on the same events:
   the yardstick for the Faust agent's own overhead;
-- **intake alone**: the same events read by a Faust agent that only takes and acks them (the workers'
-  own app), and by a confluent-kafka loop that only consumes and commits (:mod:`bench.intake`): the
-  ceiling Faust itself puts on the worker, with the CPU each spends per message;
+- **intake alone**: the same events read by a Faust agent that only takes and acks them (on Faust's
+  stock app and on the workers' own ``StreamApp``), and by a confluent-kafka loop that only consumes
+  and commits (:mod:`bench.intake`): the ceiling Faust itself puts on the worker, with the CPU each
+  spends per message;
 - **Elasticsearch ceiling**: the same documents (computed beforehand), pre-serialized into bulk
   bodies of 256, sent one at a time and two at a time, then a refresh: no other work;
 - **profile**: py-spy samples of the micro-batched worker while it runs (top-N tables);
@@ -580,7 +581,8 @@ def render_yardsticks(
             f"| {run.rate / c.rate:.2f}{' (of the best ceiling)' if c.rate == best else ''} |"
         )
     what = {
-        "faust": "Faust intake alone: agent noack_take(256) + ack, no work",
+        "faust-stock": "Faust intake alone, stock faust.App: agent noack_take(256) + ack, no work",
+        "faust": "Faust intake alone, the workers' StreamApp: the same agent",
         "plain": "confluent-kafka intake alone: consume(256) + commit",
     }
     for intake in intakes:

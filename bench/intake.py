@@ -1,12 +1,13 @@
 """Intake alone: how fast Faust hands messages to an agent, against a plain confluent-kafka loop, with no work.
 
-``python -m bench.intake faust|plain TOPIC COUNT`` reads ``COUNT`` messages of ``TOPIC`` (a fresh consumer
+``python -m bench.intake faust|faust-stock|plain TOPIC COUNT`` reads ``COUNT`` messages of ``TOPIC`` (a fresh consumer
 group, from the earliest offset) and prints one JSON line: messages/s and CPU µs per message (all threads of
 the process), timed from the first message to the last.
 
 - ``faust``: the workers' own :class:`~streamdl.streams.agents.faust_adapter.StreamApp` with an agent that
   does what the micro-batch agent does with each message and nothing else: ``noack_take(256)``, ack each
   event; Faust commits the acked offsets.
+- ``faust-stock``: the same agent on Faust's own ``faust.App`` (what the StreamApp's changes save).
 - ``plain``: ``consume(256)`` and a synchronous commit per batch.
 
 :func:`intake_rates` runs both in child processes on one topic; ``bench.events`` prints them beside the
@@ -63,11 +64,14 @@ def read_plain(bootstrap: str, topic: str, count: int) -> None:
     consumer.close()
 
 
-def read_faust(bootstrap: str, topic: str, count: int) -> None:
+def read_faust(bootstrap: str, topic: str, count: int, stock: bool = False) -> None:
+    import faust
+
     from streamdl.streams.agents.app import raw_topic
     from streamdl.streams.agents.faust_adapter import StreamApp
 
-    app = StreamApp(
+    mode = "faust-stock" if stock else "faust"
+    app = (faust.App if stock else StreamApp)(
         f"intake-{uuid.uuid4().hex[:12]}",
         broker=f"kafka://{bootstrap}",
         web_enabled=False,
@@ -90,7 +94,7 @@ def read_faust(bootstrap: str, topic: str, count: int) -> None:
                 await stream.ack(event)
             state["seen"] += len(events)
             if state["seen"] >= count:
-                _report("faust", state["seen"], state["t0"], state["c0"])
+                _report(mode, state["seen"], state["t0"], state["c0"])
                 os._exit(0)  # the number is out; no need to wait for Faust's orderly stop
 
     sys.argv = [sys.argv[0], "worker", "--loglevel", "warn"]
@@ -98,9 +102,9 @@ def read_faust(bootstrap: str, topic: str, count: int) -> None:
 
 
 def intake_rates(bootstrap: str, topic: str, count: int, timeout: float = 300.0) -> list[IntakeRun]:
-    """Both intakes, one after the other, each in its own process, on ``count`` messages of ``topic``."""
+    """The three intakes, one after the other, each in its own process, on ``count`` messages of ``topic``."""
     runs = []
-    for mode in ("faust", "plain"):
+    for mode in ("faust-stock", "faust", "plain"):
         out = subprocess.run(
             [sys.executable, "-m", "bench.intake", mode, topic, str(count), bootstrap],
             capture_output=True,
@@ -119,4 +123,7 @@ def intake_rates(bootstrap: str, topic: str, count: int, timeout: float = 300.0)
 if __name__ == "__main__":
     mode, topic, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     bootstrap = sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1:9092"
-    {"faust": read_faust, "plain": read_plain}[mode](bootstrap, topic, count)
+    if mode == "plain":
+        read_plain(bootstrap, topic, count)
+    else:
+        read_faust(bootstrap, topic, count, stock=mode == "faust-stock")
