@@ -139,6 +139,13 @@ class Settings(BaseSettings):
         "accepted (streams/agents/memory.py); unset: counts only (16 MiB fetch per partition, "
         "max(4 x batch, 256) buffered). Env STREAMDL_MAX_INFLIGHT_BYTES.",
     )
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="at_least_once: predictions, alerts and dead letters go out before the offsets are committed "
+        "(a crash re-delivers; consumers dedupe by id + model version). exactly_once: they are sent through "
+        "Faust's transactional producers, committed with the offsets (docs/operations.md: the study, and why it "
+        "is not the default). Env STREAMDL_PROCESSING_GUARANTEE.",
+    )
     drain_secs: float = Field(
         10.0,
         gt=0,

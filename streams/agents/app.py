@@ -40,6 +40,7 @@ def create_app(settings: Settings, limits: InflightLimits | None = None) -> faus
         consumer_max_fetch_size=limits.fetch_bytes,
         producer_max_request_size=16 * 1024 * 1024,
         stream_buffer_maxsize=limits.buffer_messages,
+        processing_guarantee=settings.processing_guarantee,
     )
 
 

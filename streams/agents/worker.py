@@ -113,6 +113,12 @@ def run_worker(settings: Settings) -> int:
         limits.batch_size,
     )
     app = create_app(settings, limits)
+    if settings.processing_guarantee == "exactly_once":  # the study of docs/operations.md; not the default
+        from streamdl.streams.agents.transactional import FaustTransactionalOutputs
+
+        for pipeline in pipelines.values():
+            pipeline.replace_kafka_outputs(FaustTransactionalOutputs(app, settings))
+        logger.warning("processing_guarantee=exactly_once: outputs go through Faust's transactional producers")
     for name, pipeline in pipelines.items():
         register_batch_agent(
             app,

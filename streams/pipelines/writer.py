@@ -225,6 +225,15 @@ class MicroBatchPipeline(Stage):
             self.stream, documents, sinks, engine, self.processed, publish=self.publish, alerts=alerts
         )
 
+    def replace_kafka_outputs(self, sink: Sink) -> None:
+        """Send the Kafka outputs through ``sink`` instead of the built-in producer (``exactly_once``)."""
+        assert self.writer is not None, "setup() was not called"
+        replaced = [s for s in self.writer.sinks if isinstance(s, KafkaOutputs)]
+        self.writer.sinks = [sink if isinstance(s, KafkaOutputs) else s for s in self.writer.sinks]
+        sink.setup()
+        for old in replaced:
+            old.close()
+
     def write(self, computed: Computed) -> BatchReport:
         """I/O only (:class:`BatchWriter`); returns once all is acknowledged."""
         assert self.writer is not None, "setup() was not called"
