@@ -1,13 +1,20 @@
-"""``STREAMDL_PROCESSING_GUARANTEE=exactly_once``: the Kafka outputs sent through Faust's transactional producers.
+"""``STREAMDL_PROCESSING_GUARANTEE=exactly_once``: each batch's Kafka outputs in the Kafka transaction that
+commits its offsets.
 
-With ``processing_guarantee="exactly_once"`` Faust (faust-streaming 0.15.3, ``faust/transport/consumer.py``
-``TransactionManager``) keeps one aiokafka transactional producer per assigned partition (transactional id
-``{group}-{topic group}-{partition}``); ``Topic.send`` goes to the producer of that id, and each commit sends
-the acked offsets with ``send_offsets_to_transaction`` and commits the transaction. This sink puts the
-predictions, alerts and dead letters of a batch on that path: the write thread hands them to the event loop
-and waits until the broker acknowledged them, so a batch is still acked only after Elasticsearch and Kafka
-acknowledged it; Faust's next commit then makes them visible to ``read_committed`` consumers together with
-the offsets. What it measured, and why it is not the default: ``docs/operations.md`` (the exactly-once study).
+Faust's own path does not do it. With ``processing_guarantee="exactly_once"`` Faust (faust-streaming 0.15.3,
+``TransactionManager`` in ``faust/transport/consumer.py``) keeps one aiokafka transactional producer per
+assigned input partition (transactional id ``{app id}-{topic group}-{partition}``) and commits the acked
+offsets with ``send_offsets_to_transaction``; but ``Topic.send`` picks the transactional id from the
+*output* topic's partition as the consumer's metadata knows it, and the consumer knows no output topic:
+the id is ``None`` and the message goes through the plain producer, outside any transaction (faust-streaming
+#177; measured in ``docs/operations.md``).
+
+This sink sends each prediction and dead letter through the transactional producer of the input partition
+its message came from (an alert through that of the batch's first message), from the event loop, and waits
+until the broker acknowledged them. The agent then acks the batch and commits at once
+(``register_batch_agent(commit_each_batch=True)``), with Faust's periodic commits off (``create_app``), so a
+transaction holds exactly one batch's outputs and offsets. Outputs with no source message (a
+``sink_blocked`` alert, a refused model version) go through the plain producer.
 """
 
 from __future__ import annotations
@@ -15,10 +22,10 @@ from __future__ import annotations
 import asyncio
 
 import faust
+from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 
-from streamdl.records import to_json
+from streamdl.records import Headers, InMessage, to_json
 from streamdl.settings import Settings
-from streamdl.streams.agents.app import raw_topic
 from streamdl.streams.pipelines.sinks import Outputs, Sink
 
 
@@ -27,26 +34,40 @@ def _key(key: bytes | str | None) -> bytes | None:
 
 
 class FaustTransactionalOutputs(Sink):
-    """Alerts, dead letters and predictions through Faust's producer (its transactions with ``exactly_once``);
-    returns once the broker acknowledged them all, raises when one was not delivered."""
+    """Alerts, dead letters and predictions in the transactions of their input partitions; returns once the
+    broker acknowledged them all, raises when one was not delivered."""
 
     def __init__(self, app: faust.App, settings: Settings, timeout: float = 300.0) -> None:
         """``timeout``: the longest wait for the acknowledgements (as ``delivery.timeout.ms`` of the other sink)."""
         self.app, self.timeout = app, timeout
-        self.topics = {name: raw_topic(app, settings.topic(name)) for name in ("predictions", "dlq", "alerts")}
+        self.topics = {name: settings.topic(name) for name in ("predictions", "dlq", "alerts")}
 
     def write(self, outputs: Outputs) -> None:
         """Called on the write thread while the event loop runs the agent."""
         future = asyncio.run_coroutine_threadsafe(self._send(outputs), self.app.loop)
         future.result(self.timeout)
 
+    def transactional_id(self, message: InMessage | None) -> str | None:
+        """The id of the transaction Faust commits ``message``'s offset in (as ``TransactionManager`` names it)."""
+        if message is None:
+            return None
+        group = TopicPartitionGroup(message.topic, message.partition, self.app.assignor.group_for_topic(message.topic))
+        return TransactionManager.transactional_id_format.format(group_id=self.app.conf.id, tpg=group)
+
     async def _send(self, outputs: Outputs) -> None:
-        sent = []
-        for alert in outputs.alerts:
-            sent.append(await self.topics["alerts"].send(key=_key(alert.subject_id), value=to_json(alert.as_json())))
+        sources = [*outputs.sources.values(), *(d.message for d in outputs.dead_letters)]
+        first = sources[0] if sources else None
+        messages: list[tuple[str, bytes | str | None, bytes | None, Headers | None, InMessage | None]] = [
+            (self.topics["alerts"], a.subject_id, to_json(a.as_json()), None, first) for a in outputs.alerts
+        ]
         for dead in outputs.dead_letters:
             key, value, headers = dead.to_kafka()
-            sent.append(await self.topics["dlq"].send(key=_key(key), value=value, headers=headers))
+            messages.append((self.topics["dlq"], key, value, headers, dead.message))
         for doc_id, value in outputs.predictions.items():
-            sent.append(await self.topics["predictions"].send(key=_key(doc_id), value=value))
+            messages.append((self.topics["predictions"], doc_id, value, None, outputs.sources.get(doc_id)))
+        producer = self.app.producer
+        sent = [
+            await producer.send(topic, _key(key), value, None, None, headers, transactional_id=self.transactional_id(s))
+            for topic, key, value, headers, s in messages
+        ]
         await asyncio.gather(*sent)  # each raises when its message was not delivered

@@ -24,7 +24,7 @@ from elasticsearch import Elasticsearch
 from streamdl.connectors.es_bulk import Rejected, bulk_index
 from streamdl.connectors.kafka_producer import Deliveries
 from streamdl.errors import ServiceUnavailable, SettingsError
-from streamdl.records import DeadLetter, Document, to_json
+from streamdl.records import DeadLetter, Document, InMessage, to_json
 from streamdl.settings import Settings
 from streamdl.streams.pipelines.alerts import Alert
 
@@ -46,6 +46,8 @@ class Outputs:
     updated_alerts: list[Alert] = field(default_factory=list)
     """Alerts raised earlier or by another worker whose suppressed count changed (not published again)."""
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    sources: dict[str, InMessage] = field(default_factory=dict)
+    """The input message of each document id (where a prediction came from)."""
 
 
 class Sink(ABC):

@@ -97,6 +97,7 @@ class BatchWriter:
                 alerts=alerts.new,
                 updated_alerts=alerts.updated,
                 dead_letters=computed.dead,
+                sources=computed.messages,
             )
             for sink in self.sinks:
                 sink.write(outputs)

@@ -72,6 +72,7 @@ def test_sigkill_three_times_read_committed(fault_run, fault_results, mode):
         producer.start()
         kills: list[float] = []
         bases: list[int | None] = []
+        outputs_at: list[int | None] = []
         rest = COUNT - BACKLOG
         for point in sorted(BACKLOG + int(rng.uniform(0.1, 0.85) * rest) for _ in range(3)):
             monitor.wait_committed(max(point, monitor.committed() + 1), timeout=180, alive=run.alive)
@@ -80,7 +81,9 @@ def test_sigkill_three_times_read_committed(fault_run, fault_results, mode):
             kills.append(monitor.now())
             worker.proc.send_signal(signal.SIGKILL)
             worker.proc.wait(10)
-            bases.append(monitor.sample().committed)
+            stopped = monitor.sample()  # what the dead worker left
+            bases.append(stopped.committed)
+            outputs_at.append(stopped.outputs)
             run.restart(worker)
         producer.finish()
         acc = account(run.settings, plan, monitor, alive=run.alive)
@@ -95,7 +98,7 @@ def test_sigkill_three_times_read_committed(fault_run, fault_results, mode):
         f"eos-{mode}",
         f"worker SIGKILLed 3x, STREAMDL_PROCESSING_GUARANTEE={mode}",
         acc,
-        seconds(monitor.resumed_after(t) for t in kills),
+        seconds(monitor.resumed_after(t, base) for t, base in zip(kills, outputs_at)),
         f"read_committed: {len(committed):,} predictions, {dups} duplicated (id + model version), "
         f"{acc.redeliveries} re-deliveries with dead letters; read_uncommitted: {len(everything):,} predictions, "
         f"{uncommitted_redeliveries} re-deliveries; fault-free backlog of {BACKLOG:,}: {throughput:.0f} images/s; "
