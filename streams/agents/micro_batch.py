@@ -30,6 +30,7 @@ from streamdl.records import InMessage
 from streamdl.retry import Backoff
 from streamdl.streams.agents.app import raw_topic
 from streamdl.streams.agents.faust_adapter import to_message, unacked_messages
+from streamdl.streams.pipelines import metrics
 from streamdl.streams.pipelines.stage import Computed, Stage
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,9 @@ def register_batch_agent(
             for event in events:
                 await stream.ack(event)
             if commit_each_batch:
+                t = time.perf_counter()
                 await app.consumer.commit()
+                metrics.STAGE_SECONDS.labels(name, "commit").observe(time.perf_counter() - t)
 
         async def process() -> None:
             """Compute and write the taken batches in order; one batch computing while the previous one writes."""
