@@ -20,13 +20,17 @@ transaction holds exactly one batch's outputs and offsets. Outputs with no sourc
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import faust
 from faust.transport.consumer import TopicPartitionGroup, TransactionManager
+from faust.types import TP
 
 from streamdl.records import Headers, InMessage, to_json
 from streamdl.settings import Settings
 from streamdl.streams.pipelines.sinks import Outputs, Sink
+
+logger = logging.getLogger(__name__)
 
 
 def _key(key: bytes | str | None) -> bytes | None:
@@ -65,9 +69,39 @@ class FaustTransactionalOutputs(Sink):
             messages.append((self.topics["dlq"], key, value, headers, dead.message))
         for doc_id, value in outputs.predictions.items():
             messages.append((self.topics["predictions"], doc_id, value, None, outputs.sources.get(doc_id)))
+        assigned = self.app.consumer.assignment()
+        kept = [m for m in messages if m[4] is None or TP(m[4].topic, m[4].partition) in assigned]
+        if len(kept) < len(messages):  # their partition's new owner writes them in its own transaction
+            logger.info(
+                "%d outputs of partitions revoked since their batch was taken: left to the new owner",
+                len(messages) - len(kept),
+            )
         producer = self.app.producer
-        sent = [
-            await producer.send(topic, _key(key), value, None, None, headers, transactional_id=self.transactional_id(s))
-            for topic, key, value, headers, s in messages
-        ]
-        await asyncio.gather(*sent)  # each raises when its message was not delivered
+        tids: dict[str, TP] = {}
+        try:
+            sent = []
+            for topic, key, value, headers, source in kept:
+                tid = self.transactional_id(source)
+                if source is not None and tid is not None:
+                    tids[tid] = TP(source.topic, source.partition)
+                sent.append(await producer.send(topic, _key(key), value, None, None, headers, transactional_id=tid))
+            await asyncio.gather(*sent)  # each raises when its message was not delivered
+        except Exception:
+            await self._renew(tids)
+            raise
+
+    async def _renew(self, tids: dict[str, TP]) -> None:
+        """New transactional producers for ``tids`` (id: its partition) after a failed send; the batch is then
+        written again.
+
+        Faust 0.15.3 keeps the producer of a partition through a rebalance that gives the partition to
+        another worker (whose producer fences it) and back; when it is assigned again, Faust's
+        ``begin_transaction`` fails on the fenced producer, logs a warning and keeps it, and every send
+        through it fails (``ProducerFenced``, then ``IllegalOperation``): measured in ``docs/operations.md``.
+        Only partitions still assigned get a new producer (one for another worker's partition would fence
+        that worker)."""
+        assigned = self.app.consumer.assignment()
+        for tid in sorted(tid for tid, tp in tids.items() if tp in assigned):
+            logger.warning("renewing the transactional producer %s after a failed send", tid)
+            await self.app.producer.stop_transaction(tid)
+            await self.app.producer.maybe_begin_transaction(tid)

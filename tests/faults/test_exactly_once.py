@@ -31,6 +31,7 @@ from tests.faults.harness import (
     row,
     seconds,
 )
+from tests.faults.test_worker_faults import processed
 
 pytestmark = pytest.mark.faults
 
@@ -142,3 +143,40 @@ def test_sigkill_three_times_read_committed(fault_run, fault_results, mode):
         assert dups == 0 and acc.redeliveries == 0, f"read_committed saw {dups} duplicated predictions"
         # the kills cut open transactions: their outputs were aborted (only a read_uncommitted reader sees them)
         assert in_transaction > 0 and uncommitted_redeliveries > 0, (in_transaction, uncommitted_redeliveries)
+
+
+def test_a_second_worker_joins_and_leaves_exactly_once(fault_run, fault_results):
+    """A rebalance each way under ``exactly_once``: the partitions' transactional producers change hands (and come
+    back fenced: ``FaustTransactionalOutputs`` renews them); the worker stays up and nothing is lost. The duplicates
+    a ``read_committed`` consumer sees are measured."""
+    from tests.faults.test_worker_faults import COUNT as IMAGES
+    from tests.faults.test_worker_faults import RATE as IMAGES_RATE
+
+    run = fault_run
+    first = run.worker("worker-1", processing_guarantee="exactly_once")
+    with run.streaming("eos-rebalance", IMAGES, IMAGES_RATE) as (plan, monitor, producer):
+        monitor.wait_outputs(1_200, timeout=180, alive=run.alive)
+        second = run.worker("worker-2", processing_guarantee="exactly_once")
+        monitor.wait_outputs(monitor.outputs() + 1_500, timeout=180, alive=lambda: run.alive(first, second))
+        by_second = processed(second)
+        code = second.stop(timeout=60)
+        producer.finish()
+        acc = account(run.settings, plan, monitor, alive=lambda: run.alive(first))
+    committed = read_all(run.settings, run.settings.topic("predictions"))
+    everything = read_all(run.settings, run.settings.topic("predictions"), isolation="read_uncommitted")
+    dups = duplicates(committed)
+    r = row(
+        "eos-rebalance",
+        "exactly_once: 2nd worker joins, then leaves (SIGTERM)",
+        acc,
+        "-",
+        f"worker-2 processed {by_second:,.0f} while in the group, left with exit {code}; read_committed: "
+        f"{len(committed):,} predictions, {dups} duplicated; read_uncommitted: {len(everything):,} predictions, "
+        f"{redelivered(everything)} re-deliveries",
+    )
+    report(fault_results, r)
+    assert by_second > 0, "the second worker got no partition"
+    assert code == 0
+    assert_accounted(acc, plan)
+    # Not asserted: 0 duplicates. A run saw 3 of 5,388 (docs/operations.md, the exactly-once study): across a
+    # rebalance the setting is at-least-once, and consumers keep the idempotency rule.
