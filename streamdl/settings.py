@@ -141,6 +141,14 @@ class Settings(BaseSettings):
         "accepted (streams/agents/memory.py); unset: counts only (16 MiB fetch per partition, "
         "max(4 x batch, 256) buffered). Env STREAMDL_MAX_INFLIGHT_BYTES.",
     )
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="at_least_once: predictions, alerts and dead letters go out before the offsets are committed "
+        "(a crash re-delivers; consumers dedupe by id + model version). exactly_once: they go into the Kafka "
+        "transaction that commits their input's offset, so a read_committed consumer gets no duplicate after a "
+        "crash (a rebalance can still duplicate; ~31 ms per batch): docs/operations.md, the exactly-once study. "
+        "Env STREAMDL_PROCESSING_GUARANTEE.",
+    )
     drain_secs: float = Field(
         10.0,
         gt=0,

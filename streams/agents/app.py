@@ -29,7 +29,10 @@ def create_app(settings: Settings, limits: InflightLimits | None = None) -> faus
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0,
+        # exactly_once: each batch commits its own transaction right after its acks (streams/agents/transactional.py);
+        # a periodic commit could take in the outputs of the batch being written without its offsets.
+        broker_commit_interval=1.0 if settings.processing_guarantee == "at_least_once" else 86_400.0,
+        broker_commit_every=10_000 if settings.processing_guarantee == "at_least_once" else 2**62,
         # A worker that dies without leaving the group (SIGKILL, OOM) holds its partitions until its session
         # expires: Faust's default 60 s stalled them for a minute in the fault suite. Heartbeats come from the
         # event loop, which inference never blocks (it runs in an executor), so 10 s is safe.
@@ -42,6 +45,7 @@ def create_app(settings: Settings, limits: InflightLimits | None = None) -> faus
         consumer_max_fetch_size=limits.fetch_bytes,
         producer_max_request_size=16 * 1024 * 1024,
         stream_buffer_maxsize=limits.buffer_messages,
+        processing_guarantee=settings.processing_guarantee,
     )
 
 

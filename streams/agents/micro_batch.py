@@ -30,6 +30,7 @@ from streamdl.records import InMessage
 from streamdl.retry import Backoff
 from streamdl.streams.agents.app import raw_topic
 from streamdl.streams.agents.faust_adapter import to_message, unacked_messages
+from streamdl.streams.pipelines import metrics
 from streamdl.streams.pipelines.stage import Computed, Stage
 
 logger = logging.getLogger(__name__)
@@ -88,9 +89,10 @@ async def with_retries(
     os._exit(EXIT_BATCH_FAILED)
 
 
-async def drain(app: faust.App, why: str, limit: float = DRAIN_SECS) -> bool:
+async def drain(app: faust.App, why: str, limit: float = DRAIN_SECS, commit: bool = True) -> bool:
     """Wait (at most ``limit`` seconds) until every message handed to the agents was written and acked,
-    then commit; ``False`` when time ran out (the rest stays uncommitted: redelivered).
+    then commit (``commit=False``: the batches commit themselves, ``exactly_once``); ``False`` when time ran
+    out (the rest stays uncommitted: redelivered).
 
     What Faust's ``Consumer.wait_empty`` does, with a bound: that one cannot be cancelled (it swallows
     the cancellation), so this loop reads the same set of unacked messages itself.
@@ -100,7 +102,8 @@ async def drain(app: faust.App, why: str, limit: float = DRAIN_SECS) -> bool:
     gc.collect()  # messages cleared from the stream buffers (flow control) leave the weak set
     while True:
         pending = unacked_messages(consumer)
-        await consumer.commit()
+        if commit:
+            await consumer.commit()
         if not pending:
             return True
         if time.monotonic() > deadline:
@@ -125,10 +128,12 @@ def register_batch_agent(
     max_batch_duration_secs: float,
     drain_secs: float = DRAIN_SECS,
     batches_ahead: int = 1,
+    commit_each_batch: bool = False,
 ) -> None:
     """Attach an agent called ``name`` that feeds ``topic_name`` to ``pipeline`` (set up already); a rebalance
     or shutdown waits at most ``drain_secs`` for the batches in hand; at most ``batches_ahead`` batches are
-    taken ahead of the one computing."""
+    taken ahead of the one computing. ``commit_each_batch`` (``exactly_once``): each written batch is committed
+    before the next one is written, so its Kafka transaction holds its outputs and its offsets, nothing more."""
     compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-compute")
     write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-write")
     stopping = threading.Event()
@@ -150,6 +155,10 @@ def register_batch_agent(
                 return  # not acked: redelivered
             for event in events:
                 await stream.ack(event)
+            if commit_each_batch:
+                t = time.perf_counter()
+                await app.consumer.commit()
+                metrics.STAGE_SECONDS.labels(name, "commit").observe(time.perf_counter() - t)
 
         async def process() -> None:
             """Compute and write the taken batches in order; one batch computing while the previous one writes."""
@@ -189,11 +198,13 @@ def register_batch_agent(
 
     @app.on_partitions_revoked.connect
     async def _revoked(app: faust.App, revoked, **kwargs) -> None:
-        await drain(app, "rebalance", drain_secs)  # the next owner of the partitions starts after what was written
+        # the next owner of the partitions starts after what was written
+        await drain(app, "rebalance", drain_secs, commit=not commit_each_batch)
 
     @app.on_before_shutdown.connect
     async def _stop(app: faust.App, **kwargs) -> None:
-        await drain(app, "shutdown", drain_secs)  # finish the batches in hand (bounded), then give up what is left
+        # finish the batches in hand (bounded), then give up what is left
+        await drain(app, "shutdown", drain_secs, commit=not commit_each_batch)
         stopping.set()
         pipeline.stop()
         compute_thread.shutdown(wait=True)

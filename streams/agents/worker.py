@@ -113,6 +113,12 @@ def run_worker(settings: Settings) -> int:
         limits.batch_size,
     )
     app = create_app(settings, limits)
+    if settings.processing_guarantee == "exactly_once":  # the study of docs/operations.md; not the default
+        from streamdl.streams.agents.transactional import FaustTransactionalOutputs
+
+        for pipeline in pipelines.values():
+            pipeline.replace_kafka_outputs(FaustTransactionalOutputs(app, settings))
+        logger.warning("processing_guarantee=exactly_once: outputs in the transactions of their input partitions")
     for name, pipeline in pipelines.items():
         register_batch_agent(
             app,
@@ -123,6 +129,7 @@ def run_worker(settings: Settings) -> int:
             max_batch_duration_secs=settings.linger(name),
             batches_ahead=settings.agent_batches_ahead,
             drain_secs=settings.drain_secs,
+            commit_each_batch=settings.processing_guarantee == "exactly_once",
         )
     followers = (
         [ModelFollower(settings, pipelines["images"]).start()] if settings.hot_swap and "images" in pipelines else []

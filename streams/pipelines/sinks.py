@@ -24,7 +24,7 @@ from elasticsearch import Elasticsearch
 from streamdl.connectors.es_bulk import Rejected, bulk_index
 from streamdl.connectors.kafka_producer import Deliveries
 from streamdl.errors import ServiceUnavailable, SettingsError
-from streamdl.records import DeadLetter, Document, to_json
+from streamdl.records import DeadLetter, Document, InMessage, to_json
 from streamdl.settings import Settings
 from streamdl.streams.pipelines.alerts import Alert
 
@@ -50,6 +50,8 @@ class Outputs:
     """The shadow version's predictions as indexed (no alert is ever raised on them)."""
     shadow_predictions: dict[str, bytes] = field(default_factory=dict)
     """JSON shadow prediction by image id, for the ``predictions-shadow`` topic."""
+    sources: dict[str, InMessage] = field(default_factory=dict)
+    """The input message of each document id (where a prediction came from)."""
 
 
 class Sink(ABC):

@@ -100,6 +100,7 @@ class BatchWriter:
                 dead_letters=computed.dead,
                 shadow=computed.shadow,
                 shadow_predictions=computed.shadow_predictions,
+                sources=computed.messages,
             )
             for sink in self.sinks:
                 sink.write(outputs)
@@ -227,6 +228,15 @@ class MicroBatchPipeline(Stage):
         self.writer = BatchWriter(
             self.stream, documents, sinks, engine, self.processed, publish=self.publish, alerts=alerts
         )
+
+    def replace_kafka_outputs(self, sink: Sink) -> None:
+        """Send the Kafka outputs through ``sink`` instead of the built-in producer (``exactly_once``)."""
+        assert self.writer is not None, "setup() was not called"
+        replaced = [s for s in self.writer.sinks if isinstance(s, KafkaOutputs)]
+        self.writer.sinks = [sink if isinstance(s, KafkaOutputs) else s for s in self.writer.sinks]
+        sink.setup()
+        for old in replaced:
+            old.close()
 
     def write(self, computed: Computed) -> BatchReport:
         """I/O only (:class:`BatchWriter`); returns once all is acknowledged."""

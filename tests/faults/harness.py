@@ -404,15 +404,18 @@ class SlowProxy:
 
 
 # --- accounting -------------------------------------------------------------------------------
-def read_all(settings: Settings, topic: str, timeout: float = 120.0) -> list:
-    """Every message of ``topic`` up to its current end."""
-    from confluent_kafka import Consumer, TopicPartition
+def read_all(settings: Settings, topic: str, timeout: float = 120.0, isolation: str = "read_committed") -> list:
+    """Every message of ``topic`` up to its current end, as a consumer with ``isolation.level=isolation`` sees
+    it (librdkafka's default, ``read_committed``, skips aborted transactions; ``read_uncommitted`` reads them)."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap_servers,
             "group.id": f"reader-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": isolation,
             "log_level": 0,
         }
     )
@@ -421,15 +424,22 @@ def read_all(settings: Settings, topic: str, timeout: float = 120.0) -> list:
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1] for p in parts}
         consumer.assign([TopicPartition(topic, p, 0) for p in parts])
         got: list = []
-        position = {p: 0 for p in parts}
+        # Done at the end of each partition: offsets of transaction markers and aborted messages carry no message,
+        # so the end is where the consumer says it reached the end (at or past the high watermark read first).
+        done = {p for p in parts if ends[p] == 0}
         deadline = time.monotonic() + timeout
-        while any(position[p] < ends[p] for p in parts):
-            assert time.monotonic() < deadline, f"reading {topic}: {position} of {ends} after {timeout:.0f}s"
+        while len(done) < len(parts):
+            assert time.monotonic() < deadline, (
+                f"reading {topic}: at the end of {sorted(done)} of {ends} after {timeout:.0f}s"
+            )
             msg = consumer.poll(0.5)
-            if msg is None or msg.error():
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF and msg.offset() >= ends[msg.partition()]:
+                    done.add(msg.partition())
                 continue
             got.append(msg)
-            position[msg.partition()] = msg.offset() + 1
         return got
     finally:
         consumer.close()
