@@ -442,6 +442,14 @@ class Settings(BaseSettings):
         description="Embeddings kept per window and in the reference for the MMD embedding drift (reservoir "
         "sample). Env STREAMDL_DRIFT_RESERVOIR_SIZE.",
     )
+    drift_max_versions: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Model versions whose drift a worker tracks at once (per tracker); a new version beyond it "
+        "makes the worker forget the one seen least recently (its next prediction starts it again). "
+        "Env STREAMDL_DRIFT_MAX_VERSIONS.",
+    )
     drift_max_features: int = Field(
         32,
         ge=1,

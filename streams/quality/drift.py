@@ -18,9 +18,10 @@ window on two reservoirs (``drift_reservoir_size`` rows each).
 
 from __future__ import annotations
 
+import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ import numpy as np
 from streamdl.records import Document
 from streamdl.settings import Settings
 from streamdl.streams.quality.stats import confidence_bin, jensen_shannon, median_distance, mmd, psi
+
+logger = logging.getLogger(__name__)
 
 CONFIDENCE_BINS = 10
 REGISTRY, FIRST_PREDICTIONS = "registry", "first_predictions"
@@ -164,7 +167,24 @@ class VersionWindows:
         self.min_predictions = settings.drift_min_predictions
         self.clock = clock
         self.references = references
+        self.max_versions = settings.drift_max_versions
         self.versions: dict[tuple[str, str], Any] = {}
+        """The state of each version, least recently seen first."""
+
+    def _admit(self, key: tuple[str, str], state: Any) -> Any:
+        """Track ``key``; beyond ``drift_max_versions`` the version seen least recently is forgotten."""
+        while len(self.versions) >= self.max_versions:
+            gone = next(iter(self.versions))
+            del self.versions[gone]
+            logger.info("drift of %s:%s no longer tracked (drift_max_versions %d)", *gone, self.max_versions)
+        self.versions[key] = state
+        return state
+
+    def _seen(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Mark ``keys`` as the versions seen most recently."""
+        for key in keys:
+            if key in self.versions:
+                self.versions[key] = self.versions.pop(key)
 
     def close_windows(self, now: float) -> list[Any]:
         """Close every window that ended by ``now``: the reports of those judged."""
@@ -206,9 +226,11 @@ class DriftTracker(VersionWindows):
         """Add a batch of image documents; returns the reports of windows that closed."""
         now = self.clock()
         closed = self.close_windows(now)
+        seen: set[tuple[str, str]] = set()
         for doc in documents:
             body = doc.body
             key = (str(body.get("model_name")), str(body.get("model_version")))
+            seen.add(key)
             state = self.versions.get(key) or self._new_version(key, now)
             if not state.ready:
                 state.reference.add(body.get("label"), body.get("score"), body.get("embedding"))
@@ -216,12 +238,13 @@ class DriftTracker(VersionWindows):
                     state.complete()
             else:
                 state.window.add(body.get("label"), body.get("score"), body.get("embedding"))
+        self._seen(seen)
         return closed
 
     def _new_version(self, key: tuple[str, str], now: float) -> _Version:
         saved = self._saved(key)
-        state = self.versions[key] = _Version(
-            saved or Sample(self.reservoir, seed=1), Sample(self.reservoir, seed=2), self._start(now)
+        state = self._admit(
+            key, _Version(saved or Sample(self.reservoir, seed=1), Sample(self.reservoir, seed=2), self._start(now))
         )
         if saved is not None:
             state.source = REGISTRY

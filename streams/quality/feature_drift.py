@@ -250,11 +250,12 @@ class FeatureDriftTracker(VersionWindows):
                     state.counts, state.first = FeatureCounts(reference), []
             if state.counts is not None:
                 state.counts.add(rows)
+        self._seen(by_version)
         return closed
 
     def _new_version(self, key: tuple[str, str], now: float) -> _Version:
         saved = self._saved(key)
-        state = self.versions[key] = _Version(self._start(now))
+        state = self._admit(key, _Version(self._start(now)))
         if saved is not None:
             state.counts, state.source = FeatureCounts(saved), REGISTRY
         return state

@@ -195,6 +195,23 @@ def test_drift_windows_against_the_reference():
     assert tracker.close_windows(clock.now) == []  # too few predictions to judge
 
 
+def test_the_drift_of_at_most_drift_max_versions_versions_is_tracked():
+    """A new version beyond the bound forgets the one seen least recently, not the one serving."""
+    rng = np.random.default_rng(3)
+    tracker = DriftTracker(settings(drift_max_versions=2, drift_reference_size=20), Clock())
+
+    def batch(version: str) -> list[Document]:
+        docs = images(rng, 10, ["0", "1"])
+        return [Document(d.id, {**d.body, "model_version": version}) for d in docs]
+
+    tracker.observe(batch("1"))
+    tracker.observe(batch("2"))
+    tracker.observe(batch("1"))  # the champion again: now the most recent
+    tracker.observe(batch("3"))  # a third version: 2 goes
+    assert list(tracker.versions) == [("m", "1"), ("m", "3")]
+    assert tracker.versions[("m", "1")].reference.n == 20  # kept its state: two batches of its reference
+
+
 def test_a_saved_reference_is_used_from_the_first_prediction(tmp_path):
     """A version whose reference was saved in the registry is judged from its first window; one without falls
     back to its first predictions; the saved reference round-trips through JSON and the registry (MLflow,
