@@ -28,20 +28,20 @@ def run_demo(settings: Settings, say: Callable[[str], None] = print, timeout: fl
         update={"mlflow_tracking_uri": f"sqlite:///{demo_registry}", "quality_interval_secs": 2.0, "rollback": True}
     )
     stack = LocalStack(settings, say=say)
-    say("== 1/6 local stack")
+    say("== 1/7 local stack")
     for name, what in stack.up().items():
         say(f"   {name}: {what}")
-    say("== 2/6 topics and indices")
+    say("== 2/7 topics and indices")
     for kind, name, what in init_all(settings):
         say(f"   {kind:<6} {name:<40} {what}")
     say(
-        "== 3/6 worker "
+        "== 3/7 worker "
         "(the default image and event models are trained on first use, about 30 s on 2 cores, then cached)"
     )
     worker = WorkerProcess(settings, settings.state_dir.resolve() / "logs" / "demo-worker.log").start(timeout=timeout)
     say(f"   worker pid {worker.proc.pid}, metrics http://127.0.0.1:{settings.metrics_port}/metrics, log {worker.log}")
     try:
-        say("== 4/6 the digits sample through the pipeline")
+        say("== 4/7 the digits sample through the pipeline")
         started = time.time()
         report = publish(settings, iter_digits(), total=1797, progress=True)
         say(f"   {report.summary()}")
@@ -50,15 +50,18 @@ def run_demo(settings: Settings, say: Callable[[str], None] = print, timeout: fl
         docs = wait_for_documents(settings, since=started, expected=report.sent, timeout=timeout, worker=worker)
         elapsed = time.time() - started
         dead = wait_for_dead_letters(worker, len(BAD_INPUT), timeout=60)
-        say("== 5/6 a day of the sensor sample (with injected anomalies) through the events agent")
+        say("== 5/7 a day of the sensor sample (with injected anomalies) through the events agent")
         events = events_report(settings, worker, timeout)
-        say("== 6/6 model quality: a bad version forced to champion, rolled back by its live labels")
+        say("== 6/7 model quality: a bad version forced to champion, rolled back by its live labels")
         rollback = rollback_report(settings, worker, say, timeout)
+        say("== 7/7 model quality: the same bad head as a shadow beside version 1, then as a canary")
+        shadow = shadow_report(settings, worker, say, timeout)
     finally:
         worker.stop()
     print(demo_report(docs, elapsed, dead, settings.topic("dlq")))
     print(events)
     print(rollback)
+    print(shadow)
     print(similar_report(settings))
     print(format_status(stack.status()))
     print(
@@ -228,11 +231,19 @@ def demo_report(docs: list[dict], seconds: float, dead: dict[str, int], dlq_topi
 
 def rollback_report(settings: Settings, worker: WorkerProcess, say: Callable[[str], None], timeout: float) -> str:
     """The rollback scenario (:func:`~streamdl.streams.quality.demo.run_rollback_scenario`) on the demo's worker."""
-    from streamdl.streams.quality.demo import run_rollback_scenario
+    from streamdl.streams.quality.demo import run_rollback_scenario, running_version
 
-    def serving() -> str | None:
-        loaded = worker.metric("streamdl_model_loaded", "version", stream="images")
-        return next((version for version, value in loaded.items() if value == 1.0), None)
-
-    run = run_rollback_scenario(settings, serving, say=say, timeout=min(timeout, 180.0))
+    run = run_rollback_scenario(
+        settings, lambda: running_version(worker, "champion"), say=say, timeout=min(timeout, 180.0)
+    )
     return "Model quality (docs/model-quality.md):\n" + run.summary()
+
+
+def shadow_report(settings: Settings, worker: WorkerProcess, say: Callable[[str], None], timeout: float) -> str:
+    """The shadow and canary scenario (:func:`~streamdl.streams.quality.demo.run_shadow_scenario`) on the demo's
+    worker."""
+    from streamdl.streams.quality.demo import run_shadow_scenario, running_version
+
+    timeout = min(timeout, 180.0)
+    run = run_shadow_scenario(settings, lambda role: running_version(worker, role), say=say, timeout=timeout)
+    return "Shadow and canary (docs/model-quality.md):\n" + run.summary()

@@ -142,6 +142,21 @@ class DigitStream:
         self.digits = load_digits()
         self.producer = make_producer(settings)
 
+    def forget_earlier_runs(self, es: Any) -> None:
+        """Delete what an earlier run of the scenario left under its ids: its labels (joined to the versions
+        of an earlier registry, they would judge this run's versions by the same numbers) and its predictions
+        (a label arriving before this run's prediction would join the old one)."""
+        from streamdl.streams.pipelines.roles import shadow_index
+
+        indices = ",".join([labels_alias(self.settings), self.settings.alias("images"), shadow_index(self.settings)])
+        query = {"prefix": {"image_id": f"{self.prefix}-"}}
+        while True:  # search and bulk delete: this Elasticsearch has no _delete_by_query (no reindex module)
+            es.indices.refresh(index=indices, ignore_unavailable=True)
+            hits = es.search(index=indices, query=query, source=False, size=2000, ignore_unavailable=True)["hits"]
+            if not hits["hits"]:
+                return
+            es.bulk(operations=[{"delete": {"_index": h["_index"], "_id": h["_id"]}} for h in hits["hits"]])
+
     def id(self, i: int) -> str:  # ids of their own: the demo streamed the digits under digit_id already
         from streamdl.models.digits import digit_id
 
@@ -193,6 +208,15 @@ def base_registry(settings: Settings) -> Any:
     return registry
 
 
+def running_version(worker: Any, role: str) -> str | None:
+    """The version a worker's images pipeline runs as ``champion``, ``shadow`` or ``canary`` now (its metrics)."""
+    if role == "champion":
+        loaded = worker.metric("streamdl_model_loaded", "version", stream="images")
+    else:
+        loaded = worker.metric("streamdl_model_role", "version", stream="images", role=role)
+    return next((version for version, value in loaded.items() if value == 1.0), None)
+
+
 def run_rollback_scenario(
     settings: Settings,
     serving: Callable[[], str | None],
@@ -208,6 +232,7 @@ def run_rollback_scenario(
     name = settings.model_name
     registry = base_registry(settings)
     es, stream = es_client(settings), DigitStream(settings, "quality", say, timeout)
+    stream.forget_earlier_runs(es)
     total = len(stream.digits.target)
 
     sent_v1 = stream.send(range(first))
@@ -307,6 +332,7 @@ def run_shadow_scenario(
     name = settings.model_name
     registry = base_registry(settings)
     es, stream = es_client(settings), DigitStream(settings, "shadow", say, timeout)
+    stream.forget_earlier_runs(es)
     bad = register_shuffled_head(settings, registry)
 
     def role(r: str, version: str | None, share: float = 0.0) -> float:

@@ -19,7 +19,7 @@ import pytest
 from streamdl.connectors.es_client import es_client
 from streamdl.models.registry import Registry
 from streamdl.streams.quality.compare import compare
-from streamdl.streams.quality.demo import run_shadow_scenario
+from streamdl.streams.quality.demo import run_shadow_scenario, running_version
 from streamdl.streams.quality.indices import reports_alias
 from streamdl.streams.quality.promotion import promotion_evidence
 
@@ -38,15 +38,6 @@ rules:
     drift_above: 0.0
     signal: class_psi
 """
-
-
-def running(worker, role: str) -> str | None:
-    """The version the worker's images pipeline runs as ``champion``, ``shadow`` or ``canary``."""
-    if role == "champion":
-        loaded = worker.metric("streamdl_model_loaded", "version", stream="images")
-    else:
-        loaded = worker.metric("streamdl_model_role", "version", stream="images", role=role)
-    return next((version for version, value in loaded.items() if value == 1.0), None)
 
 
 def test_a_shadow_is_judged_beside_the_champion_and_never_alerts_and_a_canary_serves_its_ids(
@@ -70,7 +61,7 @@ def test_a_shadow_is_judged_beside_the_champion_and_never_alerts_and_a_canary_se
     ) as (settings, worker):
         assert worker.alive, worker.tail()
         started = time.monotonic()
-        run = run_shadow_scenario(settings, lambda role: running(worker, role), images=300, canary_images=200)
+        run = run_shadow_scenario(settings, lambda role: running_version(worker, role), images=300, canary_images=200)
         scenario_secs = time.monotonic() - started
         bad = run.version
 
