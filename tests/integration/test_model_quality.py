@@ -261,7 +261,7 @@ def test_a_shifted_event_feature_raises_a_per_feature_drift_finding(stream_facto
         max_batch_duration_secs=0.2,
         quality_interval_secs=1.0,
         drift_window_secs=window,
-        drift_min_predictions=40,
+        drift_min_predictions=120,  # ~200 a window at 50/s; a smaller one (a burst under load) is too noisy to judge
         **base,
     ) as (settings, worker):
         producer = make_producer(settings)
@@ -277,7 +277,6 @@ def test_a_shifted_event_feature_raises_a_per_feature_drift_finding(stream_facto
             return start
 
         nxt = stream(3 * window, 0, 0.0)
-        changed_at = time.time()
         stream(3 * window, nxt, 6.0)
         found = read_topic(
             settings,
@@ -287,7 +286,12 @@ def test_a_shifted_event_feature_raises_a_per_feature_drift_finding(stream_facto
         )
         exported = worker.metric("streamdl_drift", "signal", name="readings")
         es = es_client(settings)
-        es.indices.refresh(index=reports_alias(settings))
+        es.indices.refresh(index=[reports_alias(settings), settings.alias("events")])
+        shifted = {"ids": {"values": [f"r{i}" for i in range(nxt, nxt + 10)]}}
+        (first_shifted,) = es.search(
+            index=settings.alias("events"), query=shifted, sort=[{"processed_time": "asc"}], size=1
+        )["hits"]["hits"]
+        changed_at = to_epoch(first_shifted["_source"]["processed_time"])  # when the worker saw the change
         query = {"term": {"kind": "feature_drift"}}
         windows = [
             h["_source"] for h in es.search(index=reports_alias(settings), query=query, size=100)["hits"]["hits"]
