@@ -582,7 +582,8 @@ def render_yardsticks(
         )
     what = {
         "faust-stock": "Faust intake alone, stock faust.App: agent noack_take(256) + ack, no work",
-        "faust": "Faust intake alone, the workers' StreamApp: the same agent",
+        "faust-take": "Faust intake alone, the workers' StreamApp with Faust's noack_take(256) + ack",
+        "faust": "Faust intake alone, the workers' StreamApp and take_batches(256) + ack (the worker's intake)",
         "plain": "confluent-kafka intake alone: consume(256) + commit",
     }
     for intake in intakes:

@@ -1,13 +1,14 @@
 """Intake alone: how fast Faust hands messages to an agent, against a plain confluent-kafka loop, with no work.
 
-``python -m bench.intake faust|faust-stock|plain TOPIC COUNT`` reads ``COUNT`` messages of ``TOPIC`` (a fresh consumer
-group, from the earliest offset) and prints one JSON line: messages/s and CPU µs per message (all threads of
-the process), timed from the first message to the last.
+``python -m bench.intake faust|faust-take|faust-stock|plain TOPIC COUNT`` reads ``COUNT`` messages of ``TOPIC``
+(a fresh consumer group, from the earliest offset) and prints one JSON line: messages/s and CPU µs per message
+(all threads of the process), timed from the first message to the last.
 
 - ``faust``: the workers' own :class:`~streamdl.streams.agents.faust_adapter.StreamApp` with an agent that
-  does what the micro-batch agent does with each message and nothing else: ``noack_take(256)``, ack each
+  does what the micro-batch agent does with each message and nothing else: ``take_batches(256)``, ack each
   event; Faust commits the acked offsets.
-- ``faust-stock``: the same agent on Faust's own ``faust.App`` (what the StreamApp's changes save).
+- ``faust-take``: the same app with Faust's ``noack_take(256)`` instead (what ``take_batches`` saves).
+- ``faust-stock``: ``noack_take(256)`` on Faust's own ``faust.App`` (what the StreamApp's changes save).
 - ``plain``: ``consume(256)`` and a synchronous commit per batch.
 
 :func:`intake_rates` runs both in child processes on one topic; ``bench.events`` prints them beside the
@@ -25,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 
 BATCH = 256
+MODES = ("faust-stock", "faust-take", "faust", "plain")
 
 
 @dataclass
@@ -64,14 +66,13 @@ def read_plain(bootstrap: str, topic: str, count: int) -> None:
     consumer.close()
 
 
-def read_faust(bootstrap: str, topic: str, count: int, stock: bool = False) -> None:
+def read_faust(bootstrap: str, topic: str, count: int, mode: str = "faust") -> None:
     import faust
 
     from streamdl.streams.agents.app import raw_topic
-    from streamdl.streams.agents.faust_adapter import StreamApp
+    from streamdl.streams.agents.faust_adapter import StreamApp, take_batches
 
-    mode = "faust-stock" if stock else "faust"
-    app = (faust.App if stock else StreamApp)(
+    app = (faust.App if mode == "faust-stock" else StreamApp)(
         f"intake-{uuid.uuid4().hex[:12]}",
         broker=f"kafka://{bootstrap}",
         web_enabled=False,
@@ -87,7 +88,8 @@ def read_faust(bootstrap: str, topic: str, count: int, stock: bool = False) -> N
 
     @app.agent(raw_topic(app, topic))
     async def take(stream) -> None:
-        async for events in stream.noack_take(BATCH, within=0.05):
+        batches = take_batches(stream, BATCH, 0.05) if mode == "faust" else stream.noack_take(BATCH, within=0.05)
+        async for events in batches:
             if not state["seen"]:
                 state["t0"], state["c0"] = time.perf_counter(), time.process_time()
             for event in events:
@@ -104,7 +106,7 @@ def read_faust(bootstrap: str, topic: str, count: int, stock: bool = False) -> N
 def intake_rates(bootstrap: str, topic: str, count: int, timeout: float = 300.0) -> list[IntakeRun]:
     """The three intakes, one after the other, each in its own process, on ``count`` messages of ``topic``."""
     runs = []
-    for mode in ("faust-stock", "faust", "plain"):
+    for mode in MODES:
         out = subprocess.run(
             [sys.executable, "-m", "bench.intake", mode, topic, str(count), bootstrap],
             capture_output=True,
@@ -123,7 +125,9 @@ def intake_rates(bootstrap: str, topic: str, count: int, timeout: float = 300.0)
 if __name__ == "__main__":
     mode, topic, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     bootstrap = sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1:9092"
+    if mode not in MODES:
+        sys.exit(f"usage: python -m bench.intake {'|'.join(MODES)} TOPIC COUNT [BOOTSTRAP]")
     if mode == "plain":
         read_plain(bootstrap, topic, count)
     else:
-        read_faust(bootstrap, topic, count, stock=mode == "faust-stock")
+        read_faust(bootstrap, topic, count, mode)

@@ -6,7 +6,7 @@ import faust
 
 from streamdl.connectors.kafka_config import faust_credentials
 from streamdl.settings import Settings
-from streamdl.streams.agents.faust_adapter import StreamApp
+from streamdl.streams.agents.faust_adapter import RawSchema, StreamApp
 from streamdl.streams.agents.memory import InflightLimits, inflight_limits
 
 
@@ -50,5 +50,5 @@ def create_app(settings: Settings, limits: InflightLimits | None = None) -> faus
 
 
 def raw_topic(app: faust.App, name: str) -> faust.TopicT:
-    """A topic of raw bytes keys and values."""
-    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    """A topic of raw bytes keys and values (:class:`RawSchema`)."""
+    return app.topic(name, schema=RawSchema())

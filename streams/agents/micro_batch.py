@@ -5,11 +5,11 @@ letters delivered) on the I/O thread, batch N+1 is decoded and run through the m
 inference thread, and the event loop takes batch N+2 from Faust (at most ``batches_ahead`` batches
 wait). The event loop never blocks, so heartbeats and commits go on.
 
-Offsets: batches come from ``noack_take``, which never acks by itself; each batch's events are
-acked (and so become committable) only after its write finished, in order (one task computes and
-writes the taken batches one after the other). A batch that is
-interrupted or fails is never acked, so it is redelivered: at-least-once, and the deterministic
-document ids make the rewrite idempotent.
+Offsets: batches come from :func:`~streamdl.streams.agents.faust_adapter.take_batches`, which never acks by
+itself; each batch's events are acked (and so become committable) only after its write finished, in order
+(one task computes and writes the taken batches one after the other). A batch that is interrupted or fails
+is never acked, so it is redelivered: at-least-once, and the deterministic document ids make the rewrite
+idempotent.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import faust
 from streamdl.records import InMessage
 from streamdl.retry import Backoff
 from streamdl.streams.agents.app import raw_topic
-from streamdl.streams.agents.faust_adapter import to_message, unacked_messages
+from streamdl.streams.agents.faust_adapter import take_batches, to_message, unacked_messages
 from streamdl.streams.pipelines import metrics
 from streamdl.streams.pipelines.stage import Computed, Stage
 
@@ -186,10 +186,10 @@ def register_batch_agent(
         try:
             # Taking goes on while earlier batches compute and write (Faust's per-message work overlaps theirs);
             # at most ``batches_ahead`` taken batches wait.
-            async for events in stream.noack_take(max_batch_size, within=max_batch_duration_secs):
+            async for events in take_batches(stream, max_batch_size, max_batch_duration_secs):
                 if stopping.is_set() or processing.done():
                     break  # shutting down: no new batch (its events stay unacked and are redelivered)
-                await taken.put(list(events))
+                await taken.put(events)
         finally:
             while not taken.empty():  # taken, not started: left unacked, so redelivered
                 taken.get_nowait()

@@ -119,3 +119,89 @@ def test_a_delivery_into_a_full_buffer_is_interrupted_by_a_suspended_flow():
         assert (queue.qsize(), queue.get_nowait()) == (1, 0)
 
     asyncio.run(check())
+
+
+def _agent_stream():
+    """A StreamApp, an agent's stream on a raw topic, and its queue, as the conductor would fill it."""
+    from streamdl.streams.agents.app import raw_topic
+    from streamdl.streams.agents.faust_adapter import StreamApp
+
+    app = StreamApp("adapter-test-take", broker="kafka://127.0.0.1:1", store="memory://")
+    app.flow_control.resume()  # the consumer resumes the flow once partitions are assigned
+    stream = app.stream(raw_topic(app, "t"))
+    return app, stream
+
+
+def _event(app, offset: int, generation: int = 0):
+    from faust.types.tuples import ConsumerMessage  # what the consumer makes of a record: tracked once handed on
+
+    value = b"v%d" % offset
+    msg = ConsumerMessage("t", 0, offset, 1_700_000_000.0, 0, None, b"k", value, None, generation_id=generation)
+    return app.create_event(msg.key, msg.value, msg.headers, msg)
+
+
+def test_take_batches_hands_on_full_batches_then_what_came_within_the_linger():
+    from streamdl.streams.agents.faust_adapter import take_batches
+
+    async def check() -> None:
+        app, stream = _agent_stream()
+        batches = take_batches(stream, 3, 0.05)
+        first = asyncio.ensure_future(batches.__anext__())
+        await asyncio.sleep(0)  # the generator registered its channel and waits on its queue
+        queue = next(iter(app.topics)).queue
+        for offset in range(5):
+            queue.put_nowait(_event(app, offset))
+        assert [e.message.offset for e in await first] == [0, 1, 2]  # full: at once
+        started = asyncio.get_running_loop().time()
+        assert [e.message.offset for e in await batches.__anext__()] == [3, 4]
+        assert asyncio.get_running_loop().time() - started >= 0.04  # the rest waited for the linger
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.02, queue.put_nowait, _event(app, 5))
+        loop.call_later(0.04, queue.put_nowait, _event(app, 6))
+        assert [e.message.offset for e in await batches.__anext__()] == [5, 6]  # linger counts from the first
+        await batches.aclose()
+
+    asyncio.run(check())
+
+
+def test_take_batches_tracks_what_it_hands_on_and_skips_messages_of_an_earlier_generation():
+    from streamdl.streams.agents.faust_adapter import take_batches, unacked_messages
+
+    async def check() -> None:
+        app, stream = _agent_stream()
+        app.consumer_generation_id = 2
+        batches = take_batches(stream, 10, 0.01)
+        first = asyncio.ensure_future(batches.__anext__())
+        await asyncio.sleep(0)
+        await app.topics._update_indices()  # what the conductor does when it subscribes: "t" acks
+        queue = next(iter(app.topics)).queue
+        stale, fresh = _event(app, 1, generation=1), _event(app, 2, generation=2)
+        queue.put_nowait(stale)
+        queue.put_nowait(fresh)
+        assert await first == [fresh]
+        assert unacked_messages(app.consumer) == [fresh.message]  # a rebalance's drain waits for it
+        assert not stale.message.tracked and not stale.message.acked  # comes again from the committed offset
+        await stream.ack(fresh)
+        assert unacked_messages(app.consumer) == []
+        await batches.aclose()
+
+    asyncio.run(check())
+
+
+def test_take_batches_ends_quietly_when_faust_stops_the_stream():
+    from streamdl.streams.agents.faust_adapter import take_batches
+
+    async def check() -> None:
+        app, stream = _agent_stream()
+        batches = take_batches(stream, 10, 0.01)
+        waiting = asyncio.ensure_future(batches.__anext__())
+        await asyncio.sleep(0)
+        next(iter(app.topics)).queue._throw(StopAsyncIteration())  # what Faust does to end a stream's iteration
+        try:
+            await asyncio.wait_for(waiting, 5)
+        except StopAsyncIteration:
+            pass
+        else:
+            raise AssertionError("the generator should have ended")
+
+    asyncio.run(check())
