@@ -211,12 +211,21 @@ class EventFeatures:
     # --- Helpers ----------------------------------------------------------------------------------
     def _numeric_matrix(self, rows: Sequence[EventRecord]) -> np.ndarray:
         """``(n, k)`` float64 raw values, NaN where missing or not a finite number."""
-        out = np.full((len(rows), len(self.numeric)), np.nan)
-        for j, name in enumerate(self.numeric):
-            for i, r in enumerate(rows):
-                value = r.numeric.get(name)
-                if value is not None:
-                    out[i, j] = _finite(value)
+        names = self.numeric
+        try:  # one conversion for the whole batch: numbers and null, as validated events hold
+            out = np.array(
+                [[math.nan if (v := r.numeric.get(name)) is None else v for name in names] for r in rows],
+                dtype=np.float64,
+            ).reshape(len(rows), len(names))
+        except (TypeError, ValueError, OverflowError):  # text or huge values: value by value, as _finite reads them
+            out = np.full((len(rows), len(names)), np.nan)
+            for j, name in enumerate(names):
+                for i, r in enumerate(rows):
+                    value = r.numeric.get(name)
+                    if value is not None:
+                        out[i, j] = _finite(value)
+            return out
+        out[~np.isfinite(out)] = np.nan
         return out
 
     def _check_fitted(self) -> None:

@@ -75,12 +75,8 @@ class EventPipeline(MicroBatchPipeline):
         t1 = time.perf_counter()
         scores = self._score(to_score, computed)
         t2 = time.perf_counter()
-        processed = time.time()
-        for i, item in enumerate(to_score):  # those the model refused are dead letters already, not in to_score
-            self._output(item, computed, processed, scores, i)
-        for item in valid:
-            if item.event.is_label:
-                self._output(item, computed, processed, None, 0)
+        self._outputs(to_score, computed, scores)  # those the model refused are dead letters already, not here
+        self._outputs([v for v in valid if v.event.is_label], computed, None)
         computed.seconds.update(validate=t1 - t0, model=t2 - t1)
         return computed
 
@@ -115,65 +111,75 @@ class EventPipeline(MicroBatchPipeline):
             items, lambda part: self.handler.score_batch([v.event for v in part]), _concat, refuse, "events"
         )
 
-    def _output(self, item: _Valid, computed: Computed, processed: float, scores: EventScores | None, i: int) -> None:
-        event, msg = item.event, item.msg
-        doc: dict[str, Any] = {
-            "id": event.id,
-            "ts": iso(event.ts),
-            "type": event.type,
-            "image_id": event.image_id,
-            "label": event.label,
-            "text": event.text,
-            "numeric": event.numeric,
-            "categorical": event.categorical,
-            "kafka": msg.coordinates,
-            "processed_time": iso(processed),
-        }
-        computed.messages[event.id] = msg
-        if scores is None:  # a label event: ground truth, stored and never scored
-            computed.documents.append(Document(event.id, doc))
-            return
-        info = self.info
-        anomaly = None if scores.anomaly is None else float(scores.anomaly[i])
-        top: list[tuple[str, float]] = []
-        if scores.probabilities is not None:
-            row = scores.probabilities[i]
-            top = [(info.labels[j], float(row[j])) for j in np.argsort(-row)[: self.settings.top_k]]
-        doc.update(
-            {
-                "model_name": info.name,
-                "model_version": info.version,
-                "anomaly_score": anomaly,
-                "prediction": top[0][0] if top else None,
-                "score": top[0][1] if top else anomaly,
-                "top_k": [{"label": lab, "probability": p} for lab, p in top],
-            }
-        )
-        computed.documents.append(Document(event.id, doc))
-        computed.scored[event.id] = Scored(
-            id=event.id,
-            ts=event.ts,
-            model_name=info.name,
-            model_version=info.version,
-            fields=doc,
-            top_k=top,
-            anomaly_score=anomaly,
-        )
-        computed.predictions[event.id] = to_json(
-            {
-                "stream": "events",
+    def _outputs(self, items: list[_Valid], computed: Computed, scores: EventScores | None) -> None:
+        """Documents, predictions and what the rules see, for ``items`` (in order) and their ``scores``
+        (``None``: label events, ground truth, stored and never scored). Per-batch work is done once: the
+        processed time, the scores as Python floats, the top-k order."""
+        processed = iso(time.time())
+        info, top_k = self.info, self.settings.top_k
+        anomalies: list[float | None] = [None] * len(items)
+        tops: list[list[tuple[str, float]]] = [[] for _ in items]
+        if scores is not None and scores.anomaly is not None:
+            anomalies = scores.anomaly.astype(np.float64).tolist()
+        if scores is not None and scores.probabilities is not None:
+            probabilities = scores.probabilities
+            order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+            ranked = np.take_along_axis(probabilities, order, axis=1).astype(np.float64).tolist()
+            labels = info.labels
+            tops = [
+                [(labels[j], p) for j, p in zip(row, values, strict=True)]
+                for row, values in zip(order.tolist(), ranked, strict=True)
+            ]
+        for item, anomaly, top in zip(items, anomalies, tops, strict=True):
+            event, msg = item.event, item.msg
+            coordinates = msg.coordinates
+            doc: dict[str, Any] = {
                 "id": event.id,
+                "ts": iso(event.ts),
                 "type": event.type,
-                "ts": doc["ts"],
-                "model_name": info.name,
-                "model_version": info.version,
-                "anomaly_score": None if anomaly is None else round(anomaly, 6),
-                "label": doc["prediction"],
-                "top_k": [{"label": lab, "probability": round(p, 6)} for lab, p in top],
-                "kafka": msg.coordinates,
-                "processed_time": doc["processed_time"],
+                "image_id": event.image_id,
+                "label": event.label,
+                "text": event.text,
+                "numeric": event.numeric,
+                "categorical": event.categorical,
+                "kafka": coordinates,
+                "processed_time": processed,
             }
-        )
+            computed.messages[event.id] = msg
+            computed.documents.append(Document(event.id, doc))
+            if scores is None:
+                continue
+            prediction = top[0][0] if top else None
+            doc["model_name"] = info.name
+            doc["model_version"] = info.version
+            doc["anomaly_score"] = anomaly
+            doc["prediction"] = prediction
+            doc["score"] = top[0][1] if top else anomaly
+            doc["top_k"] = [{"label": lab, "probability": p} for lab, p in top]
+            computed.scored[event.id] = Scored(
+                id=event.id,
+                ts=event.ts,
+                model_name=info.name,
+                model_version=info.version,
+                fields=doc,
+                top_k=top,
+                anomaly_score=anomaly,
+            )
+            computed.predictions[event.id] = to_json(
+                {
+                    "stream": "events",
+                    "id": event.id,
+                    "type": event.type,
+                    "ts": doc["ts"],
+                    "model_name": info.name,
+                    "model_version": info.version,
+                    "anomaly_score": None if anomaly is None else round(anomaly, 6),
+                    "label": prediction,
+                    "top_k": [{"label": lab, "probability": round(p, 6)} for lab, p in top],
+                    "kafka": coordinates,
+                    "processed_time": processed,
+                }
+            )
 
 
 def _concat(parts: list[EventScores]) -> EventScores:
