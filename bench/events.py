@@ -12,7 +12,8 @@ day 3 of the sample on (where anomalies are injected):
   (:mod:`bench.plain_loop`: consume 256, ``process_batch``, commit; serial), on the same events:
   the yardstick for the Faust agent's own overhead;
 - **intake alone**: the same events read by a Faust agent that only takes and acks them (on Faust's
-  stock app and on the workers' own ``StreamApp``), and by a confluent-kafka loop that only consumes
+  stock app with ``noack_take``, on the workers' own ``StreamApp`` with ``noack_take`` and with the
+  workers' ``take_batches``), and by a confluent-kafka loop that only consumes
   and commits (:mod:`bench.intake`): the ceiling Faust itself puts on the worker, with the CPU each
   spends per message;
 - **Elasticsearch ceiling**: the same documents (computed beforehand), pre-serialized into bulk

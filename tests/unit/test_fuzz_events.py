@@ -374,7 +374,9 @@ def perturbed_events(draw):
             value[draw(st.sampled_from(["numeric", "categorical"]))] = {f"f{i}": item for i in range(n)}
         elif how == "name length":
             n = draw(st.sampled_from([0, 1, MAX_NAME_CHARS - 1, MAX_NAME_CHARS, MAX_NAME_CHARS + 1, 10_000]))
-            value.setdefault("numeric", {})["n" * n] = draw(st.one_of(st.none(), finite))
+            if not isinstance(value.get("numeric"), dict):  # dropped, or retyped to null or a non-object just before
+                value["numeric"] = {}
+            value["numeric"]["n" * n] = draw(st.one_of(st.none(), finite))
         elif how == "long id":
             n = draw(st.integers(MAX_ID_BYTES - 3, MAX_ID_BYTES + 3))
             value["id"] = draw(st.sampled_from(["i" * n, "é" * (n // 2) + "i" * (n % 2), " " * n, "😀" * (n // 4)]))
