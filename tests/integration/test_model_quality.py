@@ -23,18 +23,12 @@ from streamdl.connectors.kafka_producer import make_producer, produce_all
 from streamdl.models.digits import digit_to_png, digits_model_dir
 from streamdl.models.registry import Registry
 from streamdl.streams.quality.compare import compare
-from streamdl.streams.quality.demo import run_rollback_scenario
+from streamdl.streams.quality.demo import run_rollback_scenario, running_version
 from streamdl.streams.quality.indices import reports_alias
 from streamdl.streams.quality.reference import digits_reference
 from streamdl.times import to_epoch
 
 pytestmark = pytest.mark.integration
-
-
-def serving(worker) -> str | None:
-    """The version the worker's images pipeline serves (``streamdl_model_loaded`` at 1)."""
-    loaded = worker.metric("streamdl_model_loaded", "version", stream="images")
-    return next((version for version, value in loaded.items() if value == 1.0), None)
 
 
 def test_a_bad_version_is_rolled_back_by_its_live_labels(stream_factory, tmp_path, read_topic):
@@ -54,7 +48,7 @@ def test_a_bad_version_is_rolled_back_by_its_live_labels(stream_factory, tmp_pat
         drift_min_predictions=50,
     ) as (settings, worker):
         assert worker.alive, worker.tail()
-        run = run_rollback_scenario(settings, lambda: serving(worker), first=450)
+        run = run_rollback_scenario(settings, lambda: running_version(worker, "champion"), first=450)
         registry = Registry.from_settings(settings)
         alerts = read_topic(
             settings,
