@@ -75,8 +75,9 @@ class EventPipeline(MicroBatchPipeline):
         t1 = time.perf_counter()
         scores = self._score(to_score, computed)
         t2 = time.perf_counter()
-        self._outputs(to_score, computed, scores)  # those the model refused are dead letters already, not here
-        self._outputs([v for v in valid if v.event.is_label], computed, None)
+        processed = iso(time.time())
+        self._outputs(to_score, computed, processed, scores)  # those the model refused are dead letters already
+        self._outputs([v for v in valid if v.event.is_label], computed, processed, None)
         computed.seconds.update(validate=t1 - t0, model=t2 - t1)
         return computed
 
@@ -111,11 +112,10 @@ class EventPipeline(MicroBatchPipeline):
             items, lambda part: self.handler.score_batch([v.event for v in part]), _concat, refuse, "events"
         )
 
-    def _outputs(self, items: list[_Valid], computed: Computed, scores: EventScores | None) -> None:
+    def _outputs(self, items: list[_Valid], computed: Computed, processed: str, scores: EventScores | None) -> None:
         """Documents, predictions and what the rules see, for ``items`` (in order) and their ``scores``
-        (``None``: label events, ground truth, stored and never scored). Per-batch work is done once: the
-        processed time, the scores as Python floats, the top-k order."""
-        processed = iso(time.time())
+        (``None``: label events, ground truth, stored and never scored), all processed at ``processed``. Per-batch
+        work is done once: the scores as Python floats, the top-k order."""
         info, top_k = self.info, self.settings.top_k
         anomalies: list[float | None] = [None] * len(items)
         tops: list[list[tuple[str, float]]] = [[] for _ in items]
