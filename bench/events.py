@@ -627,8 +627,8 @@ def render(
     lines += [
         "",
         "Where the time goes (the worker's streamdl_stage_seconds; "
-        "validate+model run on the compute thread, index+publish",
-        "on the write thread, overlapped; index includes the alert rules and indexing the alerts):",
+        "validate+model run on the compute thread, index on the index thread, publish on the publish",
+        "thread, overlapped across batches; publish includes the alert rules and indexing the alerts):",
         "",
         "| run | batches | mean batch | "
         + " | ".join(f"{s} ms/batch" for s in stages)

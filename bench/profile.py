@@ -19,7 +19,8 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 STAGES = (
     ("compute thread (validate, model, documents)", ("EventPipeline.compute", "ImagePipeline.compute")),
-    ("write thread (bulk index, rules, sinks)", ("BatchWriter.write",)),
+    ("index thread (neighbour lookups, bulk index)", ("ImagePipeline.index_documents", "BatchWriter.index_documents")),
+    ("publish thread (rules, alerts claimed, sinks)", ("BatchWriter.publish",)),
 )
 """A sample belongs to the first stage one of whose functions is on its stack; else to the event loop."""
 

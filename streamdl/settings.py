@@ -130,8 +130,8 @@ class Settings(BaseSettings):
         1,
         ge=1,
         le=16,
-        description="Micro-batches an agent takes from Kafka ahead of the one computing (while another writes): "
-        "the bound of what waits in the worker beside those two. Env STREAMDL_AGENT_BATCHES_AHEAD.",
+        description="Micro-batches an agent takes from Kafka ahead of the one computing (while one indexes and "
+        "one publishes): the bound of what waits in the worker beside those three. Env STREAMDL_AGENT_BATCHES_AHEAD.",
     )
     max_inflight_bytes: int | None = Field(
         None,

@@ -5,8 +5,8 @@ What a worker holds of its input at once, at most: what aiokafka fetched and Fau
 (``partitions x fetch_bytes``; a fetch returns at least one whole message, so ``max(fetch_bytes,
 largest message)`` per partition), each agent's stream buffer (``buffer_messages`` x its largest
 message) and each agent's batches in flight (the one being taken, ``batches_ahead`` waiting, one
-computing, one writing: ``batch_size`` x its largest message each). With a bound ``B`` they get a quarter,
-a quarter and a half of it, so the messages held stay under ``B``; without one, the counts are the
+computing, one indexing, one publishing: ``batch_size`` x its largest message each). With a bound ``B``
+they get a quarter, a quarter and a half of it, so the messages held stay under ``B``; without one, the counts are the
 defaults and the bound is whatever they add up to (:attr:`InflightLimits.bound`).
 """
 
@@ -38,9 +38,9 @@ def largest_message(settings: Settings, stream: str) -> int:
     return settings.max_message_bytes if stream == "images" else settings.max_event_bytes
 
 
-def inflight_limits(settings: Settings, streams: tuple[str, ...], batches_ahead: int = 1) -> InflightLimits:
+def inflight_limits(settings: Settings, streams: tuple[str, ...]) -> InflightLimits:
     """The counts for ``streams`` (the agents the worker runs) under ``settings.max_inflight_bytes``."""
-    in_flight = 3 + batches_ahead  # taking, waiting (batches_ahead), computing, writing
+    in_flight = 4 + settings.agent_batches_ahead  # taking, waiting, computing, indexing, publishing
     budget = settings.max_inflight_bytes
     if budget is None:
         fetch, buffer = DEFAULT_FETCH_BYTES, max(4 * settings.max_batch_size, 256)

@@ -1,15 +1,17 @@
 """The micro-batch agents: batches from a topic through a pipeline (images or events).
 
-Three stages overlap: while batch N is written (Elasticsearch bulk, then predictions and dead
-letters delivered) on the I/O thread, batch N+1 is decoded and run through the model on the
-inference thread, and the event loop takes batch N+2 from Faust (at most ``batches_ahead`` batches
-wait). The event loop never blocks, so heartbeats and commits go on.
+Four steps overlap (the :mod:`~streamdl.streams.pipelines.stage` contract, one thread each): while batch N
+is published (alert rules, predictions and dead letters delivered to Kafka), batch N+1 is indexed
+(Elasticsearch bulk), batch N+2 is decoded and run through the model, and the event loop takes batch N+3
+from Faust (at most ``batches_ahead`` batches wait). Each step takes the batches one at a time and in order,
+so the index sees the batches' documents in order and the rules see the batches in order. The event loop
+never blocks, so heartbeats and commits go on.
 
 Offsets: batches come from :func:`~streamdl.streams.agents.faust_adapter.take_batches`, which never acks by
-itself; each batch's events are acked (and so become committable) only after its write finished, in order
-(one task computes and writes the taken batches one after the other). A batch that is interrupted or fails
-is never acked, so it is redelivered: at-least-once, and the deterministic document ids make the rewrite
-idempotent.
+itself; each batch's events are acked (and so become committable) only after it was published, in order
+(a batch is published only after the batch before it was published and acked). A batch that is interrupted
+or fails is never acked, so it is redelivered: at-least-once, and the deterministic document ids make the
+rewrite idempotent.
 """
 
 from __future__ import annotations
@@ -17,76 +19,23 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 import faust
 
-from streamdl.records import InMessage
-from streamdl.retry import Backoff
 from streamdl.streams.agents.app import raw_topic
+from streamdl.streams.agents.batch_steps import BatchSteps
 from streamdl.streams.agents.faust_adapter import take_batches, to_message, unacked_messages
 from streamdl.streams.pipelines import metrics
-from streamdl.streams.pipelines.stage import Computed, Stage
+from streamdl.streams.pipelines.stage import Stage
 
 logger = logging.getLogger(__name__)
 
-RETRY = Backoff(first=2.0, max_delay=30.0, attempts=3)
-"""A batch whose compute or write raises is tried 3 times, 2 s then 4 s apart, before the worker exits."""
 DRAIN_SECS = 10.0
 """The default of how long a rebalance or a shutdown waits for the messages already taken to be written and
 acked (``Settings.drain_secs``). Faust's own wait, ``stream_wait_empty``, has no bound: with a service down,
 SIGTERM hung until it was back."""
-EXIT_BATCH_FAILED = 70  # EX_SOFTWARE
-T = TypeVar("T")
-
-
-class BatchAbandoned(Exception):
-    """A batch given up because the worker is shutting down; it is not acked, so it is redelivered."""
-
-
-async def with_retries(
-    what: str,
-    batch: Sequence[InMessage],
-    call: Callable[[], Awaitable[T]],
-    stopping: Callable[[], bool] = lambda: False,
-) -> T:
-    """Run ``call``; retry unexpected failures, then exit the process without acking the batch.
-
-    Bad input never raises (it becomes dead letters) and outages are waited out inside the
-    pipeline, so what reaches here is a bug or something lasting. Exiting without acking keeps
-    the batch for redelivery after a restart, instead of skipping it. During shutdown
-    (``stopping()``) a failure -- typically an outage the pipeline stopped waiting out -- is not
-    retried: :class:`BatchAbandoned` leaves the batch unacked, and shutdown takes bounded time.
-    """
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await call()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if stopping():
-                logger.warning(
-                    "%s of a batch of %d at %s stopped by the shutdown (%s: %s); not committed, it will be redelivered",
-                    what,
-                    len(batch),
-                    batch[0].coordinates,
-                    type(exc).__name__,
-                    exc,
-                )
-                raise BatchAbandoned(what) from None
-            logger.exception("%s of a batch of %d failed (attempt %d of %d)", what, len(batch), attempt, RETRY.attempts)
-            if RETRY.exhausted(attempt):
-                break
-            await asyncio.sleep(RETRY.delay(attempt))
-    logger.critical("giving up on the batch at %s; exiting without committing its offsets", batch[0].coordinates)
-    os._exit(EXIT_BATCH_FAILED)
 
 
 async def drain(app: faust.App, why: str, limit: float = DRAIN_SECS, commit: bool = True) -> bool:
@@ -134,53 +83,30 @@ def register_batch_agent(
     or shutdown waits at most ``drain_secs`` for the batches in hand; at most ``batches_ahead`` batches are
     taken ahead of the one computing. ``commit_each_batch`` (``exactly_once``): each written batch is committed
     before the next one is written, so its Kafka transaction holds its outputs and its offsets, nothing more."""
-    compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-compute")
-    write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-write")
     stopping = threading.Event()
+    steps = BatchSteps(name, pipeline, stopping)
 
     @app.agent(raw_topic(app, topic_name), name=name)
     async def agent(stream: faust.StreamT) -> None:
-        loop = asyncio.get_running_loop()
         taken: asyncio.Queue[list[faust.EventT] | None] = asyncio.Queue(maxsize=batches_ahead)
 
-        async def write_then_ack(events: list[faust.EventT], batch: list[InMessage], computed: Computed) -> None:
-            try:
-                await with_retries(
-                    "writing",
-                    batch,
-                    lambda: loop.run_in_executor(write_thread, pipeline.write, computed),
-                    stopping.is_set,
-                )
-            except BatchAbandoned:
-                return  # not acked: redelivered
-            for event in events:
-                await stream.ack(event)
-            if commit_each_batch:
-                t = time.perf_counter()
-                await app.consumer.commit()
-                metrics.STAGE_SECONDS.labels(name, "commit").observe(time.perf_counter() - t)
-
         async def process() -> None:
-            """Compute and write the taken batches in order; one batch computing while the previous one writes."""
-            writing: asyncio.Task | None = None
+            """Run the taken batches through the pipeline's steps; ack each batch's events once it was published."""
             try:
                 while (events := await taken.get()) is not None and not stopping.is_set():
-                    batch = [to_message(e) for e in events]
-                    try:
-                        computed = await with_retries(
-                            "computing",
-                            batch,
-                            lambda batch=batch: loop.run_in_executor(compute_thread, pipeline.compute, batch),
-                            stopping.is_set,
-                        )
-                    except BatchAbandoned:
+
+                    async def ack(events: list[faust.EventT] = events) -> None:
+                        for event in events:
+                            await stream.ack(event)
+                        if commit_each_batch:
+                            t = time.perf_counter()
+                            await app.consumer.commit()
+                            metrics.STAGE_SECONDS.labels(name, "commit").observe(time.perf_counter() - t)
+
+                    if not await steps.run([to_message(e) for e in events], ack):
                         break
-                    if writing is not None:
-                        await writing  # one batch in writing at a time: bounded memory, in-order acks
-                    writing = asyncio.create_task(write_then_ack(events, batch, computed))
             finally:
-                if writing is not None and not writing.done():
-                    await asyncio.shield(writing)
+                await steps.finish()
 
         processing = asyncio.create_task(process())
         try:
@@ -207,5 +133,4 @@ def register_batch_agent(
         await drain(app, "shutdown", drain_secs, commit=not commit_each_batch)
         stopping.set()
         pipeline.stop()
-        compute_thread.shutdown(wait=True)
-        write_thread.shutdown(wait=True)
+        steps.shutdown()

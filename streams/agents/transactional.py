@@ -47,7 +47,7 @@ class FaustTransactionalOutputs(Sink):
         self.topics = {name: settings.topic(name) for name in ("predictions", "predictions-shadow", "dlq", "alerts")}
 
     def write(self, outputs: Outputs) -> None:
-        """Called on the write thread while the event loop runs the agent."""
+        """Called on the publish thread while the event loop runs the agent."""
         future = asyncio.run_coroutine_threadsafe(self._send(outputs), self.app.loop)
         future.result(self.timeout)
 

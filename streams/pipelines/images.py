@@ -1,9 +1,10 @@
 """The work of the images agent on one micro-batch, free of Faust so it can be driven directly.
 
 Lifecycle: :meth:`ImagePipeline.setup` (load the model, create the index, check the services;
-fails fast); per micro-batch :meth:`ImagePipeline.compute` (CPU: decode, model, outputs) then
-:meth:`ImagePipeline.write` (I/O: index, publish) -- two stages so a worker can overlap one
-batch's writing with the next batch's computing; neither raises for bad input;
+fails fast); per micro-batch :meth:`ImagePipeline.compute` (CPU: decode, model, outputs), then
+:meth:`ImagePipeline.index_documents` (neighbour lookups, the shadow's and the champion's documents), then
+:meth:`~streamdl.streams.pipelines.writer.MicroBatchPipeline.publish` (rules, Kafka): three steps a worker
+overlaps across batches (:mod:`~streamdl.streams.pipelines.stage`); none raises for bad input;
 :meth:`ImagePipeline.close`.
 """
 
@@ -37,7 +38,7 @@ from streamdl.streams.pipelines.isolate import call_isolating
 from streamdl.streams.pipelines.neighbours import NeighbourCheck
 from streamdl.streams.pipelines.roles import CANARY, SHADOW, Side, Sides, in_canary, score, shadow_index
 from streamdl.streams.pipelines.sinks import Sink
-from streamdl.streams.pipelines.stage import BatchReport, Computed
+from streamdl.streams.pipelines.stage import Computed
 from streamdl.streams.pipelines.writer import MicroBatchPipeline
 
 logger = logging.getLogger(__name__)
@@ -105,9 +106,9 @@ class ImagePipeline(MicroBatchPipeline):
         body = images_index(info.embedding_size, meta)
         index = ensure_index(es, self.settings.alias("images"), embedding_space(info), body)
         es.indices.put_mapping(index=index, meta=body["mappings"]["_meta"])  # also an index made before _meta existed
-        if self.publish:
+        if self.publish_outputs:
             ensure_fixed_index(es, self.shadow_index, shadow_images_index())
-        if self.settings.similarity_alerts and self.publish:
+        if self.settings.similarity_alerts and self.publish_outputs:
             self.neighbours = NeighbourCheck(self.settings, es, index)
         metrics.MODEL_VERSION.labels("images", info.name, info.version).set(1)
         logger.info(
@@ -258,9 +259,9 @@ class ImagePipeline(MicroBatchPipeline):
         computed.seconds.update(decode=t1 - t0, model=t2 - t1)
         return computed
 
-    def write(self, computed: Computed) -> BatchReport:
-        """Stage 2, I/O only: neighbour lookup, then index, alert rules and publishing
-        (:class:`BatchWriter`); returns once all are acknowledged."""
+    def index_documents(self, computed: Computed) -> Computed:
+        """Stage 2, Elasticsearch only: neighbour lookups (they find the earlier batches' documents), the
+        shadow's documents, then the champion's (:class:`BatchWriter`); returns once all are acknowledged."""
         t0 = time.perf_counter()
         if self.neighbours is not None:
             for image_id, found in self.neighbours.findings(computed.documents).items():
@@ -271,7 +272,7 @@ class ImagePipeline(MicroBatchPipeline):
             for rejected in bulk_index(self.es, self.shadow_index, docs, should_stop=self._stopping.is_set):
                 logger.error("shadow prediction %s refused by Elasticsearch: %s", rejected.doc_id, rejected.reason)
                 computed.shadow_predictions.pop(rejected.doc_id, None)
-        return self.writer.write(computed)
+        return super().index_documents(computed)
 
     def _decode(self, batch: Sequence[InMessage], computed: Computed) -> list[_Decoded]:
         size, channels = self.info.input_size, self.info.channels

@@ -2,15 +2,21 @@
 
 Lifecycle, each step called once unless said otherwise::
 
-    setup()                 connect, load the model, create indices; raises when a setting or a service is wrong
-    compute(batch)  many    CPU only, no I/O: decode or validate, one model call, documents and outputs
-    write(computed) many    I/O only: returns only when every output is acknowledged; raises when one is not
-    stop()                  from another thread at shutdown: a write stuck in retries gives up
-    close()                 flush what is in flight and close the clients
+    setup()                   connect, load the model, create indices; raises when a setting or a service is wrong
+    compute(batch)    many    CPU only, no I/O: decode or validate, one model call, documents and outputs
+    index_documents(c) many   Elasticsearch: the batch's documents (and what they need: neighbour lookups);
+                              returns once they are acknowledged, refused ones made dead letters
+    publish(computed) many    the alert rules and the sinks: returns only when every output is acknowledged;
+                              raises when one is not
+    stop()                    from another thread at shutdown: a step stuck in retries gives up
+    close()                   flush what is in flight and close the clients
 
-``compute`` of batch N+1 may run while ``write`` of batch N runs (two threads), never two computes or
-two writes at once. Neither raises for bad input: a message a stage refuses becomes a
-:class:`~streamdl.records.DeadLetter` with its reason.
+A batch goes through ``compute``, ``index_documents`` and ``publish`` in that order, and the batches go through each
+step in order, one at a time per step; the steps of different batches may overlap (three threads): while
+batch N publishes, N+1 indexes and N+2 computes. So Elasticsearch sees batch N's documents before N+1's
+(neighbour lookups of N+1 find them), and the rules see the batches in order. ``write`` is both I/O steps
+of one batch, for drivers without overlap. No step raises for bad input: a message a stage refuses becomes
+a :class:`~streamdl.records.DeadLetter` with its reason.
 """
 
 from __future__ import annotations
@@ -73,12 +79,23 @@ class Stage(ABC):
         """Called per micro-batch on the compute thread: CPU only, no I/O, never raises for bad input."""
 
     @abstractmethod
+    def index_documents(self, computed: Computed) -> Computed:
+        """Called per micro-batch on the index thread, in batch order: returns (``computed``, with the documents
+        Elasticsearch refused for good made dead letters) once the documents are acknowledged; raises when they
+        are not (the batch is then not committed and comes again)."""
+
+    @abstractmethod
+    def publish(self, computed: Computed) -> BatchReport:
+        """Called per micro-batch on the publish thread, in batch order, after :meth:`index_documents`: returns
+        only when every output is acknowledged; raises when one is not (the batch is then not committed and
+        comes again)."""
+
     def write(self, computed: Computed) -> BatchReport:
-        """Called per micro-batch on the write thread, in batch order: returns only when every output is
-        acknowledged; raises when one is not (the batch is then not committed and comes again)."""
+        """Both I/O steps of one micro-batch (drivers without overlap)."""
+        return self.publish(self.index_documents(computed))
 
     def process_batch(self, batch: Sequence[InMessage]) -> BatchReport:
-        """Both steps of one micro-batch (drivers without overlap: reindex, benchmarks, tests)."""
+        """All steps of one micro-batch (drivers without overlap: reindex, benchmarks, tests)."""
         return self.write(self.compute(batch))
 
     def stop(self) -> None:  # noqa: B027 - optional hook

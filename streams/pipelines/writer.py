@@ -1,11 +1,13 @@
-"""The write step every pipeline shares, and the base class that wires it up.
+"""The two write steps every pipeline shares, and the base class that wires them up.
 
-Order, so that offsets can be committed once :meth:`BatchWriter.write` returns: documents are
-bulk-indexed (a document Elasticsearch refuses becomes a dead letter and gets no prediction or
-alert); the rules run on what was indexed; the new alerts are created in the alerts index (only
-those this worker created first are published; the others count as suppressed); then the batch's
-outputs go to each sink in turn (:mod:`~streamdl.streams.pipelines.sinks`: the Kafka topics, any sink
-a deployment adds), each returning only once what it wrote is acknowledged.
+Order, so that offsets can be committed once :meth:`BatchWriter.publish` returns: documents are
+bulk-indexed (:meth:`BatchWriter.index_documents`: a document Elasticsearch refuses becomes a dead letter
+and gets no prediction or alert); then :meth:`BatchWriter.publish`: the rules run on what was indexed,
+the new alerts are created in the alerts index (only those this worker created first are published; the
+others count as suppressed), then the batch's outputs go to each sink in turn
+(:mod:`~streamdl.streams.pipelines.sinks`: the Kafka topics, any sink a deployment adds), each returning
+only once what it wrote is acknowledged. A worker runs the two steps on two threads, batch N+1 indexing
+while batch N publishes (:mod:`~streamdl.streams.pipelines.stage`).
 
 While Elasticsearch refuses writes with a block (read-only at the disk's flood stage), the batch waits
 and one ``sink_blocked`` alert per blocked spell goes to the sinks (the alerts index is blocked too: it
@@ -63,13 +65,21 @@ class BatchWriter:
         """``publish=False`` (a reindex) writes documents only: no sinks, rules or dead letters again.
         ``alerts`` (the alerts index) decides which new alerts this worker publishes; without it, all."""
         self.stream, self.documents, self.sinks = stream, documents, list(sinks)
-        self.engine, self.processed, self.publish, self.alerts = engine, processed, publish, alerts
+        self.engine, self.processed, self.publish_outputs, self.alerts = engine, processed, publish, alerts
         self._blocked: Alert | None = None
         """The ``sink_blocked`` alert of the current blocked spell (raised once; indexed when it ends)."""
         self.documents.on_blocked = self._on_blocked
+        self._outputs_lock = threading.Lock()
+        """Held while the alerts index or the sinks are written: :meth:`publish` (the publish thread), the blocked
+        spell's alert (the index thread) and :meth:`raise_alert` (any thread) take turns."""
 
     def write(self, computed: Computed) -> BatchReport:
-        """Write one batch; returns once every sink acknowledged it, raises when one did not."""
+        """Both steps of one batch (:meth:`index_documents`, then :meth:`publish`)."""
+        return self.publish(self.index_documents(computed))
+
+    def index_documents(self, computed: Computed) -> Computed:
+        """Index the batch's documents; those Elasticsearch refuses for good become dead letters and lose their
+        outputs. Returns once the rest are acknowledged (outages and write blocks are waited out)."""
         t0 = time.perf_counter()
         rejections = self.documents.write(computed.documents)
         if computed.documents:
@@ -80,43 +90,53 @@ class BatchWriter:
             computed.predictions.pop(rejected.doc_id, None)
             computed.shadow_predictions.pop(rejected.doc_id, None)
             computed.scored.pop(rejected.doc_id, None)
-        refused = sum(1 for d in computed.dead if d.code == "index_rejected")
+        computed.seconds["index"] = time.perf_counter() - t0
+        return computed
+
+    def publish(self, computed: Computed) -> BatchReport:
+        """The rules on what was indexed, the new alerts claimed, then every sink; returns once every sink
+        acknowledged the batch, raises when one did not."""
         t1 = time.perf_counter()
+        refused = sum(1 for d in computed.dead if d.code == "index_rejected")
         alerts = AlertBatch()
-        if self.engine is not None and self.publish:
+        if self.engine is not None and self.publish_outputs:
             alerts.extend(self.engine.evaluate(list(computed.scored.values())))
             alerts.extend(self.engine.observe(computed.size, len(computed.dead)))
+        with self._outputs_lock:
             alerts = self._claim(alerts)
+            if self.publish_outputs:
+                self._send(computed, alerts)
         report = BatchReport(size=computed.size, indexed=len(computed.documents) - refused, alerts=len(alerts.new))
         for dead in computed.dead:
             report.dead_letters[dead.code] = report.dead_letters.get(dead.code, 0) + 1
-        if self.publish:
-            outputs = Outputs(
-                stream=self.stream,
-                documents=computed.documents,
-                predictions=computed.predictions,
-                alerts=alerts.new,
-                updated_alerts=alerts.updated,
-                dead_letters=computed.dead,
-                shadow=computed.shadow,
-                shadow_predictions=computed.shadow_predictions,
-                sources=computed.messages,
-            )
-            for sink in self.sinks:
-                sink.write(outputs)
-        t2 = time.perf_counter()
-        report.seconds = {**computed.seconds, "index": t1 - t0, "publish": t2 - t1}
+        report.seconds = {**computed.seconds, "publish": time.perf_counter() - t1}
         self._record(report, alerts)
         return report
+
+    def _send(self, computed: Computed, alerts: AlertBatch) -> None:
+        outputs = Outputs(
+            stream=self.stream,
+            documents=computed.documents,
+            predictions=computed.predictions,
+            alerts=alerts.new,
+            updated_alerts=alerts.updated,
+            dead_letters=computed.dead,
+            shadow=computed.shadow,
+            shadow_predictions=computed.shadow_predictions,
+            sources=computed.messages,
+        )
+        for sink in self.sinks:
+            sink.write(outputs)
 
     def raise_alert(self, alert: Alert) -> None:
         """An alert from outside the rules (e.g. a refused model version): indexed, then written to every
         sink now unless another worker raised it first."""
-        if not self._claim(AlertBatch(new=[alert])).new:
-            metrics.ALERTS_SUPPRESSED.labels(self.stream, alert.rule).inc()
-            return
-        for sink in self.sinks:
-            sink.write(Outputs(stream=self.stream, alerts=[alert]))
+        with self._outputs_lock:
+            if not self._claim(AlertBatch(new=[alert])).new:
+                metrics.ALERTS_SUPPRESSED.labels(self.stream, alert.rule).inc()
+                return
+            for sink in self.sinks:
+                sink.write(Outputs(stream=self.stream, alerts=[alert]))
         metrics.ALERTS.labels(self.stream, alert.rule).inc()
 
     def _claim(self, alerts: AlertBatch) -> AlertBatch:
@@ -151,8 +171,9 @@ class BatchWriter:
         )
         logger.error("Elasticsearch refuses writes to %s (%s): waiting until the block is lifted", index, reason)
         metrics.ALERTS.labels(self.stream, alert.rule).inc()
-        for sink in self.sinks:  # the Kafka alerts topic: the alerts index is most likely blocked too
-            sink.write(Outputs(stream=self.stream, alerts=[alert]))
+        with self._outputs_lock:
+            for sink in self.sinks:  # the Kafka alerts topic: the alerts index is most likely blocked too
+                sink.write(Outputs(stream=self.stream, alerts=[alert]))
 
     def _unblocked(self) -> None:
         """After a write went through: the blocked spell (if any) ended; its alert is indexed now."""
@@ -160,14 +181,15 @@ class BatchWriter:
         if alert is not None:
             logger.info("Elasticsearch accepts writes to %s again", alert.subject_id)
             if self.alerts is not None:
-                self.alerts.write([alert])
+                with self._outputs_lock:
+                    self.alerts.write([alert])
 
     def _record(self, report: BatchReport, alerts: AlertBatch) -> None:
         self.processed.inc(report.indexed)
         metrics.BATCH_SIZE.labels(self.stream).observe(report.size)
         for stage, seconds in report.seconds.items():
             metrics.STAGE_SECONDS.labels(self.stream, stage).observe(seconds)
-        if self.publish:
+        if self.publish_outputs:
             for code, count in report.dead_letters.items():
                 metrics.DEAD_LETTERS.labels(self.stream, code).inc(count)
             for alert in alerts.new:
@@ -198,7 +220,7 @@ class MicroBatchPipeline(Stage):
         self, settings: Settings, rules: Sequence[Rule] = (), *, publish: bool = True, sinks: Sequence[Sink] = ()
     ) -> None:
         """``publish=False`` (a reindex) writes documents only; ``sinks`` are written after the built-in ones."""
-        self.settings, self.rules, self.publish = settings, tuple(rules), publish
+        self.settings, self.rules, self.publish_outputs = settings, tuple(rules), publish
         self.extra_sinks = [*sinks, *load_sinks(settings.extra_sinks, settings)]
         self._stopping = threading.Event()
         self.es: Elasticsearch | None = None
@@ -226,7 +248,7 @@ class MicroBatchPipeline(Stage):
         documents = ElasticsearchDocuments(es, self.index, stopping)
         alerts = ElasticsearchAlerts(es, self.settings.alias("alerts"), stopping)
         self.writer = BatchWriter(
-            self.stream, documents, sinks, engine, self.processed, publish=self.publish, alerts=alerts
+            self.stream, documents, sinks, engine, self.processed, publish=self.publish_outputs, alerts=alerts
         )
 
     def replace_kafka_outputs(self, sink: Sink) -> None:
@@ -238,10 +260,15 @@ class MicroBatchPipeline(Stage):
         for old in replaced:
             old.close()
 
-    def write(self, computed: Computed) -> BatchReport:
-        """I/O only (:class:`BatchWriter`); returns once all is acknowledged."""
+    def index_documents(self, computed: Computed) -> Computed:
+        """The batch's documents (:meth:`BatchWriter.index_documents`)."""
         assert self.writer is not None, "setup() was not called"
-        return self.writer.write(computed)
+        return self.writer.index_documents(computed)
+
+    def publish(self, computed: Computed) -> BatchReport:
+        """The rules and the sinks (:meth:`BatchWriter.publish`); returns once all is acknowledged."""
+        assert self.writer is not None, "setup() was not called"
+        return self.writer.publish(computed)
 
     def stop(self) -> None:
         """Ask a batch stuck in retries to give up (called from another thread at shutdown)."""

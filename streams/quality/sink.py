@@ -14,7 +14,7 @@ from a tracker of its own) but never alerted on: no ``drift_above`` rule sees it
 ``accuracy_below`` rule a version that served none of the window's labelled images.
 
 A sink, not a job of its own: it sees each batch's documents right after they were indexed, with no
-second consumer of the topics, and the worker's write thread already paces it. Its alerts go through the
+second consumer of the topics, and the worker's publish thread already paces it. Its alerts go through the
 same alert sinks as the pipelines' (the alerts index and topic).
 """
 

@@ -13,7 +13,7 @@ def test_a_bound_in_bytes_sizes_fetch_buffer_and_batches_to_stay_under_it():
     limits = inflight_limits(settings, ("images",))
     assert limits.fetch_bytes == 16 * MiB  # a quarter over 4 partitions
     assert limits.buffer_messages == 6  # a quarter in 10 MiB messages
-    assert limits.batch_size == {"images": 3}  # half over 4 batches in flight of 10 MiB messages
+    assert limits.batch_size == {"images": 2}  # half over 5 batches in flight of 10 MiB messages
     assert limits.bound <= 256 * MiB
 
 
@@ -30,4 +30,4 @@ def test_without_a_bound_the_counts_are_the_defaults_and_the_bound_says_what_the
     settings = load_settings({"max_message_bytes": 10 * MiB, "max_batch_size": 64}, env_file=None)
     limits = inflight_limits(settings, ("images",))
     assert (limits.fetch_bytes, limits.buffer_messages, limits.batch_size) == (16 * MiB, 256, {"images": 64})
-    assert limits.bound == (4 * 16 + (256 + 4 * 64) * 10) * MiB  # 5.1 GiB of 10 MiB images
+    assert limits.bound == (4 * 16 + (256 + 5 * 64) * 10) * MiB  # 5.7 GiB of 10 MiB images
