@@ -102,7 +102,8 @@ def render(rows: list[dict], batch_size: int) -> str:
     where = [
         "",
         "Where the time goes (ms per image, from the worker's streamdl_stage_seconds; decode+model run on one thread,",
-        "index+publish on another, overlapped, so the stages can add up to more than the wall time):",
+        "index (neighbour lookups, bulk) on a second, publish on a third, overlapped across batches, so the stages",
+        "can add up to more than the wall time):",
         "",
         "| model | " + " | ".join(stages) + " | wall time per image |",
         "| --- | " + " | ".join("---:" for _ in stages) + " | ---: |",
