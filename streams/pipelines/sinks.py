@@ -60,7 +60,9 @@ class Sink(ABC):
     Lifecycle: :meth:`setup` once before the first batch (connect, check; raise to stop the worker
     from starting); :meth:`write` once per micro-batch, in batch order, returning only when everything
     it wrote is acknowledged and raising when something was not (the batch is then not committed and is
-    written again: writes must be idempotent by id); :meth:`close` once at shutdown.
+    written again: writes must be idempotent by id); :meth:`close` once at shutdown. Writes come from the
+    worker's publish thread, and outside the batches from the index thread (a ``sink_blocked`` alert) or
+    another thread (:meth:`~streamdl.streams.pipelines.writer.BatchWriter.raise_alert`), never two at once.
     """
 
     def setup(self) -> None:  # noqa: B027 - optional hook
