@@ -30,6 +30,8 @@ RETRY = Backoff(first=2.0, max_delay=30.0, attempts=3)
 EXIT_BATCH_FAILED = 70  # EX_SOFTWARE
 T = TypeVar("T")
 A = TypeVar("A")
+STEPS = {"compute": "computing", "index": "indexing", "publish": "publishing"}
+"""Each step's thread name, and what the logs call doing it."""
 
 
 class BatchAbandoned(Exception):
@@ -82,10 +84,7 @@ class BatchSteps:
     def __init__(self, name: str, stage: Stage, stopping: threading.Event) -> None:
         """``stopping`` set (shutdown): a step that fails is not retried and its batch is abandoned (not done)."""
         self.stage, self.stopping = stage, stopping
-        self.threads = {
-            step: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-{step}")
-            for step in ("compute", "index", "publish")
-        }
+        self.threads = {step: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-{step}") for step in STEPS}
         self._last: asyncio.Task | None = None
         """The newest batch's index-and-publish task; it waits for the one before it."""
         self._indexed: asyncio.Event | None = None
@@ -101,7 +100,7 @@ class BatchSteps:
         except BatchAbandoned:
             return False
         if self._indexed is not None:
-            await self._indexed.wait()  # one batch indexing at a time: bounded memory, documents in order
+            await self._indexed.wait()  # the batch before it indexed and publishing: bounded memory, documents in order
         self._indexed = indexed = asyncio.Event()
         self._last = asyncio.create_task(self._write(batch, computed, indexed, self._last, done))
         return True
@@ -139,7 +138,7 @@ class BatchSteps:
     async def _step(self, step: str, batch: list[InMessage], call: Callable[[A], T], arg: A) -> T:
         loop = asyncio.get_running_loop()
         return await with_retries(
-            {"compute": "computing", "index": "indexing", "publish": "publishing"}[step],
+            STEPS[step],
             batch,
             lambda: loop.run_in_executor(self.threads[step], call, arg),
             self.stopping.is_set,
