@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ def read_faust(bootstrap: str, topic: str, count: int, mode: str = "faust") -> N
         web_enabled=False,
         autodiscover=False,
         store="memory://",
+        datadir=tempfile.mkdtemp(prefix="streamdl-intake-"),  # not an intake-*-data folder in the working directory
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",

@@ -32,20 +32,41 @@ class Rejected:
     doc_id: str
     status: int
     reason: str
+    index: str = ""
+    """The index (or alias) the action named."""
+
+
+@dataclass(frozen=True)
+class BulkItem:
+    """One pre-encoded bulk action (:func:`encode`) and the index and id it writes."""
+
+    index: str
+    doc_id: str
+    lines: bytes
 
 
 RESPONSE_FILTER = ["errors", "items.*.status", "items.*.error.type", "items.*.error.reason"]
 """Only what the retry loop reads: item order, status and error (a 256-image response shrinks ~20x)."""
 
 
-def encode(index: str, doc_id: str, doc: Mapping[str, Any], op: str = "index", version: int | None = None) -> bytes:
-    """One bulk action (``index`` or ``create``) as NDJSON lines, serialized once (numpy arrays as lists);
-    with ``version``, an ``index`` that only replaces a document of a lower version (external versioning)."""
+def encode(
+    index: str, doc_id: str, doc: Mapping[str, Any] | None, op: str = "index", version: int | None = None
+) -> bytes:
+    """One bulk action (``index``, ``create`` or ``delete``, which has no document) as NDJSON lines, serialized
+    once (numpy arrays as lists); with ``version``, an ``index`` that only replaces a document of a lower
+    version (external versioning)."""
     meta: dict[str, Any] = {"_index": index, "_id": doc_id}
     if version is not None:
         meta.update(version=version, version_type="external")
-    action = orjson.dumps({op: meta})
-    return action + b"\n" + orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+    action = orjson.dumps({op: meta}) + b"\n"
+    return action if doc is None else action + orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+
+
+def item(
+    index: str, doc_id: str, doc: Mapping[str, Any] | None, op: str = "index", version: int | None = None
+) -> BulkItem:
+    """One action (:func:`encode`) ready for :func:`send_bulk`."""
+    return BulkItem(index, doc_id, encode(index, doc_id, doc, op, version))
 
 
 def bulk_index(
@@ -53,35 +74,46 @@ def bulk_index(
     index: str,
     docs: Sequence[tuple[str, Mapping[str, Any]]],
     *,
+    op: str = "index",
+    versions: Mapping[str, int] | None = None,
+    **retries: Any,
+) -> list[Rejected]:
+    """Index ``(id, document)`` pairs into ``index``; returns the permanently rejected ones (:func:`send_bulk`,
+    whose keyword arguments ``retries`` are). ``op="create"`` writes only what is not there yet; ``versions`` (by
+    id) replace a document only when their version is higher than the stored one. Either way a conflict comes
+    back as a :class:`Rejected` of status 409."""
+    versions = versions or {}
+    return send_bulk(client, [item(index, doc_id, doc, op, versions.get(doc_id)) for doc_id, doc in docs], **retries)
+
+
+def send_bulk(
+    client: Elasticsearch,
+    items: Sequence[BulkItem],
+    *,
     max_backoff: float = 30.0,
     give_up_after: float | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-    op: str = "index",
-    versions: Mapping[str, int] | None = None,
     on_blocked: Callable[[str], None] = lambda why: None,
 ) -> list[Rejected]:
-    """Index ``(id, document)`` pairs into ``index``; returns the permanently rejected ones.
+    """Send pre-encoded actions (any indices, in one request while nothing fails); returns the permanently
+    rejected ones.
 
-    Each document is serialized once into a pre-encoded NDJSON body; a retry re-sends only the
-    lines of the documents that failed. Connection errors, timeouts, item statuses
+    A retry re-sends only the actions that failed. Connection errors, timeouts, item statuses
     429/502/503/504 and write blocks (``cluster_block_exception``) are retried with exponential
     backoff capped at ``max_backoff`` seconds, for as long as it takes unless ``give_up_after``
     seconds pass (then :class:`TransportError` propagates) or ``should_stop()`` turns true;
     ``on_blocked(reason)`` is called at each attempt refused by a block. Because ids are
-    deterministic, a retried document overwrites itself: no duplicates. ``op="create"`` writes
-    only what is not there yet; ``versions`` (by id) replace a document only when their version is
-    higher than the stored one. Either way a conflict comes back as a :class:`Rejected` of status 409.
+    deterministic, a retried document overwrites itself: no duplicates.
     """
-    versions = versions or {}
-    pending = [(doc_id, encode(index, doc_id, doc, op, versions.get(doc_id))) for doc_id, doc in docs]
+    pending = list(items)
     rejected: list[Rejected] = []
     backoff, start, attempt = Backoff(first=0.2, max_delay=max_backoff), time.monotonic(), 0
     while pending:
         attempt += 1
-        retry: list[tuple[str, bytes]] = []
+        retry: list[BulkItem] = []
         blocked_by = ""
         try:
-            resp = client.bulk(operations=b"".join(lines for _, lines in pending), filter_path=RESPONSE_FILTER)
+            resp = client.bulk(operations=b"".join(i.lines for i in pending), filter_path=RESPONSE_FILTER)
         except TransportError as exc:  # connection refused or reset, timeouts
             retry, why = pending, f"{type(exc).__name__}: {exc}"
         except ApiError as exc:
@@ -93,19 +125,19 @@ def bulk_index(
         else:
             why = ""
             if resp.get("errors"):
-                for (doc_id, lines), item in zip(pending, resp["items"]):
-                    result = next(iter(item.values()))
+                for sent, answer in zip(pending, resp["items"]):
+                    result = next(iter(answer.values()))
                     status = result.get("status", 500)
                     if status < 300:
                         continue
                     err = result.get("error", {})
                     reason = f"{err.get('type', 'error')}: {err.get('reason', '')}"[:500]
                     if status in RETRY_STATUSES or err.get("type") == BLOCKED:
-                        retry.append((doc_id, lines))
+                        retry.append(sent)
                         why = f"item status {status} {err.get('type', '')}".rstrip()
                         blocked_by = reason if err.get("type") == BLOCKED else blocked_by
                     else:
-                        rejected.append(Rejected(doc_id, status, reason))
+                        rejected.append(Rejected(sent.doc_id, status, reason, sent.index))
         if blocked_by:
             on_blocked(blocked_by)
         if not retry:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections import ChainMap, deque
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -110,6 +110,19 @@ class AlertBatch:
         return list({a.alert_id: a for a in [*self.new, *self.updated]}.values())
 
 
+WindowKey = tuple[str, str, float]
+"""A throttle window: the rule's name, the subject, the window's start."""
+
+
+@dataclass
+class Tentative:
+    """An evaluation not yet applied to the throttle state (:meth:`AlertEngine.tentative`)."""
+
+    alerts: AlertBatch
+    windows: dict[WindowKey, Alert]
+    """The windows it opens or counts in, with their alert after this batch."""
+
+
 class AlertEngine:
     """The rules of one stream (``images`` or ``events``) with their throttle state."""
 
@@ -118,18 +131,26 @@ class AlertEngine:
     def __init__(self, rules: Sequence[Rule], stream: str, topic: str) -> None:
         self.rules = [r for r in rules if r.applies_to(stream)]
         self.stream, self.topic = stream, topic
-        self._open: dict[tuple[str, str, float], Alert] = {}
+        self._open: dict[WindowKey, Alert] = {}
         self._counts: deque[tuple[float, int, int]] = deque()
 
     def evaluate(self, scored: Sequence[Scored], now: float | None = None) -> AlertBatch:
         """Alerts for a batch of scored messages."""
-        now = time.time() if now is None else now
+        tentative = self.tentative(scored, time.time() if now is None else now)
+        self.keep(tentative)
+        return tentative.alerts
+
+    def tentative(self, scored: Sequence[Scored], now: float) -> Tentative:
+        """What :meth:`evaluate` would return, without changing the throttle state: :meth:`keep` it (no other
+        evaluation in between) or drop it."""
+        windows: ChainMap[WindowKey, Alert] = ChainMap({}, self._open)
         out = AlertBatch()
         for item in scored:
             for rule in self.rules:
                 evidence = _evidence(rule, item)
                 if evidence is not None:
                     self._fire(
+                        windows,
                         out,
                         rule,
                         item.subject(rule.subject),
@@ -140,7 +161,13 @@ class AlertEngine:
                         item.model_version,
                         item.id,
                     )
-        return out
+        return Tentative(out, windows.maps[0])
+
+    def keep(self, tentative: Tentative) -> None:
+        """Apply a :meth:`tentative` evaluation's windows to the throttle state."""
+        self._open.update(tentative.windows)
+        if len(self._open) > self.MAX_OPEN_WINDOWS:
+            self._forget_oldest()
 
     def observe(self, messages: int, dead: int, now: float | None = None) -> AlertBatch:
         """Count a batch's messages and dead letters; alerts for rates above their bound."""
@@ -164,11 +191,14 @@ class AlertEngine:
                     "window_secs": rule.window_secs,
                     "topic": self.topic,
                 }
-                self._fire(out, rule, self.topic, now, now, evidence, "", "")
+                self._fire(self._open, out, rule, self.topic, now, now, evidence, "", "")
+        if len(self._open) > self.MAX_OPEN_WINDOWS:
+            self._forget_oldest()
         return out
 
+    @staticmethod
     def _fire(
-        self,
+        windows: MutableMapping[WindowKey, Alert],
         out: AlertBatch,
         rule: Rule,
         subject: str,
@@ -181,12 +211,12 @@ class AlertEngine:
     ) -> None:
         window = math.floor(ts / rule.throttle_secs) * rule.throttle_secs
         key = (rule.name, subject, window)
-        open_alert = self._open.get(key)
+        open_alert = windows.get(key)
         if open_alert is not None:
-            self._open[key] = updated = replace(open_alert, suppressed=open_alert.suppressed + 1)
+            windows[key] = updated = replace(open_alert, suppressed=open_alert.suppressed + 1)
             out.updated.append(updated)
             return
-        self._open[key] = alert = Alert(
+        windows[key] = alert = Alert(
             rule=rule.name,
             kind=rule.finding or rule.kind,
             severity=rule.severity,
@@ -199,8 +229,6 @@ class AlertEngine:
             raised_at=now,
             trigger=trigger,
         )
-        if len(self._open) > self.MAX_OPEN_WINDOWS:
-            self._forget_oldest()
         out.new.append(alert)
 
     def _forget_oldest(self) -> None:

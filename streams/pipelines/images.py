@@ -2,8 +2,8 @@
 
 Lifecycle: :meth:`ImagePipeline.setup` (load the model, create the index, check the services;
 fails fast); per micro-batch :meth:`ImagePipeline.compute` (CPU: decode, model, outputs), then
-:meth:`ImagePipeline.index_documents` (neighbour lookups, the shadow's and the champion's documents), then
-:meth:`~streamdl.streams.pipelines.writer.MicroBatchPipeline.publish` (rules, Kafka): three steps a worker
+:meth:`ImagePipeline.index_documents` (neighbour lookups, the shadow's and the champion's documents, the
+alerts), then :meth:`~streamdl.streams.pipelines.writer.MicroBatchPipeline.publish` (Kafka): three steps a worker
 overlaps across batches (:mod:`~streamdl.streams.pipelines.stage`); none raises for bad input;
 :meth:`ImagePipeline.close`.
 """

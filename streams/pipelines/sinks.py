@@ -2,9 +2,9 @@
 
 The writer (:class:`~streamdl.streams.pipelines.writer.BatchWriter`) first indexes the documents
 (:class:`ElasticsearchDocuments`: a document Elasticsearch refuses for good becomes a dead letter and
-gets no prediction or alert), then runs the alert rules on what was indexed, then claims the new alerts
-in the alerts index (:class:`ElasticsearchAlerts`: create-only by alert id, so of several workers only
-the first publishes a window's alert), then hands the batch's :class:`Outputs` to each :class:`Sink` in
+gets no prediction or alert) and, in the same bulk, claims the new alerts the rules raise on them in the
+alerts index (:class:`ElasticsearchAlerts`: create-only by alert id, so of several workers only the first
+publishes a window's alert), then hands the batch's :class:`Outputs` to each :class:`Sink` in
 order: the Kafka topics, then any sink a deployment adds (``Settings.extra_sinks`` or the pipelines'
 ``sinks`` argument). Offsets are committed only after every sink returned, so a sink must be idempotent
 by id: a batch can come again after a crash.
@@ -21,12 +21,12 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
-from streamdl.connectors.es_bulk import Rejected, bulk_index
+from streamdl.connectors.es_bulk import BulkItem, Rejected, item, send_bulk
 from streamdl.connectors.kafka_producer import Deliveries
 from streamdl.errors import ServiceUnavailable, SettingsError
 from streamdl.records import DeadLetter, Document, InMessage, to_json
 from streamdl.settings import Settings
-from streamdl.streams.pipelines.alerts import Alert
+from streamdl.streams.pipelines.alerts import Alert, AlertBatch
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +84,12 @@ class ElasticsearchDocuments:
         self.on_blocked: Callable[[str], None] = lambda reason: None
         """Called at each attempt refused by a write block (read-only index, flood stage)."""
 
-    def write(self, documents: Sequence[Document]) -> list[Rejected]:
-        """Index ``documents``; waits out outages and write blocks; returns those Elasticsearch refused for good."""
-        docs = [(d.id, d.body) for d in documents]
-        return bulk_index(self.es, self.index, docs, should_stop=self.should_stop, on_blocked=self.on_blocked)
+    def write(self, documents: Sequence[Document], also: Sequence[BulkItem] = ()) -> list[Rejected]:
+        """Index ``documents`` and send the actions ``also`` in the same bulk; waits out outages and write
+        blocks; returns what Elasticsearch refused for good (``Rejected.index`` tells the documents apart)."""
+        items = [item(self.index, d.id, d.body) for d in documents]
+        items += also
+        return send_bulk(self.es, items, should_stop=self.should_stop, on_blocked=self.on_blocked)
 
 
 class ElasticsearchAlerts:
@@ -100,6 +102,9 @@ class ElasticsearchAlerts:
     as suppressed). A suppressed count goes in as the whole document with external version ``count + 1``, so
     a lower count never overwrites a higher one (no script needed): the stored count is the largest any one
     worker reported, idempotent under replays, a lower bound (not a sum) across workers.
+
+    :meth:`write` is one round trip (two when an id was taken); the writer instead sends :meth:`items` in the
+    documents' bulk and calls :meth:`settle` with what that bulk refused.
     """
 
     def __init__(
@@ -114,32 +119,55 @@ class ElasticsearchAlerts:
     def write(self, new: Sequence[Alert], updated: Sequence[Alert] = ()) -> list[Alert]:
         """Create ``new``, raise the counts of ``updated``; returns the new alerts another worker raised first
         (their first firing counts as suppressed). Waits out outages and blocks like the documents."""
-        lost = self._create(new)
-        counts = {a.alert_id: (a, a.suppressed) for a in updated}
+        alerts = AlertBatch(list(new), list(updated))
+        items = self.items(alerts)
+        return self.settle(alerts, send_bulk(self.es, items, should_stop=self.should_stop) if items else [])
+
+    def items(self, alerts: AlertBatch) -> list[BulkItem]:
+        """The bulk actions that create the new alerts and raise the counts of the updated ones (those whose
+        alert is not new in the same batch: their count waits for :meth:`settle`)."""
+        new = {a.alert_id: a for a in alerts.new}
+        creates = [item(self.alias, alert_id, alert.as_json(), "create") for alert_id, alert in new.items()]
+        return creates + self._counts({a.alert_id: (a, a.suppressed) for a in alerts.updated if a.alert_id not in new})
+
+    def settle(self, alerts: AlertBatch, rejected: Sequence[Rejected]) -> list[Alert]:
+        """After the bulk that carried :meth:`items` (``rejected``: what it refused, of any index): returns the
+        new alerts another worker raised first, and writes the counts that waited."""
+        mine = [r for r in rejected if r.index == self.alias]
+        self._log([r for r in mine if r.status != 409])  # 409 of a count: a higher count is stored already
+        new = {a.alert_id: a for a in alerts.new}
+        lost = self._lost(new, [r.doc_id for r in mine if r.status == 409 and r.doc_id in new])
+        counts = {a.alert_id: (a, a.suppressed) for a in alerts.updated if a.alert_id in new}
         for alert in lost:  # its first firing is one more suppressed firing of the window
             counts[alert.alert_id] = (alert, max(counts.get(alert.alert_id, (alert, 0))[1], alert.suppressed + 1))
-        docs = [(i, {**self._theirs.get(i, alert.as_json()), "suppressed": n}) for i, (alert, n) in counts.items()]
-        if docs:
-            versions = {i: n + 1 for i, (_, n) in counts.items()}  # above the creation's version 1
-            rejected = bulk_index(self.es, self.alias, docs, should_stop=self.should_stop, versions=versions)
-            self._log([r for r in rejected if r.status != 409])  # 409: a higher count is stored already
+        items = self._counts(counts)
+        if items:
+            self._log([r for r in send_bulk(self.es, items, should_stop=self.should_stop) if r.status != 409])
         return lost
 
-    def _create(self, new: Sequence[Alert]) -> list[Alert]:
-        if not new:
-            return []
-        by_id = {a.alert_id: a for a in new}
-        docs = [(alert_id, alert.as_json()) for alert_id, alert in by_id.items()]
-        rejected = bulk_index(self.es, self.alias, docs, should_stop=self.should_stop, op="create")
-        taken = [r.doc_id for r in rejected if r.status == 409]
-        self._log([r for r in rejected if r.status != 409])
+    def undo(self, alert_ids: Sequence[str]) -> None:
+        """Delete alerts this worker just created (their document was then refused)."""
+        items = [item(self.alias, alert_id, None, "delete") for alert_id in alert_ids]
+        if items:
+            self._log([r for r in send_bulk(self.es, items, should_stop=self.should_stop) if r.status != 404])
+
+    def _counts(self, counts: dict[str, tuple[Alert, int]]) -> list[BulkItem]:
+        """Each alert's whole document with its suppressed count, at external version ``count + 1`` (above the
+        creation's version 1)."""
+        return [
+            item(self.alias, alert_id, {**self._theirs.get(alert_id, alert.as_json()), "suppressed": n}, version=n + 1)
+            for alert_id, (alert, n) in counts.items()
+        ]
+
+    def _lost(self, new: dict[str, Alert], taken: list[str]) -> list[Alert]:
+        """Of the new alerts whose id was ``taken`` (409), those another worker raised (not a replay of ours)."""
         if not taken:
             return []
         found = self.es.mget(index=self.alias, ids=taken)["docs"]
         stored = {d["_id"]: d["_source"] for d in found if d.get("found")}
         lost = []
         for alert_id in taken:
-            alert, doc = by_id[alert_id], stored.get(alert_id, {})
+            alert, doc = new[alert_id], stored.get(alert_id, {})
             if alert.trigger and doc.get("trigger") == alert.trigger:
                 continue  # our own alert again (a replay): published again
             lost.append(alert)

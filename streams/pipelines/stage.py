@@ -4,10 +4,10 @@ Lifecycle, each step called once unless said otherwise::
 
     setup()                   connect, load the model, create indices; raises when a setting or a service is wrong
     compute(batch)    many    CPU only, no I/O: decode or validate, one model call, documents and outputs
-    index_documents(c) many   Elasticsearch: the batch's documents (and what they need: neighbour lookups);
-                              returns once they are acknowledged, refused ones made dead letters
-    publish(computed) many    the alert rules and the sinks: returns only when every output is acknowledged;
-                              raises when one is not
+    index_documents(c) many   Elasticsearch: the batch's documents (and what they need: neighbour lookups)
+                              and the alerts the rules raise on them; returns once they are acknowledged,
+                              refused documents made dead letters (no alert)
+    publish(computed) many    the sinks: returns only when every output is acknowledged; raises when one is not
     stop()                    from another thread at shutdown: a step stuck in retries gives up
     close()                   flush what is in flight and close the clients
 
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from streamdl.records import DeadLetter, Document, InMessage
-from streamdl.streams.pipelines.alerts import Scored
+from streamdl.streams.pipelines.alerts import AlertBatch, Scored
 
 
 @dataclass
@@ -47,6 +47,8 @@ class Computed:
     """The shadow version's prediction of each image (:mod:`~streamdl.streams.pipelines.roles`): never served."""
     shadow_predictions: dict[str, bytes] = field(default_factory=dict)
     """The JSON shadow prediction of each image id, for the shadow predictions topic."""
+    alerts: AlertBatch = field(default_factory=AlertBatch)
+    """The alerts ``index_documents`` raised on the indexed documents and claimed: what ``publish`` publishes."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Time spent per step (``decode``, ``model``, ...), for the metrics and the batch log line."""
 
@@ -81,8 +83,8 @@ class Stage(ABC):
     @abstractmethod
     def index_documents(self, computed: Computed) -> Computed:
         """Called per micro-batch on the index thread, in batch order: returns (``computed``, with the documents
-        Elasticsearch refused for good made dead letters) once the documents are acknowledged; raises when they
-        are not (the batch is then not committed and comes again)."""
+        Elasticsearch refused for good made dead letters, and ``alerts`` set) once the documents are acknowledged;
+        raises when they are not (the batch is then not committed and comes again)."""
 
     @abstractmethod
     def publish(self, computed: Computed) -> BatchReport:

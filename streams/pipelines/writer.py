@@ -1,10 +1,11 @@
 """The two write steps every pipeline shares, and the base class that wires them up.
 
-Order, so that offsets can be committed once :meth:`BatchWriter.publish` returns: documents are
-bulk-indexed (:meth:`BatchWriter.index_documents`: a document Elasticsearch refuses becomes a dead letter
-and gets no prediction or alert); then :meth:`BatchWriter.publish`: the rules run on what was indexed,
-the new alerts are created in the alerts index (only those this worker created first are published; the
-others count as suppressed), then the batch's outputs go to each sink in turn
+Order, so that offsets can be committed once :meth:`BatchWriter.publish` returns:
+:meth:`BatchWriter.index_documents` runs the rules on the batch and sends one bulk with its documents and
+its new alerts (created in the alerts index: only those this worker created first are published; the
+others count as suppressed); a document Elasticsearch refuses becomes a dead letter and gets no prediction
+or alert (the rules run again without it and the alerts are set right). Then :meth:`BatchWriter.publish`:
+the batch's outputs go to each sink in turn
 (:mod:`~streamdl.streams.pipelines.sinks`: the Kafka topics, any sink a deployment adds), each returning
 only once what it wrote is acknowledged. A worker runs the two steps on two threads, batch N+1 indexing
 while batch N publishes (:mod:`~streamdl.streams.pipelines.stage`).
@@ -26,6 +27,7 @@ from elasticsearch import Elasticsearch
 from prometheus_client import Counter
 
 from streamdl.alert_rules import Rule
+from streamdl.connectors.es_bulk import Rejected
 from streamdl.connectors.es_client import check_elasticsearch, es_client
 from streamdl.connectors.es_mappings import alerts_index
 from streamdl.connectors.kafka_admin import admin_client, check_kafka
@@ -34,7 +36,7 @@ from streamdl.connectors.setup import ensure_fixed_index
 from streamdl.records import DeadLetter
 from streamdl.settings import Settings
 from streamdl.streams.pipelines import metrics
-from streamdl.streams.pipelines.alerts import Alert, AlertBatch, AlertEngine
+from streamdl.streams.pipelines.alerts import Alert, AlertBatch, AlertEngine, Tentative
 from streamdl.streams.pipelines.sinks import (
     ElasticsearchAlerts,
     ElasticsearchDocuments,
@@ -69,42 +71,92 @@ class BatchWriter:
         self._blocked: Alert | None = None
         """The ``sink_blocked`` alert of the current blocked spell (raised once; indexed when it ends)."""
         self.documents.on_blocked = self._on_blocked
-        self._outputs_lock = threading.Lock()
-        """Held while the alerts index or the sinks are written: :meth:`publish` (the publish thread), the blocked
-        spell's alert (the index thread) and :meth:`raise_alert` (any thread) take turns."""
+        self._alerts_lock = threading.RLock()
+        """Held while the throttle state or the alerts index change: :meth:`index_documents` (the index thread)
+        and :meth:`raise_alert` (any thread) take turns. Taken before :attr:`_sinks_lock`, never after."""
+        self._sinks_lock = threading.Lock()
+        """Held while the sinks are written: :meth:`publish` (the publish thread), the blocked spell's alert
+        (the index thread) and :meth:`raise_alert` (any thread) take turns."""
 
     def write(self, computed: Computed) -> BatchReport:
         """Both steps of one batch (:meth:`index_documents`, then :meth:`publish`)."""
         return self.publish(self.index_documents(computed))
 
     def index_documents(self, computed: Computed) -> Computed:
-        """Index the batch's documents; those Elasticsearch refuses for good become dead letters and lose their
-        outputs. Returns once the rest are acknowledged (outages and write blocks are waited out)."""
+        """Index the batch's documents and claim its alerts, in one bulk while no document is refused; the
+        documents Elasticsearch refuses for good become dead letters and lose their outputs and alerts. Returns
+        once all is acknowledged (outages and write blocks are waited out)."""
         t0 = time.perf_counter()
-        rejections = self.documents.write(computed.documents)
-        if computed.documents:
-            self._unblocked()
-        for rejected in rejections:
-            reason = f"Elasticsearch rejected the document ({rejected.status}): {rejected.reason}"
-            computed.dead.append(DeadLetter(computed.messages[rejected.doc_id], "index_rejected", reason, "index"))
-            computed.predictions.pop(rejected.doc_id, None)
-            computed.shadow_predictions.pop(rejected.doc_id, None)
-            computed.scored.pop(rejected.doc_id, None)
+        rules = self.engine is not None and self.publish_outputs
+        with self._alerts_lock:
+            now = time.time()
+            tentative = self.engine.tentative(list(computed.scored.values()), now) if rules else None
+            claims = self.alerts.items(tentative.alerts) if tentative is not None and self.alerts else []
+            rejections = self.documents.write(computed.documents, also=claims)
+            if computed.documents:
+                self._unblocked()
+            refused = [r for r in rejections if r.index == self.documents.index]
+            for rejected in refused:
+                reason = f"Elasticsearch rejected the document ({rejected.status}): {rejected.reason}"
+                computed.dead.append(DeadLetter(computed.messages[rejected.doc_id], "index_rejected", reason, "index"))
+                computed.predictions.pop(rejected.doc_id, None)
+                computed.shadow_predictions.pop(rejected.doc_id, None)
+                computed.scored.pop(rejected.doc_id, None)
+            if tentative is not None:
+                assert self.engine is not None
+                if refused:
+                    computed.alerts = self._redo(tentative, computed, now, rejections)
+                else:
+                    self.engine.keep(tentative)
+                    computed.alerts = self._settled(tentative.alerts, rejections)
+                computed.alerts.extend(self._claim(self.engine.observe(computed.size, len(computed.dead))))
         computed.seconds["index"] = time.perf_counter() - t0
         return computed
 
+    def _settled(self, alerts: AlertBatch, rejections: Sequence[Rejected]) -> AlertBatch:
+        """The alerts once the bulk that carried their creation answered (:meth:`_suppress_lost`)."""
+        return alerts if self.alerts is None else self._suppress_lost(alerts, self.alerts.settle(alerts, rejections))
+
+    def _claim(self, alerts: AlertBatch) -> AlertBatch:
+        """Index alerts in a bulk of their own (:meth:`_suppress_lost`)."""
+        if self.alerts is None or not (alerts.new or alerts.updated):
+            return alerts
+        return self._suppress_lost(alerts, self.alerts.write(alerts.new, alerts.updated))
+
+    @staticmethod
+    def _suppress_lost(alerts: AlertBatch, lost: Sequence[Alert]) -> AlertBatch:
+        """The new alerts another worker created first become updated ones (counted, not published)."""
+        ids = {a.alert_id for a in lost}
+        if ids:
+            logger.info("%d alerts of the batch were raised first by another worker: suppressed here", len(ids))
+        return AlertBatch(
+            new=[a for a in alerts.new if a.alert_id not in ids],
+            updated=[*alerts.updated, *(a for a in alerts.new if a.alert_id in ids)],
+        )
+
+    def _redo(self, tentative: Tentative, computed: Computed, now: float, rejections: Sequence[Rejected]) -> AlertBatch:
+        """Some documents were refused: the rules run again on those indexed; the alerts the bulk created that
+        this evaluation does not raise (from the same document) are deleted, the others are claimed anew. A
+        suppressed count the bulk raised on a refused document's firing stays (counts only ever go up)."""
+        assert self.engine is not None
+        alerts = self.engine.evaluate(list(computed.scored.values()), now)
+        if self.alerts is None:
+            return alerts
+        taken = {r.doc_id for r in rejections if r.index == self.alerts.alias}
+        created = {a.alert_id: a.trigger for a in tentative.alerts.new if a.alert_id not in taken}
+        kept = {a.alert_id for a in alerts.new if created.get(a.alert_id) == a.trigger}
+        self.alerts.undo([alert_id for alert_id in created if alert_id not in kept])
+        rest = self._claim(AlertBatch([a for a in alerts.new if a.alert_id not in kept], alerts.updated))
+        return AlertBatch([a for a in alerts.new if a.alert_id in kept] + rest.new, rest.updated)
+
     def publish(self, computed: Computed) -> BatchReport:
-        """The rules on what was indexed, the new alerts claimed, then every sink; returns once every sink
-        acknowledged the batch, raises when one did not."""
+        """Every sink (the batch's outputs and the alerts :meth:`index_documents` claimed); returns once every
+        sink acknowledged the batch, raises when one did not."""
         t1 = time.perf_counter()
         refused = sum(1 for d in computed.dead if d.code == "index_rejected")
-        alerts = AlertBatch()
-        if self.engine is not None and self.publish_outputs:
-            alerts.extend(self.engine.evaluate(list(computed.scored.values())))
-            alerts.extend(self.engine.observe(computed.size, len(computed.dead)))
-        with self._outputs_lock:
-            alerts = self._claim(alerts)
-            if self.publish_outputs:
+        alerts = computed.alerts
+        if self.publish_outputs:
+            with self._sinks_lock:
                 self._send(computed, alerts)
         report = BatchReport(size=computed.size, indexed=len(computed.documents) - refused, alerts=len(alerts.new))
         for dead in computed.dead:
@@ -131,25 +183,15 @@ class BatchWriter:
     def raise_alert(self, alert: Alert) -> None:
         """An alert from outside the rules (e.g. a refused model version): indexed, then written to every
         sink now unless another worker raised it first."""
-        with self._outputs_lock:
-            if not self._claim(AlertBatch(new=[alert])).new:
-                metrics.ALERTS_SUPPRESSED.labels(self.stream, alert.rule).inc()
-                return
+        with self._alerts_lock:
+            claimed = self._claim(AlertBatch(new=[alert])).new
+        if not claimed:
+            metrics.ALERTS_SUPPRESSED.labels(self.stream, alert.rule).inc()
+            return
+        with self._sinks_lock:
             for sink in self.sinks:
                 sink.write(Outputs(stream=self.stream, alerts=[alert]))
         metrics.ALERTS.labels(self.stream, alert.rule).inc()
-
-    def _claim(self, alerts: AlertBatch) -> AlertBatch:
-        """Index the batch's alerts; the new ones another worker created first become updated ones."""
-        if self.alerts is None or not (alerts.new or alerts.updated):
-            return alerts
-        lost = {a.alert_id for a in self.alerts.write(alerts.new, alerts.updated)}
-        if lost:
-            logger.info("%d alerts of the batch were raised first by another worker: suppressed here", len(lost))
-        return AlertBatch(
-            new=[a for a in alerts.new if a.alert_id not in lost],
-            updated=[*alerts.updated, *(a for a in alerts.new if a.alert_id in lost)],
-        )
 
     def _on_blocked(self, reason: str) -> None:
         """Called by the documents' bulk at each attempt Elasticsearch refused with a write block."""
@@ -171,7 +213,7 @@ class BatchWriter:
         )
         logger.error("Elasticsearch refuses writes to %s (%s): waiting until the block is lifted", index, reason)
         metrics.ALERTS.labels(self.stream, alert.rule).inc()
-        with self._outputs_lock:
+        with self._sinks_lock:
             for sink in self.sinks:  # the Kafka alerts topic: the alerts index is most likely blocked too
                 sink.write(Outputs(stream=self.stream, alerts=[alert]))
 
@@ -181,7 +223,7 @@ class BatchWriter:
         if alert is not None:
             logger.info("Elasticsearch accepts writes to %s again", alert.subject_id)
             if self.alerts is not None:
-                with self._outputs_lock:
+                with self._alerts_lock:
                     self.alerts.write([alert])
 
     def _record(self, report: BatchReport, alerts: AlertBatch) -> None:

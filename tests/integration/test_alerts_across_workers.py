@@ -127,3 +127,51 @@ def test_a_replay_by_the_winner_publishes_again_and_a_later_worker_does_not(own,
     assert other.write(batch("b", 1)).alerts == 0
     alerts = published(own, read_topic, 18)
     assert len(alerts) == 9 and set(alerts.values()) == {2}, alerts  # at-least-once for the replay only
+
+
+def test_a_refused_document_raises_no_alert_and_the_next_firing_in_its_window_does(own, read_topic):
+    """The alerts ride in the documents' bulk; when Elasticsearch refuses a document, the alert it raised is
+    deleted, and a firing of an indexed document in the same window raises the window's alert instead."""
+    start = WINDOWS[0]
+    computed = Computed(size=0)
+    for n, (doc_id, machine, ts) in enumerate(
+        (("bad-m1", "m1", "not a date"), ("good-m1", "m1", iso(start + 1)), ("bad-m2", "m2", "not a date"))
+    ):
+        doc = {"id": doc_id, "ts": ts, "categorical": {"machine": machine}, "anomaly_score": 5.0}
+        computed.documents.append(Document(doc_id, doc))
+        computed.messages[doc_id] = InMessage(doc_id.encode(), b"{}", "events", 0, n)
+        computed.scored[doc_id] = Scored(doc_id, start + n, "ae", "1", doc, anomaly_score=5.0)
+        computed.size += 1
+    report = writer(own).write(computed)
+    assert report.dead_letters == {"index_rejected": 2} and report.indexed == 1
+    assert report.alerts == 1
+    alerts = read_topic(own, own.topic("alerts"), lambda ms: len(ms) >= 1, timeout=60, settle=3)
+    assert [json.loads(m.value())["trigger"] for m in alerts] == ["good-m1"]
+    es = es_client(own)
+    es.indices.refresh(index=own.alias("alerts"))
+    stored = [h["_source"] for h in es.search(index=own.alias("alerts"), size=100)["hits"]["hits"]]
+    assert [(d["subject_id"], d["trigger"]) for d in stored] == [("m1", "good-m1")]
+
+
+def test_alerts_claimed_in_the_documents_bulk_are_not_claimed_twice(own, read_topic):
+    """A batch that raises alerts and refuses nothing makes one request to Elasticsearch for the documents and
+    the alerts together; the next batches in the same windows only raise the counts."""
+    es = es_client(own)
+    w = writer(own)
+    sent: list[bytes] = []
+    bulk = w.documents.es.bulk
+
+    def counting_bulk(**kwargs):
+        sent.append(kwargs["operations"])
+        return bulk(**kwargs)
+
+    w.documents.es.bulk = counting_bulk  # the real client, its requests counted
+    assert w.write(batch("a", 0)).alerts == 9
+    assert len(sent) == 1 and sent[0].count(b'"create"') == 9
+    assert w.write(batch("a", 1)).alerts == 0  # the same windows: counts only, in the same single request
+    assert len(sent) == 2 and sent[1].count(b'"version_type":"external"') == 9
+    alerts = published(own, read_topic, 9)
+    assert len(alerts) == 9 and set(alerts.values()) == {1}
+    es.indices.refresh(index=own.alias("alerts"))
+    stored = [h["_source"] for h in es.search(index=own.alias("alerts"), size=100)["hits"]["hits"]]
+    assert sorted(d["suppressed"] for d in stored) == [1] * 9
