@@ -628,7 +628,7 @@ def render(
         "",
         "Where the time goes (the worker's streamdl_stage_seconds; "
         "validate+model run on the compute thread, index on the index thread, publish on the publish",
-        "thread, overlapped across batches; publish includes the alert rules and indexing the alerts):",
+        "thread, overlapped across batches; index includes the alert rules, whose alerts ride in the documents' bulk):",
         "",
         "| run | batches | mean batch | "
         + " | ".join(f"{s} ms/batch" for s in stages)
@@ -673,7 +673,7 @@ def render(
         ]
         holds = {
             "produce→scored": "producer linger, fetch, waiting for the micro-batch to fill (linger), validate, model",
-            "scored→published": "waiting for the previous batch's write, bulk index, alert rules, alerts indexed",
+            "scored→published": "waiting for the batches before, alert rules, one bulk (documents and alerts), Kafka",
             "published→received": "delivery (acks=all), the bench consumer's fetch",
         }
         for name, ms in lat.segments.items():

@@ -19,8 +19,11 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 STAGES = (
     ("compute thread (validate, model, documents)", ("EventPipeline.compute", "ImagePipeline.compute")),
-    ("index thread (neighbour lookups, bulk index)", ("ImagePipeline.index_documents", "BatchWriter.index_documents")),
-    ("publish thread (rules, alerts claimed, sinks)", ("BatchWriter.publish",)),
+    (
+        "index thread (neighbour lookups, rules, one bulk: documents and alerts)",
+        ("ImagePipeline.index_documents", "BatchWriter.index_documents"),
+    ),
+    ("publish thread (sinks)", ("BatchWriter.publish",)),
 )
 """A sample belongs to the first stage one of whose functions is on its stack; else to the event loop."""
 

@@ -1,11 +1,11 @@
 """The micro-batch agents: batches from a topic through a pipeline (images or events).
 
 Four steps overlap (the :mod:`~streamdl.streams.pipelines.stage` contract, one thread each): while batch N
-is published (alert rules, predictions and dead letters delivered to Kafka), batch N+1 is indexed
-(Elasticsearch bulk), batch N+2 is decoded and run through the model, and the event loop takes batch N+3
-from Faust (at most ``batches_ahead`` batches wait). Each step takes the batches one at a time and in order,
-so the index sees the batches' documents in order and the rules see the batches in order. The event loop
-never blocks, so heartbeats and commits go on.
+is published (alerts, predictions and dead letters delivered to Kafka), batch N+1 is indexed (the alert
+rules, then one Elasticsearch bulk with its documents and alerts), batch N+2 is decoded and run through the
+model, and the event loop takes batch N+3 from Faust (at most ``batches_ahead`` batches wait). Each step takes
+the batches one at a time and in order, so the index sees the batches' documents in order and the rules see
+the batches in order. The event loop never blocks, so heartbeats and commits go on.
 
 Offsets: batches come from :func:`~streamdl.streams.agents.faust_adapter.take_batches`, which never acks by
 itself; each batch's events are acked (and so become committable) only after it was published, in order
