@@ -208,6 +208,13 @@ class CpuMeter:
 
 
 # --- the events agent ----------------------------------------------------------------------------
+STAGES = ("validate", "model", "index", "publish")
+"""The events pipeline's steps, as the worker's ``streamdl_stage_seconds`` names them."""
+BUCKETS = "streamdl_stage_seconds_bucket"
+TAIL_BOUNDS = (0.025, 0.05, 0.1, 0.25)
+"""Bucket bounds of ``streamdl_stage_seconds`` the tail table reports (seconds)."""
+
+
 @dataclass
 class Latency:
     rate: float
@@ -230,6 +237,9 @@ class Latency:
     segments: dict[str, np.ndarray] = field(default_factory=dict)
     """Produce-to-prediction split (ms) by the prediction's ``processed_time`` (after the model) and
     its Kafka timestamp (set when the worker publishes it, after indexing)."""
+    stage_buckets: dict[str, dict[float, float]] = field(default_factory=dict)
+    """Per stage, how many of the run's batches took at most each bucket's seconds (the worker's
+    ``streamdl_stage_seconds`` histogram, cumulative): where the latency tail comes from."""
 
     def pct(self, what: str, q: float) -> float:
         values = self.alert_ms if what == "alert" else self.prediction_ms
@@ -264,6 +274,13 @@ class EventStack(BenchStack):
 
     def batches(self) -> float:
         return self.worker.metric("streamdl_batch_size_count", "stream").get("events", 0.0)
+
+    def stage_buckets(self) -> dict[str, dict[float, float]]:
+        """Per stage, the worker's cumulative ``streamdl_stage_seconds`` bucket counts by upper bound."""
+        return {
+            stage: {float(le): n for le, n in self.worker.metric(BUCKETS, "le", stream="events", stage=stage).items()}
+            for stage in STAGES
+        }
 
     def throughput(
         self, messages: list[tuple[str, bytes]], meter: CpuMeter | None = None, profile: Profile | None = None
@@ -349,7 +366,7 @@ class EventStack(BenchStack):
         keys = [f"{self.tag}-lat-{i}" for i in range(count)]
         payload = [with_id(values[i % len(base)], keys[i]) for i in range(count)]
         want = {keys[i] for i in range(count) if i % len(base) in expected}
-        stages0, batches0 = self.stage_seconds(), self.batches()
+        stages0, batches0, buckets0 = self.stage_seconds(), self.batches(), self.stage_buckets()
         cpu0 = meter.snapshot() if meter is not None else None
         topic = self.settings.topic("events")
         sent: dict[str, float] = {}
@@ -397,6 +414,10 @@ class EventStack(BenchStack):
             stages=stages,
             batches=self.batches() - batches0,
             segments={k: np.array(v) for k, v in split.items()},
+            stage_buckets={
+                stage: {le: n - buckets0.get(stage, {}).get(le, 0.0) for le, n in counts.items()}
+                for stage, counts in self.stage_buckets().items()
+            },
             started=started,
             series=np.array(sorted((sent[k] - t0, 1000 * (t - sent[k])) for k, t in predictions.items() if k in sent)),
         )
@@ -623,7 +644,7 @@ def render(
         f"{f', {lat.unexpected} unexpected' if lat.unexpected else ''}) "
         f"| {lat.pct('prediction', 50):.0f} / {lat.pct('prediction', 99):.0f} ({lat.predictions} of {lat.sent}) |",
     ]
-    stages = ("validate", "model", "index", "publish")
+    stages = STAGES
     lines += [
         "",
         "Where the time goes (the worker's streamdl_stage_seconds; "
@@ -678,7 +699,28 @@ def render(
         }
         for name, ms in lat.segments.items():
             lines.append(f"| {name} | {holds[name]} | {np.percentile(ms, 50):.0f} | {np.percentile(ms, 99):.0f} |")
+    lines += stage_tail_table(lat.stage_buckets)
     return "\n".join(lines)
+
+
+def stage_tail_table(buckets: dict[str, dict[float, float]], bounds: tuple[float, ...] = TAIL_BOUNDS) -> list[str]:
+    """Markdown lines: per stage, the share of the latency run's batches that took longer than each bound."""
+    rows = [(stage, counts) for stage, counts in buckets.items() if counts.get(float("inf"), 0.0) > 0]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Batches of the latency run by stage time (the worker's streamdl_stage_seconds histogram): the share that took",
+        "longer than each bound; the produce→alert tail is made of these:",
+        "",
+        "| stage | batches | " + " | ".join(f"> {1000 * b:.0f} ms" for b in bounds) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in bounds) + " |",
+    ]
+    for stage, counts in rows:
+        total = counts[float("inf")]
+        shares = [1 - counts.get(b, total) / total for b in bounds]
+        lines.append(f"| {stage} | {total:.0f} | " + " | ".join(f"{100 * x:.1f} %" for x in shares) + " |")
+    return lines
 
 
 if __name__ == "__main__":
