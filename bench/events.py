@@ -644,7 +644,6 @@ def render(
         f"{f', {lat.unexpected} unexpected' if lat.unexpected else ''}) "
         f"| {lat.pct('prediction', 50):.0f} / {lat.pct('prediction', 99):.0f} ({lat.predictions} of {lat.sent}) |",
     ]
-    stages = STAGES
     lines += [
         "",
         "Where the time goes (the worker's streamdl_stage_seconds; "
@@ -652,16 +651,16 @@ def render(
         "thread, overlapped across batches; index includes the alert rules, whose alerts ride in the documents' bulk):",
         "",
         "| run | batches | mean batch | "
-        + " | ".join(f"{s} ms/batch" for s in stages)
+        + " | ".join(f"{s} ms/batch" for s in STAGES)
         + " | "
-        + " | ".join(f"{s} µs/event" for s in stages)
+        + " | ".join(f"{s} µs/event" for s in STAGES)
         + " | wall µs/event |",
-        "| --- | ---: | ---: | " + " | ".join("---:" for _ in stages * 2) + " | ---: |",
+        "| --- | ---: | ---: | " + " | ".join("---:" for _ in STAGES * 2) + " | ---: |",
     ]
     for name, secs, batches, r in stage_rows:
         events = r.images if r is not None else lat.sent
-        per_batch = " | ".join(f"{1000 * secs.get(s, 0) / max(batches, 1):.2f}" for s in stages)
-        per_event = " | ".join(f"{1e6 * secs.get(s, 0) / max(events, 1):.0f}" for s in stages)
+        per_batch = " | ".join(f"{1000 * secs.get(s, 0) / max(batches, 1):.2f}" for s in STAGES)
+        per_event = " | ".join(f"{1e6 * secs.get(s, 0) / max(events, 1):.0f}" for s in STAGES)
         wall = f"{1e6 * r.seconds / r.images:.0f}" if r is not None else "-"
         lines.append(
             f"| {name} | {batches:.0f} | {events / max(batches, 1):.1f} | {per_batch} | {per_event} | {wall} |"

@@ -120,8 +120,7 @@ class ElasticsearchAlerts:
         """Create ``new``, raise the counts of ``updated``; returns the new alerts another worker raised first
         (their first firing counts as suppressed). Waits out outages and blocks like the documents."""
         alerts = AlertBatch(list(new), list(updated))
-        items = self.items(alerts)
-        return self.settle(alerts, send_bulk(self.es, items, should_stop=self.should_stop) if items else [])
+        return self.settle(alerts, self._send(self.items(alerts)))
 
     def items(self, alerts: AlertBatch) -> list[BulkItem]:
         """The bulk actions that create the new alerts and raise the counts of the updated ones (those whose
@@ -140,16 +139,16 @@ class ElasticsearchAlerts:
         counts = {a.alert_id: (a, a.suppressed) for a in alerts.updated if a.alert_id in new}
         for alert in lost:  # its first firing is one more suppressed firing of the window
             counts[alert.alert_id] = (alert, max(counts.get(alert.alert_id, (alert, 0))[1], alert.suppressed + 1))
-        items = self._counts(counts)
-        if items:
-            self._log([r for r in send_bulk(self.es, items, should_stop=self.should_stop) if r.status != 409])
+        self._log([r for r in self._send(self._counts(counts)) if r.status != 409])
         return lost
 
     def undo(self, alert_ids: Sequence[str]) -> None:
         """Delete alerts this worker just created (their document was then refused)."""
-        items = [item(self.alias, alert_id, None, "delete") for alert_id in alert_ids]
-        if items:
-            self._log([r for r in send_bulk(self.es, items, should_stop=self.should_stop) if r.status != 404])
+        self._log([r for r in self._send([item(self.alias, i, None, "delete") for i in alert_ids]) if r.status != 404])
+
+    def _send(self, items: list[BulkItem]) -> list[Rejected]:
+        """A bulk of the alerts' own (none when there is nothing to send); waits out outages like the documents."""
+        return send_bulk(self.es, items, should_stop=self.should_stop) if items else []
 
     def _counts(self, counts: dict[str, tuple[Alert, int]]) -> list[BulkItem]:
         """Each alert's whole document with its suppressed count, at external version ``count + 1`` (above the
