@@ -16,11 +16,12 @@ and archived, never scored. Anything else is refused with an :class:`InvalidEven
 ``reason`` is one of :data:`EVENT_REASONS`; unknown categorical *values* are fine (the models
 encode them as unknown), unknown top-level *fields* are not (a typo would silently lose data).
 
-Speed: a value is first parsed by orjson (which only accepts strict JSON in valid UTF-8, so its strings
-need no surrogate check) and its feature maps are checked in one pass when they hold only plain numbers or
-texts. Whatever that fast path refuses goes through the precise path (``json`` and per-item checks), which
-decides and gives the reason; the fast path accepts only what the precise one accepts, as the same event
-(``tests/unit/test_fuzz_events.py`` checks both on every generated input).
+Speed: a value is first decoded by msgspec straight into the contract's typed fields (:class:`_Wire`:
+compiled, strict JSON in valid UTF-8 only, no lone surrogates, unknown fields refused, numbers checked for
+type and range), then the few rules types cannot say (sizes, the ``type`` pattern, the timestamp) are
+checked. Whatever that fast path refuses goes through the precise path (``json`` and per-item checks),
+which decides and gives the reason; the fast path accepts only what the precise one accepts, as the same
+event (``tests/unit/test_fuzz_events.py`` checks both on every generated input).
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-import orjson
+import msgspec
 
 from streamdl.errors import StreamdlError
 from streamdl.records import MAX_ID_BYTES
@@ -127,10 +128,53 @@ def parse_event(
     if size > max_bytes:
         raise InvalidEvent("too_large", f"the event is {size} bytes, over the {max_bytes}-byte limit")
     try:
-        return validate_event(orjson.loads(raw), now=now, max_future_secs=max_future_secs, plain=True)
-    except (orjson.JSONDecodeError, InvalidEvent):  # refused by the fast path: the precise path decides, and why
-        pass
-    return validate_event(_loads(raw), now=now, max_future_secs=max_future_secs)
+        event = _fast(_WIRE.decode(raw), now, max_future_secs)
+    except (msgspec.DecodeError, UnicodeEncodeError, InvalidEvent):  # refused (a str holding a lone surrogate: encode)
+        event = None
+    if event is not None:
+        return event
+    return validate_event(_loads(raw), now=now, max_future_secs=max_future_secs)  # decides, and says why
+
+
+_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+_Features = msgspec.Meta(max_length=MAX_FEATURES)
+
+
+class _Wire(msgspec.Struct, forbid_unknown_fields=True):
+    """The event as msgspec decodes it on the fast path; any doubt is left to the precise path."""
+
+    id: str
+    ts: str | float
+    type: str
+    schema: int = SCHEMA_VERSION
+    numeric: Annotated[dict[_Name, float | None], _Features] | None = None
+    categorical: Annotated[dict[_Name, str | int | None], _Features] | None = None
+    text: Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS)] | None = None
+    image_id: str | None = None
+    label: str | None = None
+
+
+_WIRE = msgspec.json.Decoder(_Wire)
+
+
+def _fast(wire: _Wire, now: float, max_future_secs: float) -> Event | None:
+    """The event when ``wire`` keeps every rule its types do not already say, else ``None`` (the precise path
+    then decides). msgspec checked the types, the sizes, valid Unicode, finite floats, no ``bool`` for a number."""
+    numeric, categorical = wire.numeric or {}, wire.categorical or {}
+    if (
+        wire.schema != SCHEMA_VERSION
+        or not wire.id.strip()
+        or len(wire.id.encode()) > MAX_ID_BYTES
+        or not _TYPE.fullmatch(wire.type)
+        or (wire.type == LABEL_TYPE and (not wire.image_id or not wire.label))
+    ):
+        return None
+    ts = _timestamp(wire.ts)  # InvalidEvent: the precise path says it again
+    if ts > now + max_future_secs:
+        return None
+    if int in set(map(type, categorical.values())):
+        categorical = {k: str(v) if type(v) is int else v for k, v in categorical.items()}
+    return Event(wire.id, ts, wire.type, numeric, categorical, wire.text, wire.image_id, wire.label)
 
 
 def _loads(raw: bytes | str) -> Any:
@@ -150,12 +194,8 @@ def _loads(raw: bytes | str) -> Any:
         raise InvalidEvent("invalid_json", f"invalid JSON: {str(exc).split(';')[0]}") from None
 
 
-def validate_event(value: Any, *, now: float, max_future_secs: float = 300.0, plain: bool = False) -> Event:
-    """Check a parsed JSON value against the contract; raises :class:`InvalidEvent`.
-
-    ``plain``: ``value`` came from orjson, so its texts are valid Unicode (integers beyond 64 bits came as
-    floats: :func:`parse_event` gives whatever this refuses to the precise path).
-    """
+def validate_event(value: Any, *, now: float, max_future_secs: float = 300.0) -> Event:
+    """Check a parsed JSON value against the contract; raises :class:`InvalidEvent` (the precise path)."""
     if not isinstance(value, dict):
         raise InvalidEvent("not_an_object", f"an event is a JSON object, got {_json_type(value)}")
     unknown = [] if value.keys() <= _FIELDS else sorted(set(value) - _FIELDS)
@@ -172,10 +212,10 @@ def validate_event(value: Any, *, now: float, max_future_secs: float = 300.0, pl
     for name in ("id", "ts", "type"):
         if value.get(name) is None:
             raise InvalidEvent("missing_field", f"the required field {name!r} is missing or null")
-    event_id = _text(value, "id", plain)
+    event_id = _text(value, "id")
     if not event_id.strip() or len(event_id.encode()) > MAX_ID_BYTES:
         raise InvalidEvent("wrong_type", f"'id' must be non-empty text of at most {MAX_ID_BYTES} bytes")
-    event_type = _text(value, "type", plain)
+    event_type = _text(value, "type")
     if not _TYPE.fullmatch(event_type):  # not match: its $ also matches before a final newline
         raise InvalidEvent("wrong_type", f"'type' must match [A-Za-z0-9_.-]{{1,64}}, got {event_type[:80]!r}")
     ts = _timestamp(value["ts"])
@@ -185,9 +225,9 @@ def validate_event(value: Any, *, now: float, max_future_secs: float = 300.0, pl
             f"'ts' {iso(ts)} is {ts - now:.0f}s in the future "
             f"(at most {max_future_secs:.0f}s allowed: a clock or unit error?)",
         )
-    numeric = _features(value, "numeric", _number, _plain_numbers if plain else None)
-    categorical = _features(value, "categorical", _category, _plain_categories if plain else None)
-    text, image_id, label = (_optional_text(value, name, plain) for name in ("text", "image_id", "label"))
+    numeric = _features(value, "numeric", _number)
+    categorical = _features(value, "categorical", _category)
+    text, image_id, label = (_optional_text(value, name) for name in ("text", "image_id", "label"))
     if text is not None and len(text) > MAX_TEXT_CHARS:
         raise InvalidEvent("too_large", f"'text' has {len(text)} characters, over the {MAX_TEXT_CHARS} allowed")
     if event_type == LABEL_TYPE and (not image_id or not label):
@@ -201,11 +241,11 @@ def _json_type(value: Any) -> str:
     )
 
 
-def _text(value: dict[str, Any], name: str, plain: bool = False) -> str:
+def _text(value: dict[str, Any], name: str) -> str:
     got = value[name]
     if not isinstance(got, str):
         raise InvalidEvent("wrong_type", f"{name!r} must be text, got {_json_type(got)}")
-    return got if plain else _unicode(repr(name), got)
+    return _unicode(repr(name), got)
 
 
 def _unicode(where: str, text: str) -> str:
@@ -221,8 +261,8 @@ def _unicode(where: str, text: str) -> str:
     return text
 
 
-def _optional_text(value: dict[str, Any], name: str, plain: bool = False) -> str | None:
-    return None if value.get(name) is None else _text(value, name, plain)
+def _optional_text(value: dict[str, Any], name: str) -> str | None:
+    return None if value.get(name) is None else _text(value, name)
 
 
 def _timestamp(got: Any) -> float:
@@ -243,7 +283,7 @@ def _timestamp(got: Any) -> float:
     return float(got)
 
 
-def _features(value: dict[str, Any], name: str, check, plain=None) -> dict[str, Any]:
+def _features(value: dict[str, Any], name: str, check) -> dict[str, Any]:
     got = value.get(name)
     if got is None:
         return {}
@@ -251,10 +291,6 @@ def _features(value: dict[str, Any], name: str, check, plain=None) -> dict[str, 
         raise InvalidEvent("wrong_type", f"{name!r} must be an object of name -> value, got {_json_type(got)}")
     if len(got) > MAX_FEATURES:
         raise InvalidEvent("too_large", f"{name!r} has {len(got)} features, over the {MAX_FEATURES} allowed")
-    if plain is not None and (not got or 0 < min(map(len, got)) and max(map(len, got)) <= MAX_NAME_CHARS):
-        out = plain(got)
-        if out is not None:
-            return out
     out = {}
     for key, item in got.items():
         if not key or len(key) > MAX_NAME_CHARS:
@@ -262,37 +298,6 @@ def _features(value: dict[str, Any], name: str, check, plain=None) -> dict[str, 
         _unicode(f"a {name} feature name", key)
         out[key] = None if item is None else check(f"{name}.{key}", item)
     return out
-
-
-_FLOATS = {float, type(None)}
-_NUMBERS = {float, int, type(None)}
-_TEXTS = {str, type(None)}
-_CATEGORIES = {str, int, type(None)}
-
-
-def _plain_numbers(got: dict[str, Any]) -> dict[str, float | None] | None:
-    """The map's values as floats in one pass when all are numbers or null (``bool`` is not ``int`` here);
-    else ``None``. orjson yields no NaN or infinity, so only the conversion of huge values needs checking."""
-    types = set(map(type, got.values()))
-    if types <= _FLOATS:
-        return dict(got)
-    if not types <= _NUMBERS:
-        return None
-    out = {k: float(v) if type(v) is int else v for k, v in got.items()}
-    try:
-        return out if math.isfinite(math.fsum(filter(None, out.values()))) else None
-    except OverflowError:  # huge finite values: the precise path checks them one by one
-        return None
-
-
-def _plain_categories(got: dict[str, Any]) -> dict[str, str | None] | None:
-    """The map with integer codes as text in one pass when all values are texts, integers or null; else ``None``."""
-    types = set(map(type, got.values()))
-    if types <= _TEXTS:
-        return dict(got)
-    if not types <= _CATEGORIES:
-        return None
-    return {k: str(v) if type(v) is int else v for k, v in got.items()}
 
 
 def _number(where: str, item: Any) -> float:
