@@ -50,20 +50,22 @@ RESPONSE_FILTER = ["errors", "items.*.status", "items.*.error.type", "items.*.er
 
 
 def encode(
-    index: str, doc_id: str, doc: Mapping[str, Any] | None, op: str = "index", version: int | None = None
+    index: str, doc_id: str, doc: Mapping[str, Any] | bytes | None, op: str = "index", version: int | None = None
 ) -> bytes:
     """One bulk action (``index``, ``create`` or ``delete``, which has no document) as NDJSON lines, serialized
-    once (numpy arrays as lists); with ``version``, an ``index`` that only replaces a document of a lower
-    version (external versioning)."""
+    once (numpy arrays as lists; ``bytes`` are the document's JSON already); with ``version``, an ``index`` that
+    only replaces a document of a lower version (external versioning)."""
     meta: dict[str, Any] = {"_index": index, "_id": doc_id}
     if version is not None:
         meta.update(version=version, version_type="external")
     action = orjson.dumps({op: meta}) + b"\n"
-    return action if doc is None else action + orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+    if doc is None:
+        return action
+    return action + (doc if isinstance(doc, bytes) else orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)) + b"\n"
 
 
 def item(
-    index: str, doc_id: str, doc: Mapping[str, Any] | None, op: str = "index", version: int | None = None
+    index: str, doc_id: str, doc: Mapping[str, Any] | bytes | None, op: str = "index", version: int | None = None
 ) -> BulkItem:
     """One action (:func:`encode`) ready for :func:`send_bulk`."""
     return BulkItem(index, doc_id, encode(index, doc_id, doc, op, version))

@@ -63,6 +63,9 @@ class Document:
 
     id: str
     body: dict[str, Any]
+    json: bytes | None = None
+    """``body`` serialized already (:func:`to_json`), by a stage whose documents are final once computed: the
+    index step then sends these bytes instead of serializing ``body`` on its own thread."""
 
 
 @dataclass(frozen=True, slots=True)

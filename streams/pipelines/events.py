@@ -113,9 +113,9 @@ class EventPipeline(MicroBatchPipeline):
         )
 
     def _outputs(self, items: list[_Valid], computed: Computed, processed: str, scores: EventScores | None) -> None:
-        """Documents, predictions and what the rules see, for ``items`` (in order) and their ``scores``
-        (``None``: label events, ground truth, stored and never scored), all processed at ``processed``. Per-batch
-        work is done once: the scores as Python floats, the top-k order."""
+        """Documents (serialized here: nothing changes them later), predictions and what the rules see, for ``items``
+        (in order) and their ``scores`` (``None``: label events, ground truth, stored and never scored), all processed
+        at ``processed``. Per-batch work is done once: the scores as Python floats, the top-k order."""
         info, top_k = self.info, self.settings.top_k
         anomalies: list[float | None] = [None] * len(items)
         tops: list[list[tuple[str, float]]] = [[] for _ in items]
@@ -146,8 +146,8 @@ class EventPipeline(MicroBatchPipeline):
                 "processed_time": processed,
             }
             computed.messages[event.id] = msg
-            computed.documents.append(Document(event.id, doc))
             if scores is None:
+                computed.documents.append(Document(event.id, doc, to_json(doc)))
                 continue
             prediction = top[0][0] if top else None
             doc["model_name"] = info.name
@@ -156,6 +156,9 @@ class EventPipeline(MicroBatchPipeline):
             doc["prediction"] = prediction
             doc["score"] = top[0][1] if top else anomaly
             doc["top_k"] = [{"label": lab, "probability": p} for lab, p in top]
+            computed.documents.append(
+                Document(event.id, doc, to_json(doc))
+            )  # final: serialized here, off the index thread
             computed.scored[event.id] = Scored(
                 id=event.id,
                 ts=event.ts,

@@ -87,7 +87,7 @@ class ElasticsearchDocuments:
     def write(self, documents: Sequence[Document], also: Sequence[BulkItem] = ()) -> list[Rejected]:
         """Index ``documents`` and send the actions ``also`` in the same bulk; waits out outages and write
         blocks; returns what Elasticsearch refused for good (``Rejected.index`` tells the documents apart)."""
-        items = [item(self.index, d.id, d.body) for d in documents]
+        items = [item(self.index, d.id, d.body if d.json is None else d.json) for d in documents]
         items += also
         return send_bulk(self.es, items, should_stop=self.should_stop, on_blocked=self.on_blocked)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -159,6 +160,25 @@ def test_batches_of_any_size_agree_and_never_retrace(sensors: EventModelHandler)
     worker.join()
     assert np.allclose(out[0], whole[:10], atol=1e-5)
     assert sensors.trace_count == 1
+
+
+def test_the_pipeline_serializes_each_document_once_and_the_bulk_sends_those_bytes(sensors: EventModelHandler) -> None:
+    """Event documents are final once computed: serialized on the compute thread, sent as they are."""
+    from streamdl.connectors.es_bulk import encode
+    from streamdl.records import InMessage, to_json
+    from streamdl.settings import Settings
+    from streamdl.streams.pipelines.events import EventPipeline
+
+    pipeline = EventPipeline(Settings(), sensors)
+    pipeline.info = sensors.info()
+    events = [{**e, "id": f"e{i}"} for i, e in enumerate(itertools.islice(sensor_events(), 3))]
+    events.append({"id": "l0", "ts": events[0]["ts"], "type": "label", "image_id": "img-1", "label": "7"})
+    computed = pipeline.compute([InMessage(None, to_json(e), "events", 0, i) for i, e in enumerate(events)])
+    assert [d.id for d in computed.documents] == ["e0", "e1", "e2", "l0"] and not computed.dead
+    for doc in computed.documents:
+        assert doc.json is not None and json.loads(doc.json) == doc.body
+        assert encode("i", doc.id, doc.json) == encode("i", doc.id, doc.body)
+    assert "anomaly_score" in computed.documents[0].body and "anomaly_score" not in computed.documents[3].body
 
 
 def test_the_default_model_is_cached(sensors: EventModelHandler, state_dir: Path) -> None:
