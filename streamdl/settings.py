@@ -133,6 +133,16 @@ class Settings(BaseSettings):
         description="Micro-batches an agent takes from Kafka ahead of the one computing (while one indexes and "
         "one publishes): the bound of what waits in the worker beside those three. Env STREAMDL_AGENT_BATCHES_AHEAD.",
     )
+    events_index_batches: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="Group commit for events: when the index step falls behind, up to this many computed events "
+        "micro-batches waiting for it are indexed in one Elasticsearch bulk and published with one wait for Kafka "
+        "(their offsets still acked in order); also how many may be computed ahead of it. 1: each batch on its "
+        "own. Images always index one batch at a time (their neighbour lookups must see the batch before), and "
+        "exactly_once keeps 1 (a transaction holds one batch). Env STREAMDL_EVENTS_INDEX_BATCHES.",
+    )
     max_inflight_bytes: int | None = Field(
         None,
         ge=1024 * 1024,
@@ -627,6 +637,12 @@ class Settings(BaseSettings):
         if self.max_batch_duration_secs is not None:
             return self.max_batch_duration_secs
         return self.events_batch_linger_secs if stream == "events" else self.images_batch_linger_secs
+
+    def index_batches(self, stream: str) -> int:
+        """How many computed micro-batches of ``stream`` the index step takes at once (``events_index_batches``)."""
+        if stream != "events" or self.processing_guarantee == "exactly_once":
+            return 1
+        return self.events_index_batches
 
     @field_validator("worker_agents")
     @classmethod

@@ -40,7 +40,9 @@ def largest_message(settings: Settings, stream: str) -> int:
 
 def inflight_limits(settings: Settings, streams: tuple[str, ...]) -> InflightLimits:
     """The counts for ``streams`` (the agents the worker runs) under ``settings.max_inflight_bytes``."""
-    in_flight = 4 + settings.agent_batches_ahead  # taking, waiting, computing, indexing, publishing
+    in_flight = {  # taking, waiting, then a group each computing (or computed), indexing and publishing
+        s: 1 + settings.agent_batches_ahead + 3 * settings.index_batches(s) for s in streams
+    }
     budget = settings.max_inflight_bytes
     if budget is None:
         fetch, buffer = DEFAULT_FETCH_BYTES, max(4 * settings.max_batch_size, 256)
@@ -50,11 +52,11 @@ def inflight_limits(settings: Settings, streams: tuple[str, ...]) -> InflightLim
         fetch = max(MIN_FETCH_BYTES, quarter // settings.topic_partitions)
         buffer = max(1, min(share // largest_message(settings, s) for s in streams))
         sizes = {
-            s: max(1, min(settings.max_batch_size, 2 * share // (in_flight * largest_message(settings, s))))
+            s: max(1, min(settings.max_batch_size, 2 * share // (in_flight[s] * largest_message(settings, s))))
             for s in streams
         }
     largest = max(largest_message(settings, s) for s in streams)
     bound = settings.topic_partitions * max(fetch, largest) + sum(
-        (buffer + in_flight * sizes[s]) * largest_message(settings, s) for s in streams
+        (buffer + in_flight[s] * sizes[s]) * largest_message(settings, s) for s in streams
     )
     return InflightLimits(fetch, buffer, sizes, bound)

@@ -4,8 +4,10 @@ Four steps overlap (the :mod:`~streamdl.streams.pipelines.stage` contract, one t
 is published (alerts, predictions and dead letters delivered to Kafka), batch N+1 is indexed (the alert
 rules, then one Elasticsearch bulk with its documents and alerts), batch N+2 is decoded and run through the
 model, and the event loop takes batch N+3 from Faust (at most ``batches_ahead`` batches wait). Each step takes
-the batches one at a time and in order, so the index sees the batches' documents in order and the rules see
-the batches in order. The event loop never blocks, so heartbeats and commits go on.
+the batches in order, so the index sees the batches' documents in order and the rules see the batches in
+order; when the index step falls behind, the events batches waiting for it go through it and the publish step
+together (group commit, ``Settings.events_index_batches``). The event loop never blocks, so heartbeats and
+commits go on.
 
 Offsets: batches come from :func:`~streamdl.streams.agents.faust_adapter.take_batches`, which never acks by
 itself; each batch's events are acked (and so become committable) only after it was published, in order
@@ -77,14 +79,17 @@ def register_batch_agent(
     max_batch_duration_secs: float,
     drain_secs: float = DRAIN_SECS,
     batches_ahead: int = 1,
+    index_batches: int = 1,
     commit_each_batch: bool = False,
 ) -> None:
     """Attach an agent called ``name`` that feeds ``topic_name`` to ``pipeline`` (set up already); a rebalance
     or shutdown waits at most ``drain_secs`` for the batches in hand; at most ``batches_ahead`` batches are
-    taken ahead of the one computing. ``commit_each_batch`` (``exactly_once``): each written batch is committed
-    before the next one is written, so its Kafka transaction holds its outputs and its offsets, nothing more."""
+    taken ahead of the one computing; up to ``index_batches`` computed batches waiting for the index step are
+    indexed and published together (:class:`~streamdl.streams.agents.batch_steps.BatchSteps`).
+    ``commit_each_batch`` (``exactly_once``): each written batch is committed before the next one is written, so
+    its Kafka transaction holds its outputs and its offsets, nothing more."""
     stopping = threading.Event()
-    steps = BatchSteps(name, pipeline, stopping)
+    steps = BatchSteps(name, pipeline, stopping, group=index_batches)
 
     @app.agent(raw_topic(app, topic_name), name=name)
     async def agent(stream: faust.StreamT) -> None:

@@ -128,6 +128,7 @@ def run_worker(settings: Settings) -> int:
             max_batch_size=limits.batch_size[name],
             max_batch_duration_secs=settings.linger(name),
             batches_ahead=settings.agent_batches_ahead,
+            index_batches=settings.index_batches(name),
             drain_secs=settings.drain_secs,
             commit_each_batch=settings.processing_guarantee == "exactly_once",
         )

@@ -56,6 +56,27 @@ class Computed:
         """Make ``message`` a dead letter."""
         self.dead.append(DeadLetter(message, code, reason, stage))
 
+    @classmethod
+    def merged(cls, parts: Sequence[Computed]) -> Computed:
+        """Consecutive computed batches as one, in order (group commit: one index step, one publish); their
+        documents' ids must differ. One part is returned as it is."""
+        if len(parts) == 1:
+            return parts[0]
+        out = cls(size=0)
+        for part in parts:
+            out.size += part.size
+            out.documents += part.documents
+            out.predictions.update(part.predictions)
+            out.messages.update(part.messages)
+            out.scored.update(part.scored)
+            out.dead += part.dead
+            out.shadow += part.shadow
+            out.shadow_predictions.update(part.shadow_predictions)
+            out.alerts.extend(part.alerts)
+            for step, seconds in part.seconds.items():
+                out.seconds[step] = out.seconds.get(step, 0.0) + seconds
+        return out
+
 
 @dataclass
 class BatchReport:

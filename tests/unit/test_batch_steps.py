@@ -128,3 +128,153 @@ def test_with_a_slow_publish_no_more_than_one_indexed_batch_waits_for_it():
     index = {b: start for b, start, _, _ in spans_of(stage, "index")}
     published = {b: end for b, _, end, _ in spans_of(stage, "publish")}
     assert all(index[b + 2] >= published[b] for b in range(4)), "a second indexed batch waited for a publish"
+
+
+class GroupingStage(Stage):
+    """Records which batches each step got together; the first index waits (at most ``hold`` seconds) until
+    batches 1-4 are computed, so that they wait for the index step at once. Batch ``b`` holds one document, of id
+    ``ids[b]`` (default ``doc{b}``)."""
+
+    def __init__(self, ids: dict[int, str], hold: float = 5.0) -> None:
+        self.ids, self.hold, self.calls = ids, hold, []
+        self.computed: list[int] = []
+        self.computed_before_the_first_index: list[int] = []
+        self.four_computed = threading.Event()
+
+    def setup(self) -> None:
+        pass
+
+    def compute(self, batch: Sequence[InMessage]) -> Computed:
+        b = batch[0].offset
+        self.computed.append(b)
+        if b == 4:
+            self.four_computed.set()
+        return Computed(size=1, messages={self.ids.get(b, f"doc{b}"): batch[0]}, seconds={"model": 1.0})
+
+    def index_documents(self, computed: Computed) -> Computed:
+        if not self.calls:
+            self.four_computed.wait(self.hold)
+            self.computed_before_the_first_index = list(self.computed)
+        self.calls.append(("index", sorted(m.offset for m in computed.messages.values()), computed.size))
+        return computed
+
+    def publish(self, computed: Computed) -> BatchReport:
+        self.calls.append(("publish", sorted(m.offset for m in computed.messages.values()), computed.seconds["model"]))
+        return BatchReport(size=computed.size)
+
+    def close(self) -> None:
+        pass
+
+
+async def drive_grouped(stage: GroupingStage, batches: int, group: int) -> list[int]:
+    done: list[int] = []
+    steps = BatchSteps("test", stage, threading.Event(), group=group)
+
+    def acker(batch: int):
+        async def ack() -> None:
+            done.append(batch)
+
+        return ack
+
+    try:
+        for b in range(batches):
+            assert await steps.run([message(b)], acker(b))
+        await steps.finish()
+    finally:
+        steps.shutdown()
+    return done
+
+
+def test_batches_waiting_for_the_index_step_are_indexed_and_published_together_and_done_in_order():
+    stage = GroupingStage({})
+    done = asyncio.run(drive_grouped(stage, 7, group=4))
+
+    assert done == [0, 1, 2, 3, 4, 5, 6]
+    assert stage.computed_before_the_first_index == [0, 1, 2, 3, 4], "more than the group computed ahead"
+    index = [(batches, size) for step, batches, size in stage.calls if step == "index"]
+    publish = [(batches, secs) for step, batches, secs in stage.calls if step == "publish"]
+    assert index[:2] == [([0], 1), ([1, 2, 3, 4], 4)], "the four batches that waited were not indexed as one"
+    assert publish[:2] == [([0], 1.0), ([1, 2, 3, 4], 4.0)]
+    assert [b for batches, _ in index for b in batches] == list(range(7)), "a batch indexed twice, or out of order"
+    assert all(len(batches) <= 4 for batches, _ in index)
+
+
+def test_a_batch_whose_document_is_already_in_the_group_starts_a_new_group():
+    stage = GroupingStage({1: "same", 3: "same"})  # batch 3 rewrites batch 1's document
+    done = asyncio.run(drive_grouped(stage, 5, group=4))
+
+    assert done == [0, 1, 2, 3, 4]
+    index = [batches for step, batches, _ in stage.calls if step == "index"]
+    assert index == [[0], [1, 2], [3, 4]]
+
+
+def test_with_a_group_of_one_each_batch_is_indexed_on_its_own_and_one_computes_ahead():
+    stage = GroupingStage({}, hold=0.3)
+    done = asyncio.run(drive_grouped(stage, 5, group=1))
+
+    assert done == [0, 1, 2, 3, 4]
+    assert stage.computed_before_the_first_index == [0, 1]
+    assert [batches for step, batches, _ in stage.calls if step == "index"] == [[0], [1], [2], [3], [4]]
+
+
+def _part(n: int) -> Computed:
+    """A computed batch with every field holding something of batch ``n``."""
+    from streamdl.records import DeadLetter, Document
+    from streamdl.streams.pipelines.alerts import Alert, AlertBatch, Scored
+
+    msg = message(n)
+    alert = Alert(
+        rule=f"r{n}",
+        kind="k",
+        severity="warning",
+        subject_id=f"s{n}",
+        model_name="m",
+        model_version="1",
+        evidence={},
+        ts=1.0,
+        window_start=0.0,
+        raised_at=1.0,
+    )
+    return Computed(
+        size=n,
+        documents=[Document(f"d{n}", {"n": n})],
+        predictions={f"d{n}": b"p"},
+        messages={f"d{n}": msg},
+        scored={f"d{n}": Scored(f"d{n}", 1.0, "m", "1")},
+        dead=[DeadLetter(msg, "bad", "why", "validate")],
+        shadow=[Document(f"d{n}", {"shadow": n})],
+        shadow_predictions={f"d{n}": b"s"},
+        alerts=AlertBatch(new=[alert], updated=[alert]),
+        seconds={"validate": float(n), f"only{n}": 1.0},
+    )
+
+
+def test_merged_batches_keep_everything_of_each_in_order():
+    import dataclasses
+
+    assert {f.name for f in dataclasses.fields(Computed)} == {
+        "size",
+        "documents",
+        "predictions",
+        "messages",
+        "scored",
+        "dead",
+        "shadow",
+        "shadow_predictions",
+        "alerts",
+        "seconds",
+    }, "Computed has a new field: Computed.merged must carry it too"
+    a, b = _part(1), _part(2)
+    merged = Computed.merged([a, b])
+    assert merged.size == 3
+    assert merged.documents == a.documents + b.documents and merged.shadow == a.shadow + b.shadow
+    assert merged.dead == a.dead + b.dead
+    for name in ("predictions", "messages", "scored", "shadow_predictions"):
+        assert getattr(merged, name) == {**getattr(a, name), **getattr(b, name)}, name
+        assert list(getattr(merged, name)) == ["d1", "d2"], name
+    assert (
+        merged.alerts.new == a.alerts.new + b.alerts.new
+        and merged.alerts.updated == a.alerts.updated + b.alerts.updated
+    )
+    assert merged.seconds == {"validate": 3.0, "only1": 1.0, "only2": 1.0}
+    assert Computed.merged([a]) is a

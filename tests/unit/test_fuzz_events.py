@@ -48,8 +48,8 @@ FIELDS = ("schema", "id", "ts", "type", "numeric", "categorical", "text", "image
 
 
 def assert_precise_path_agrees(raw: bytes | str, now: float, max_bytes: int, got: Event | InvalidEvent) -> None:
-    """The fast path (msgspec into typed fields, then the rules types cannot say) gives what the precise path (json, per-item checks) gives alone:
-    the same event, or the same reason and message."""
+    """The fast path (msgspec into typed fields, then the rules types cannot say) gives what the precise path
+    (json, per-item checks) gives alone: the same event, or the same reason and message."""
     if not raw or len(raw) > max_bytes:
         return  # refused before parsing, by code both paths share
     try:

@@ -31,3 +31,14 @@ def test_without_a_bound_the_counts_are_the_defaults_and_the_bound_says_what_the
     limits = inflight_limits(settings, ("images",))
     assert (limits.fetch_bytes, limits.buffer_messages, limits.batch_size) == (16 * MiB, 256, {"images": 64})
     assert limits.bound == (4 * 16 + (256 + 5 * 64) * 10) * MiB  # 5.7 GiB of 10 MiB images
+
+
+def test_grouped_events_batches_count_as_a_group_each_computing_indexing_and_publishing():
+    grouped = load_settings({"max_event_bytes": 4096, "max_batch_size": 64}, env_file=None)
+    assert grouped.index_batches("events") == 4 and grouped.index_batches("images") == 1
+    limits = inflight_limits(grouped, ("events",))
+    assert limits.bound == 4 * 16 * MiB + (256 + (1 + 1 + 3 * 4) * 64) * 4096  # taking, ahead, three groups of 4
+    single = load_settings({"max_event_bytes": 4096, "events_index_batches": 1}, env_file=None)
+    assert inflight_limits(single, ("events",)).bound == 4 * 16 * MiB + (256 + 5 * 64) * 4096
+    exactly_once = load_settings({"processing_guarantee": "exactly_once"}, env_file=None)
+    assert exactly_once.index_batches("events") == 1  # a Kafka transaction holds one batch
