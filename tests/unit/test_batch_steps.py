@@ -64,9 +64,9 @@ class RecordingStage(Stage):
         pass
 
 
-async def drive(stage: RecordingStage, batches: int, stopping: threading.Event) -> list[int]:
+async def drive(stage: Stage, batches: int, stopping: threading.Event, group: int = 1) -> list[int]:
     done: list[int] = []
-    steps = BatchSteps("test", stage, stopping)
+    steps = BatchSteps("test", stage, stopping, group=group)
 
     def acker(batch: int):
         async def ack() -> None:
@@ -140,6 +140,7 @@ class GroupingStage(Stage):
         self.computed: list[int] = []
         self.computed_before_the_first_index: list[int] = []
         self.four_computed = threading.Event()
+        self.done_at: dict[int, float] = {}
 
     def setup(self) -> None:
         pass
@@ -166,28 +167,9 @@ class GroupingStage(Stage):
         pass
 
 
-async def drive_grouped(stage: GroupingStage, batches: int, group: int) -> list[int]:
-    done: list[int] = []
-    steps = BatchSteps("test", stage, threading.Event(), group=group)
-
-    def acker(batch: int):
-        async def ack() -> None:
-            done.append(batch)
-
-        return ack
-
-    try:
-        for b in range(batches):
-            assert await steps.run([message(b)], acker(b))
-        await steps.finish()
-    finally:
-        steps.shutdown()
-    return done
-
-
 def test_batches_waiting_for_the_index_step_are_indexed_and_published_together_and_done_in_order():
     stage = GroupingStage({})
-    done = asyncio.run(drive_grouped(stage, 7, group=4))
+    done = asyncio.run(drive(stage, 7, threading.Event(), group=4))
 
     assert done == [0, 1, 2, 3, 4, 5, 6]
     assert stage.computed_before_the_first_index == [0, 1, 2, 3, 4], "more than the group computed ahead"
@@ -201,7 +183,7 @@ def test_batches_waiting_for_the_index_step_are_indexed_and_published_together_a
 
 def test_a_batch_whose_document_is_already_in_the_group_starts_a_new_group():
     stage = GroupingStage({1: "same", 3: "same"})  # batch 3 rewrites batch 1's document
-    done = asyncio.run(drive_grouped(stage, 5, group=4))
+    done = asyncio.run(drive(stage, 5, threading.Event(), group=4))
 
     assert done == [0, 1, 2, 3, 4]
     index = [batches for step, batches, _ in stage.calls if step == "index"]
@@ -210,7 +192,7 @@ def test_a_batch_whose_document_is_already_in_the_group_starts_a_new_group():
 
 def test_with_a_group_of_one_each_batch_is_indexed_on_its_own_and_one_computes_ahead():
     stage = GroupingStage({}, hold=0.3)
-    done = asyncio.run(drive_grouped(stage, 5, group=1))
+    done = asyncio.run(drive(stage, 5, threading.Event(), group=1))
 
     assert done == [0, 1, 2, 3, 4]
     assert stage.computed_before_the_first_index == [0, 1]
