@@ -44,18 +44,20 @@ class NeighbourCheck:
         k = self.settings.neighbour_k
         searches: list[dict[str, Any]] = []
         for doc in docs:
+            # k + 1 without a filter, the image itself dropped below (it is indexed when its message comes again):
+            # an ``ids`` filter made Elasticsearch build a bitset over the whole index for every lookup (the
+            # lookups took a third longer, the same neighbours; docs/benchmarks.md)
             searches += [
                 {"index": self.index},
                 {
                     "knn": {
                         "field": "embedding",
                         "query_vector": doc.body["embedding"],
-                        "k": k,
+                        "k": k + 1,
                         "num_candidates": max(20, 4 * k),
-                        "filter": {"bool": {"must_not": [{"ids": {"values": [doc.id]}}]}},
                     },
-                    "size": k,
-                    "_source": ["image_id"],
+                    "size": k + 1,
+                    "_source": False,
                 },
             ]
         try:
@@ -68,9 +70,8 @@ class NeighbourCheck:
         for doc, resp in zip(docs, responses):
             image_id = doc.id
             hits = resp.get("hits", {}).get("hits", [])
-            sims = [
-                (h["_source"]["image_id"], round(2 * h["_score"] - 1, 6)) for h in hits
-            ]  # cosine score = (1 + cos) / 2
+            # a document's id is its image id; cosine score = (1 + cos) / 2
+            sims = [(h["_id"], round(2 * h["_score"] - 1, 6)) for h in hits if h["_id"] != image_id][:k]
             if not sims:
                 continue
             evidence = {"neighbours": [{"image_id": i, "similarity": s} for i, s in sims]}

@@ -21,6 +21,8 @@ from streamdl.connectors.es_mappings import images_index
 from streamdl.connectors.image_producer import iter_digits, publish
 from streamdl.connectors.kafka_producer import produce_all
 from streamdl.models.digits import digit_id, digit_to_png, digits_model_dir
+from streamdl.records import Document
+from streamdl.streams.pipelines.neighbours import NeighbourCheck
 from streamdl.streams.search import Filters, NotFound, SearchError, SimilaritySearch
 
 pytestmark = pytest.mark.integration
@@ -166,6 +168,22 @@ def test_a_republished_copy_raises_exactly_one_near_duplicate_alert(indexed):
     stored = es.get(index=settings.alias("alerts"), id=alert["alert_id"])["_source"]
     assert stored["subject_id"] == copy_id and stored["kind"] == "near_duplicate"
     assert worker.metric("streamdl_alerts_total", "rule", stream="images").get("near_duplicate") == 1.0
+
+
+def test_an_image_whose_message_comes_again_is_not_its_own_neighbour(indexed):
+    # a redelivered image is in the index already: its lookup must skip it and still give neighbour_k others
+    settings, _ = indexed
+    es = es_client(settings)
+    every = settings.model_copy(update={"near_duplicate_threshold": -1.0})  # every lookup becomes a finding
+    ids = [digit_id(i) for i in (3, 400, 999)]
+    alias = settings.alias("images")
+    docs = [Document(i, {"embedding": es.get(index=alias, id=i)["_source"]["embedding"]}) for i in ids]
+    found = NeighbourCheck(every, es, alias).findings(docs)
+    assert sorted(found) == sorted(ids)
+    for image_id in ids:
+        neighbours = [n["image_id"] for n in found[image_id]["near_duplicate"]["neighbours"]]
+        assert image_id not in neighbours and len(set(neighbours)) == settings.neighbour_k, (image_id, neighbours)
+        assert found[image_id]["near_duplicate"]["original"] == neighbours[0]
 
 
 def test_an_image_unlike_any_digit_raises_a_novel_alert_and_digits_mostly_do_not(indexed):
