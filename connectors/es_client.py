@@ -6,8 +6,10 @@ import logging
 import re
 from typing import Any
 
+import orjson
 from elastic_transport import TlsError
 from elasticsearch import ApiError, AuthenticationException, AuthorizationException, Elasticsearch, TransportError
+from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
 
 from streamdl.errors import ServiceUnavailable, SettingsError
 from streamdl.settings import Settings
@@ -15,9 +17,21 @@ from streamdl.settings import Settings
 logger = logging.getLogger(__name__)
 
 
+class OrjsonNdjsonSerializer(NdjsonSerializer):
+    """The client's NDJSON bodies (multi-searches, bulks not encoded already) and answers with orjson, as its own
+    ``OrjsonSerializer`` does for JSON: the standard library took ~50 µs to write one 64-float query vector."""
+
+    def json_dumps(self, data: Any) -> bytes:
+        return orjson.dumps(data, default=self.default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def json_loads(self, data: bytes) -> Any:
+        return orjson.loads(data)
+
+
 def es_client(settings: Settings, **kwargs: Any) -> Elasticsearch:
     """A client for ``settings.es_url`` with the configured credentials (an API key, or basic auth),
-    CA file and TLS verification. ``es_verify_certs=False`` logs a warning each time."""
+    CA file and TLS verification, reading and writing JSON with orjson. ``es_verify_certs=False`` logs a warning
+    each time."""
     auth: dict[str, Any] = {}
     if settings.es_api_key:
         auth["api_key"] = settings.es_api_key.get_secret_value()
@@ -40,6 +54,7 @@ def es_client(settings: Settings, **kwargs: Any) -> Elasticsearch:
         request_timeout=30,
         retry_on_timeout=True,
         max_retries=3,
+        serializers={"application/json": OrjsonSerializer(), "application/x-ndjson": OrjsonNdjsonSerializer()},
         **auth,
         **kwargs,
     )
