@@ -140,7 +140,7 @@ class Settings(BaseSettings):
         description="Group commit for events: when the index step falls behind, up to this many computed events "
         "micro-batches waiting for it are indexed in one Elasticsearch bulk and published with one wait for Kafka "
         "(their offsets still acked in order); also how many may be computed ahead of it. 1: each batch on its "
-        "own. Images always index one batch at a time (their neighbour lookups must see the batch before), and "
+        "own. Images always index one batch at a time (a group multiplies the images held in flight), and "
         "exactly_once keeps 1 (a transaction holds one batch). Env STREAMDL_EVENTS_INDEX_BATCHES.",
     )
     max_inflight_bytes: int | None = Field(

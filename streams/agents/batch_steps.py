@@ -10,7 +10,8 @@ Group commit (``group`` > 1): when the index step falls behind, the computed bat
 (:meth:`~streamdl.streams.pipelines.stage.Computed.merged`): one Elasticsearch bulk and one wait for Kafka's
 acknowledgements instead of one each, whose fixed cost (~7 ms a bulk here, see ``docs/benchmarks.md``) then
 counts once. Nothing changes while the worker keeps up (a batch finds none waiting beside it), nor for the
-order the index and the rules see. Images keep 1: their neighbour lookups must find the batch before.
+order the index and the rules see. Images keep 1: a group would multiply the images held in flight (each up to
+``max_message_bytes``).
 
 Nothing here knows Faust: the agent (:mod:`~streamdl.streams.agents.micro_batch`) hands in batches and acks
 in ``done``; the unit tests drive it with a stage of their own.

@@ -1,10 +1,10 @@
 """Near-duplicates and novelty in the stream: one multi-search per micro-batch.
 
-For each new image, its nearest neighbours among the images indexed before this batch (itself
-excluded) are looked up. The nearest at or above ``near_duplicate_threshold`` is a
-``near_duplicate`` finding naming it; a mean similarity of a full set of ``neighbour_k``
-neighbours below ``novelty_threshold`` is a ``novel`` finding, once the index holds
-``novelty_min_images``. Images of the same batch do not see each other (not searchable yet).
+For each new image, its nearest neighbours among the images searchable when the batch is indexed (itself
+excluded) are looked up: earlier batches' images once Elasticsearch refreshed them (within a second). The
+nearest at or above ``near_duplicate_threshold`` is a ``near_duplicate`` finding naming it; a mean similarity
+of a full set of ``neighbour_k`` neighbours below ``novelty_threshold`` is a ``novel`` finding, once the index
+holds ``novelty_min_images``. Images of the same batch, or of about the last second, do not see each other.
 Findings become alerts through the alert rules (:mod:`streamdl.streams.pipelines.alerts`).
 """
 
