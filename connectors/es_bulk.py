@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from elasticsearch import ApiError, Elasticsearch, TransportError
 
+from streamdl.records import to_json
 from streamdl.retry import Backoff, sleep
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def encode(
     action = orjson.dumps({op: meta}) + b"\n"
     if doc is None:
         return action
-    return action + (doc if isinstance(doc, bytes) else orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)) + b"\n"
+    return action + (doc if isinstance(doc, bytes) else to_json(doc)) + b"\n"
 
 
 def item(

@@ -9,23 +9,34 @@ from typing import Any
 import orjson
 from elastic_transport import TlsError
 from elasticsearch import ApiError, AuthenticationException, AuthorizationException, Elasticsearch, TransportError
-from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
+from elasticsearch.serializer import JsonSerializer, NdjsonSerializer
 
 from streamdl.errors import ServiceUnavailable, SettingsError
+from streamdl.records import JSON_OPTIONS
 from streamdl.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-class OrjsonNdjsonSerializer(NdjsonSerializer):
-    """The client's NDJSON bodies (multi-searches, bulks not encoded already) and answers with orjson, as its own
-    ``OrjsonSerializer`` does for JSON: the standard library took ~50 µs to write one 64-float query vector."""
+class _Orjson:
+    """The client's JSON written and read by orjson: the standard library took ~50 µs to write one 64-float query
+    vector of a multi-search, orjson ~2 µs. What orjson cannot write goes to the client's own ``default``."""
+
+    default: Any
 
     def json_dumps(self, data: Any) -> bytes:
-        return orjson.dumps(data, default=self.default, option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(data, default=self.default, option=JSON_OPTIONS)
 
     def json_loads(self, data: bytes) -> Any:
         return orjson.loads(data)
+
+
+class OrjsonJsonSerializer(_Orjson, JsonSerializer):
+    """JSON bodies and answers (searches, documents, settings)."""
+
+
+class OrjsonNdjsonSerializer(_Orjson, NdjsonSerializer):
+    """NDJSON bodies and answers (multi-searches, bulks not encoded already)."""
 
 
 def es_client(settings: Settings, **kwargs: Any) -> Elasticsearch:
@@ -54,7 +65,7 @@ def es_client(settings: Settings, **kwargs: Any) -> Elasticsearch:
         request_timeout=30,
         retry_on_timeout=True,
         max_retries=3,
-        serializers={"application/json": OrjsonSerializer(), "application/x-ndjson": OrjsonNdjsonSerializer()},
+        serializers={"application/json": OrjsonJsonSerializer(), "application/x-ndjson": OrjsonNdjsonSerializer()},
         **auth,
         **kwargs,
     )

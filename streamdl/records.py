@@ -100,7 +100,12 @@ def parse_dead_letter_headers(headers: list[tuple[str, bytes]] | None) -> dict[s
     return {k[4:]: v.decode("utf-8", "replace") for k, v in (headers or []) if k.startswith("dlq.")}
 
 
+JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+"""orjson's options wherever the product writes JSON: numpy values as numbers, dict keys that are not text as text
+(as ``json.dumps`` writes them)."""
+
+
 def to_json(value: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON (orjson: ~10x faster than ``json.dumps`` on a prediction; numpy values as numbers,
     NaN as ``null``)."""
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(value, option=JSON_OPTIONS)

@@ -31,5 +31,11 @@ def test_multi_search_bodies_write_numpy_vectors_and_read_answers(serializers, m
 def test_json_bodies_keep_what_the_standard_serializer_wrote(serializers, mimetype):
     json = serializers.get_serializer(mimetype)
     when = datetime.datetime(2026, 12, 2, 1, 2, 3, tzinfo=datetime.UTC)
-    body = {"ts": when, "n": decimal.Decimal("1.5"), "v": np.float32(0.5), "ids": ("a", "b")}
-    assert json.loads(json.dumps(body)) == {"ts": "2026-12-02T01:02:03+00:00", "n": 1.5, "v": 0.5, "ids": ["a", "b"]}
+    body = {"ts": when, "n": decimal.Decimal("1.5"), "v": np.float32(0.5), "ids": ("a", "b"), "by": {3: "x"}}
+    assert json.loads(json.dumps(body)) == {
+        "ts": "2026-12-02T01:02:03+00:00",
+        "n": 1.5,
+        "v": 0.5,
+        "ids": ["a", "b"],
+        "by": {"3": "x"},  # a key that is not text is written as text, as json.dumps does
+    }
