@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import time
@@ -89,11 +90,30 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now (the system picks it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+LOWEST_PORT = 10_000
+"""Where :func:`free_port` starts looking."""
+
+
+def outgoing_ports_start() -> int:
+    """The first port of the range the kernel gives outgoing connections (Linux's ``ip_local_port_range``;
+    32768 where it cannot be read, at or below every system's default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(host: str = "127.0.0.1", count: int = 1) -> int:
+    """The first of ``count`` consecutive TCP ports free on ``host`` right now, below the range the kernel gives
+    outgoing connections: a port the system picked itself (bind to 0) is in that range, and a client connection
+    could take it, or the port after it, before the caller listens there."""
+    top = max(outgoing_ports_start(), LOWEST_PORT + 1000)
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        first = rng.randrange(LOWEST_PORT, top - count + 1)
+        if all(port_is_free(host, first + i) for i in range(count)):
+            return first
+    raise RuntimeError(f"no {count} free consecutive TCP ports on {host} between {LOWEST_PORT} and {top}")
 
 
 def stop_process(pid: int, timeout: float = 60.0) -> bool:

@@ -64,8 +64,10 @@ def fresh(settings, folder: Path, name: str):
 
 @pytest.fixture(scope="module")
 def job_server(stack, tmp_path_factory):
-    """``streamdl stack up --with prism``'s job server, in a state folder of this module, on a free port."""
-    own = stack.model_copy(update={"state_dir": tmp_path_factory.mktemp("stack"), "job_server_port": free_port()})
+    """``streamdl stack up --with prism``'s job server, in a state folder of this module, on free ports (prism
+    listens on the port and the next)."""
+    folder = tmp_path_factory.mktemp("stack")
+    own = stack.model_copy(update={"state_dir": folder, "job_server_port": free_port(count=2)})
     local = LocalStack(own, say=print, extra=("prism",))
     local.up()  # Kafka and Elasticsearch: the shared ones, reused; the job server: started
     prism = local.service("prism")

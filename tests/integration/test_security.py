@@ -159,7 +159,8 @@ class SecureKafka:
 
     def __init__(self, home: Path, dist: Path, version: str, pki: Pki, users: dict[str, str]) -> None:
         self.home, self.dist, self.version, self.pki, self.users = home, dist, version, pki, users
-        self.port, self.controller_port, self.internal_port = free_port(), free_port(), free_port()
+        first = free_port(count=3)
+        self.port, self.controller_port, self.internal_port = first, first + 1, first + 2
         self.log = home / "kafka.log"
         self.proc: subprocess.Popen | None = None
 

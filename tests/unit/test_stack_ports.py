@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from streamdl.errors import StackError
-from streamdl.infra.process import free_port
+from streamdl.infra.process import LOWEST_PORT, free_port, outgoing_ports_start, port_is_free
 from streamdl.infra.services import Elasticsearch, Kafka
 from streamdl.settings import load_settings
 
@@ -53,3 +53,15 @@ def test_a_taken_inner_port_names_its_setting(tmp_path):
         )
         with pytest.raises(StackError, match=rf"port {busy} .* move kafka with STREAMDL_KAFKA_CONTROLLER_PORT\."):
             Kafka(settings).start()
+
+
+def test_free_ports_lie_below_the_ports_of_outgoing_connections():
+    # a port the system picks (bind to 0) is one a client connection can take before a test's server listens
+    # there: the job server's second port was taken so once in CI
+    for count in (1, 2, 3):
+        first = free_port(count=count)
+        assert LOWEST_PORT <= first and first + count <= outgoing_ports_start()
+        assert all(port_is_free("127.0.0.1", first + i) for i in range(count))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        assert sock.getsockname()[1] >= outgoing_ports_start()  # what free_port used to return
