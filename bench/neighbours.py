@@ -76,10 +76,6 @@ def product(settings: Settings, es, alias: str) -> Lookup:
     return lookup
 
 
-def es_pid(settings: Settings) -> int | None:
-    return LocalStack(settings, say=lambda m: None).service("elasticsearch").pid()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=10_000, help="vectors in the index")
@@ -91,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     settings = load_settings({"state_dir": ROOT / ".streamdl"}, env_file=None)
-    LocalStack(settings, say=lambda m: print(f"[stack] {m}", file=sys.stderr)).up()
-    es, pid = es_client(settings), es_pid(settings)
+    local = LocalStack(settings, say=lambda m: print(f"[stack] {m}", file=sys.stderr))
+    local.up()
+    es, pid = es_client(settings), local.service("elasticsearch").pid()
 
     alias = f"bench-neighbours-{uuid.uuid4().hex[:6]}"
     index = ensure_index(es, alias, "v1", images_index(args.dims))
