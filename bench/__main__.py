@@ -3,7 +3,9 @@
 Each model gets, in one run on this machine: bare ``predict_batch`` throughput at the worker's
 batch size; one image per call; the whole pipeline (produce -> searchable in Elasticsearch);
 produce-to-prediction latency at half the measured pipeline rate; the worker's peak memory
-after the given image counts.
+after the given image counts; the CPU each process used per image in the pipeline run, and what the machine's
+cores allow a worker at those costs (:mod:`bench.cpu`): the rate a worker costing only the bare model could
+reach, against the target share of the bare model.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import sys
 import time
 from pathlib import Path
 
+from bench.cpu import Budget, CpuMeter, budget_table, cpu_table
 from bench.inputs import digit_pngs, photo_jpegs
 from bench.pipeline import BenchStack, model_rate
 from streamdl.infra.stack import LocalStack
 from streamdl.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+TARGET_SHARE_OF_BARE = {"digits-cnn": 0.35, "MobileNetV2": 0.8}
+"""Issue 11's targets: the pipeline's rate as a share of the bare model's."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         {"state_dir": ROOT / ".streamdl", "max_batch_size": args.batch_size, "max_batch_duration_secs": 0.2},
         env_file=None,
     )
-    LocalStack(settings, say=lambda m: print(f"[stack] {m}", file=sys.stderr)).up()
+    local = LocalStack(settings, say=lambda m: print(f"[stack] {m}", file=sys.stderr))
+    local.up()
+    meter = CpuMeter(
+        {"worker": None, "elasticsearch": local.service("elasticsearch").pid(), "kafka": local.service("kafka").pid()}
+    )
     log_dir = settings.state_dir.resolve() / "logs"
 
     available = {
@@ -56,14 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     for model, weights, images, total, checkpoints in configs:
         say(f"{model}: bare model, batch {args.batch_size} and 1 per call")
         sample = images[: min(len(images), 2048 if model == "digits-cnn" else 256)]
-        bare = model_rate(model, weights, settings.state_dir, args.batch_size, sample)
-        single = model_rate(
+        bare, bare_cpu_us = model_rate(model, weights, settings.state_dir, args.batch_size, sample)
+        single, _ = model_rate(
             model, weights, settings.state_dir, 1, sample[: 300 if model == "digits-cnn" else 32], repeats=1
         )
         say(f"{model}: pipeline with {total} images")
         bench = BenchStack(settings, log_dir, model_name=model, model_weights=weights or "none")
         try:
-            run = bench.run(images, total, checkpoints)
+            run = bench.run(images, total, checkpoints, meter)
+            cpu = bench.cpu
             stages = bench.stage_seconds()
             rate = run.rate / 2
             count = int(min(max(rate * 20, 100), 3000))
@@ -84,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                 "rss": {n: b / 2**20 for n, b in run.rss_at.items()},
                 "stages": {k: 1000 * v / total for k, v in stages.items()},
                 "wall": 1000 * run.seconds / total,
+                "cpu": cpu,
+                "seconds": run.seconds,
+                "budget": Budget.of(cpu, total, bare_cpu_us),
             }
         )
     table = render(rows, args.batch_size)
@@ -125,7 +138,24 @@ def render(rows: list[dict], batch_size: int) -> str:
             f"{r['pipeline']:.0f} ({r['images']} images) | {r['pipeline'] / r['bare']:.2f} | "
             f"{r['p50']:.0f} / {r['p99']:.0f} at {r['rate']:.0f}/s | {rss} |"
         )
-    return "\n".join(lines + where)
+    cpu = [
+        "",
+        "CPU per image (ms of CPU, all threads, from /proc, during the pipeline run; bench = this producer process;",
+        "others = the rest of the machine), and the share of the machine's cores in use:",
+        "",
+        *cpu_table("ms", [(r["model"], r["cpu"], r["images"], r["seconds"]) for r in rows]),
+    ]
+    for r in rows:
+        target = TARGET_SHARE_OF_BARE[r["model"].split(" ")[0]]
+        cpu += [
+            "",
+            f"What this machine's cores allow {r['model']} (the services' CPU as in its pipeline run, the bare model's "
+            "measured apart):",
+            "",
+            *budget_table(r["budget"], "image", r["pipeline"], (f"{target:.2f} of the bare model", target * r["bare"])),
+            f"| the leanest worker's rate / bare | **{r['budget'].leanest_worker / r['bare']:.2f}** |",
+        ]
+    return "\n".join(lines + where + cpu)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ day 3 of the sample on (where anomalies are injected):
   spends per message;
 - **Elasticsearch ceiling**: the same documents (computed beforehand), pre-serialized into bulk
   bodies of 256, sent one at a time and two at a time, then a refresh: no other work;
+- **what the cores allow**: from the CPU per event of each process in the micro-batched run, the bare model's
+  and Faust's intake measured apart (:mod:`bench.cpu`): the rate at which the worker's CPU fills one core, the
+  rate the cores allow a worker costing only the model and the intake, and what a 15,000 events/s target
+  leaves the worker;
 - **profile**: py-spy samples of the micro-batched worker while it runs (top-N tables);
 - **latency**: events produced at half the micro-batched agent rate, a known fraction made
   anomalous (temperature +40 °C, vibration x5); an anomaly rule with ``subject: id`` raises one
@@ -43,12 +47,12 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
+from bench.cpu import Budget, CpuMeter, budget_table, cpu_table
 from bench.intake import IntakeRun, intake_rates
 from bench.pipeline import BenchStack, PipelineRun
 from bench.plain_loop import PlainLoopProcess
 from bench.profile import Profile
 from streamdl.connectors.kafka_config import kafka_config
-from streamdl.infra.process import children
 from streamdl.infra.stack import LocalStack
 from streamdl.models.sensor_sample import QUIET_DAYS, sensor_events
 from streamdl.records import to_json
@@ -59,6 +63,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MACHINES = 6
 INTERVAL_SECS = 60
 ALERT_THRESHOLD = 3.0
+TARGET_EVENTS_PER_SEC = 15_000
+"""Issue 11's target for one worker, micro-batched."""
 RULES = f"""\
 # python -m bench.events: one alert per anomalous event (subject: id), so no throttling across events.
 version: 1
@@ -101,25 +107,30 @@ def with_id(event: dict, event_id: str) -> bytes:
 
 
 # --- bare model ----------------------------------------------------------------------------------
-def bare_rates(handler, records: list[dict], batch_size: int, singles: int, repeats: int = 3) -> tuple[float, float]:
+def bare_rates(
+    handler, records: list[dict], batch_size: int, singles: int, repeats: int = 3
+) -> tuple[float, float, float]:
     """Events per second of ``score_batch``: whole batches of ``batch_size``, and one record per call
-    (best of ``repeats``)."""
+    (best of ``repeats``); and the CPU µs per event of the batched calls (this process, all threads)."""
     from streamdl.models.event_features import EventRecord
 
     recs = [EventRecord.of(r) for r in records]  # the worker gives the handler EventRecords too
     handler.score_batch(recs[:batch_size])  # warm-up
     handler.score_batch(recs[:1])
     batched = single = 0.0
+    cpu_us = float("inf")
+    scored = len(recs) // batch_size * batch_size
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for start in range(0, len(recs) - batch_size + 1, batch_size):
             handler.score_batch(recs[start : start + batch_size])
-        batched = max(batched, (len(recs) // batch_size * batch_size) / (time.perf_counter() - t0))
+        batched = max(batched, scored / (time.perf_counter() - t0))
+        cpu_us = min(cpu_us, 1e6 * (time.process_time() - c0) / scored)
         t0 = time.perf_counter()
         for r in recs[:singles]:
             handler.score_batch([r])
         single = max(single, singles / (time.perf_counter() - t0))
-    return batched, single
+    return batched, single, cpu_us
 
 
 # --- the Elasticsearch ceiling ------------------------------------------------------------------
@@ -167,44 +178,6 @@ def es_ceiling(settings: Settings, handler, events: list[dict], batch_size: int,
     finally:
         es.options(ignore_status=404).indices.delete(index=f"{tag}-*")
         es.close()
-
-
-# --- CPU accounting ------------------------------------------------------------------------------
-def _cpu_of(pid: int | None) -> float:
-    """CPU seconds (user + system) of ``pid`` and its children so far."""
-    total = 0.0
-    for p in [pid, *children(pid)] if pid else []:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
-def _machine_busy() -> float:
-    """CPU seconds the whole machine was busy so far (all cores; /proc/stat)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
-
-
-class CpuMeter:
-    """CPU seconds used by the worker, Elasticsearch, Kafka, this process and everything else between two snapshots."""
-
-    def __init__(self, pids: dict[str, int | None]) -> None:
-        self.pids = pids
-
-    def snapshot(self) -> dict[str, float]:
-        out = {name: _cpu_of(pid) for name, pid in self.pids.items()}
-        out["bench"] = sum(os.times()[:2])
-        out["machine"] = _machine_busy()
-        return out
-
-    @staticmethod
-    def diff(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-        out = {k: b[k] - a[k] for k in a}
-        out["others"] = out.pop("machine") - sum(out.values())
-        return out
 
 
 # --- the events agent ----------------------------------------------------------------------------
@@ -477,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     handler.load()
     info = handler.info()
     say(f"bare {info.name} v{info.version}: score_batch at {args.batch_size} and one per call")
-    bare, single = bare_rates(handler, sample[:8192], args.batch_size, 1000)
+    bare, single, bare_cpu_us = bare_rates(handler, sample[:8192], args.batch_size, 1000)
 
     # The latency run's base: 4096 readings cycled with fresh ids; a fixed ``--anomalous`` share made anomalous.
     base = sample[:4096]
@@ -575,6 +548,22 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     table += "\n\n" + render_yardsticks(run, loop_run, ceilings, intakes)
+    faust_intake = next(i.cpu_us for i in intakes if i.mode == "faust")
+    table += "\n\n" + "\n".join(
+        [
+            "What this machine's cores allow (CPU per event as measured above, the services' in the micro-batched",
+            "run; the bare model and Faust's intake measured apart):",
+            "",
+            *budget_table(
+                Budget.of(cpu, run.images, bare_cpu_us, floor_us=faust_intake),
+                "event",
+                run.rate,
+                ("one worker, micro-batched", TARGET_EVENTS_PER_SEC),
+                floor="Faust's intake alone (take_batches + ack)",
+                one_core=True,
+            ),
+        ]
+    )
     if profile is not None:
         table += "\n\n" + profile.tables(f"the micro-batched worker ({args.events} events)")
     print(table)
@@ -665,22 +654,13 @@ def render(
         lines.append(
             f"| {name} | {batches:.0f} | {events / max(batches, 1):.1f} | {per_batch} | {per_event} | {wall} |"
         )
-    procs = ("worker", "elasticsearch", "kafka", "bench", "others")
     lines += [
         "",
         "CPU per event (µs of CPU, all threads, from /proc; bench = this producer process; others =",
         "the rest of the machine, e.g. other work sharing it), and the share of the machine's cores in use:",
         "",
-        "| run | " + " | ".join(procs) + " | total | cores busy |",
-        "| --- | " + " | ".join("---:" for _ in procs) + " | ---: | ---: |",
+        *cpu_table("µs", [(name, used, r.images, r.seconds) for name, used, r in cpu_rows]),
     ]
-    for name, used, r in cpu_rows:
-        total = sum(used.values())
-        lines.append(
-            f"| {name} | "
-            + " | ".join(f"{1e6 * used[p] / r.images:.0f}" for p in procs)
-            + f" | {1e6 * total / r.images:.0f} | {total / r.seconds:.2f} of {os.cpu_count()} |"
-        )
     if lat.segments:
         lines += [
             "",

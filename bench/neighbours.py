@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.events import _cpu_of
+from bench.cpu import cpu_of
 from bench.knn import ClusteredVectors
 from streamdl.connectors.es_bulk import bulk_index
 from streamdl.connectors.es_client import ensure_index, es_client
@@ -114,12 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             found[name] = [n for b in batches for n in lookup(b)]
         for r in range(args.rounds):
             for name, lookup in lookups.items():
-                c0 = _cpu_of(pid)
+                c0 = cpu_of(pid)
                 for b in batches:
                     t = time.perf_counter()
                     lookup(b)
                     wall[name].append(time.perf_counter() - t)
-                cpu[name].append((_cpu_of(pid) - c0) / (args.batches * args.batch))
+                cpu[name].append((cpu_of(pid) - c0) / (args.batches * args.batch))
             say(f"round {r + 1}: " + ", ".join(f"{n.split(':')[0]} {1000 * cpu[n][-1]:.3f} ms CPU" for n in forms))
     finally:
         es.options(ignore_status=404).indices.delete(index=index)

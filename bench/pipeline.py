@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
+from bench.cpu import CpuMeter
 from streamdl.connectors.es_client import es_client
 from streamdl.connectors.kafka_config import kafka_config
 from streamdl.connectors.kafka_producer import Deliveries, make_producer
@@ -29,22 +30,24 @@ def decoded(handler, images: list[bytes]) -> np.ndarray:
 
 def model_rate(
     model: str, weights: str | None, state_dir: Path, batch_size: int, images: list[bytes], repeats: int = 3
-) -> float:
-    """Images per second of bare ``predict_batch`` at ``batch_size`` on already decoded images (best of ``repeats``)."""
+) -> tuple[float, float]:
+    """Images per second of bare ``predict_batch`` at ``batch_size`` on already decoded images (best of
+    ``repeats``), and the CPU µs per image it took (this process, all threads; the least of ``repeats``)."""
     handler = load_handler(model, state_dir=state_dir, batch_size=batch_size, weights=weights)
     handler.load()
     x = decoded(handler, images)
     handler.predict_batch(x[:batch_size])  # warm-up
-    best = 0.0
+    best, cpu_us = 0.0, float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if batch_size == 1:
             for row in x:
                 handler.predict_batch(row[None])
         else:
             handler.predict_batch(x)
         best = max(best, len(x) / (time.perf_counter() - t0))
-    return best
+        cpu_us = min(cpu_us, 1e6 * (time.process_time() - c0) / len(x))
+    return best, cpu_us
 
 
 @dataclass
@@ -91,6 +94,8 @@ class BenchStack:
         self.worker = process(self.settings, log_dir / f"{tag}.log").start(timeout=600)
         self.es = es_client(self.settings)
         self.deliveries = Deliveries(make_producer(self.settings))
+        self.cpu: dict[str, float] = {}
+        """CPU seconds per process of the last run given a :class:`~bench.cpu.CpuMeter`."""
 
     def count(self) -> int:
         """Documents in this stream's index (refreshed first)."""
@@ -98,8 +103,11 @@ class BenchStack:
         self.es.indices.refresh(index=alias)
         return self.es.count(index=alias)["count"]
 
-    def run(self, images: list[bytes], total: int, checkpoints: tuple[int, ...] = ()) -> PipelineRun:
-        """Produce ``total`` images (cycling through ``images``) as fast as possible; time until all are searchable."""
+    def run(
+        self, images: list[bytes], total: int, checkpoints: tuple[int, ...] = (), meter: CpuMeter | None = None
+    ) -> PipelineRun:
+        """Produce ``total`` images (cycling through ``images``) as fast as possible; time until all are searchable.
+        With ``meter``, ``self.cpu`` holds the CPU seconds each process used meanwhile."""
         topic = self.settings.topic("images")
         peak = [0]
         done = threading.Event()
@@ -112,6 +120,9 @@ class BenchStack:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         start_count = self.count()
+        if meter is not None:
+            meter.pids["worker"] = self.worker.proc.pid
+            cpu0 = meter.snapshot()
         t0 = time.perf_counter()
         for i in range(total):
             self.deliveries.produce(topic, images[i % len(images)], f"{self.tag}-{start_count + i}")
@@ -130,6 +141,8 @@ class BenchStack:
                 raise RuntimeError(f"worker died:\n{self.worker.tail()}")
             time.sleep(0.25)
         run.seconds = time.perf_counter() - t0
+        if meter is not None:
+            self.cpu = CpuMeter.diff(cpu0, meter.snapshot())
         done.set()
         return run
 
