@@ -111,12 +111,12 @@ def say(msg: str) -> None:
 
 
 def render(rows: list[dict], batch_size: int) -> str:
-    stages = ("decode", "model", "neighbours", "index", "publish")
+    stages = ("decode", "model", "documents", "neighbours", "index", "publish")
     where = [
         "",
-        "Where the time goes (ms per image, from the worker's streamdl_stage_seconds; decode+model run on one thread,",
-        "neighbours (the lookups) then index (the bulk) on a second, publish on a third, overlapped across batches, so",
-        "the stages can add up to more than the wall time):",
+        "Where the time goes (ms per image, from the worker's streamdl_stage_seconds; decode, model and documents (the",
+        "documents and predictions) run on one thread, neighbours (the lookups) then index (the bulk) on a second,",
+        "publish on a third, overlapped across batches, so the stages can add up to more than the wall time):",
         "",
         "| model | " + " | ".join(stages) + " | wall time per image |",
         "| --- | " + " | ".join("---:" for _ in stages) + " | ---: |",

@@ -181,7 +181,7 @@ def es_ceiling(settings: Settings, handler, events: list[dict], batch_size: int,
 
 
 # --- the events agent ----------------------------------------------------------------------------
-STAGES = ("validate", "model", "index", "publish")
+STAGES = ("validate", "model", "documents", "index", "publish")
 """The events pipeline's steps, as the worker's ``streamdl_stage_seconds`` names them."""
 BUCKETS = "streamdl_stage_seconds_bucket"
 TAIL_BOUNDS = (0.025, 0.05, 0.1, 0.25)
@@ -636,8 +636,9 @@ def render(
     lines += [
         "",
         "Where the time goes (the worker's streamdl_stage_seconds; "
-        "validate+model run on the compute thread, index on the index thread, publish on the publish",
-        "thread, overlapped across batches; index includes the alert rules, whose alerts ride in the documents' bulk):",
+        "validate, model and documents (the documents and predictions) run on the compute thread, index on the",
+        "index thread, publish on the publish thread, overlapped across batches; index includes the alert rules,",
+        "whose alerts ride in the documents' bulk):",
         "",
         "| run | batches | mean batch | "
         + " | ".join(f"{s} ms/batch" for s in STAGES)

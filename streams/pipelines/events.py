@@ -67,7 +67,8 @@ class EventPipeline(MicroBatchPipeline):
 
     # --- one micro-batch -------------------------------------------------------------
     def compute(self, batch: Sequence[InMessage]) -> Computed:
-        """Stage 1, CPU only: validate, one model call, documents, predictions and dead letters."""
+        """Stage 1, CPU only: validate, one model call, documents, predictions and dead letters (timed as the
+        stages ``validate``, ``model`` and ``documents``)."""
         computed = Computed(size=len(batch))
         t0 = time.perf_counter()
         valid = self._validate(batch, computed)
@@ -78,7 +79,7 @@ class EventPipeline(MicroBatchPipeline):
         processed = iso(time.time())
         self._outputs(to_score, computed, processed, scores)  # those the model refused are dead letters already
         self._outputs([v for v in valid if v.event.is_label], computed, processed, None)
-        computed.seconds.update(validate=t1 - t0, model=t2 - t1)
+        computed.seconds.update(validate=t1 - t0, model=t2 - t1, documents=time.perf_counter() - t2)
         return computed
 
     def _validate(self, batch: Sequence[InMessage], computed: Computed) -> list[_Valid]:

@@ -253,10 +253,11 @@ class ImagePipeline(MicroBatchPipeline):
         processed = time.time()
         served = self._canary(decoded, results, computed)
         per_image = ((t1 - t0) / len(decoded), (t2 - t1) / len(decoded))
+        t3 = time.perf_counter()
         for info, rows, part in served:
             self._outputs([decoded[i] for i in rows], part, computed, processed, per_image, info)
+        computed.seconds.update(decode=t1 - t0, model=t2 - t1, documents=time.perf_counter() - t3)
         self._shadow(decoded, results, served, computed, processed)
-        computed.seconds.update(decode=t1 - t0, model=t2 - t1)
         return computed
 
     def index_documents(self, computed: Computed) -> Computed:

@@ -179,6 +179,7 @@ def test_the_pipeline_serializes_each_document_once_and_the_bulk_sends_those_byt
         assert doc.json is not None and json.loads(doc.json) == doc.body
         assert encode("i", doc.id, doc.json) == encode("i", doc.id, doc.body)
     assert "anomaly_score" in computed.documents[0].body and "anomaly_score" not in computed.documents[3].body
+    assert set(computed.seconds) == {"validate", "model", "documents"} and all(computed.seconds.values())
 
 
 def test_the_default_model_is_cached(sensors: EventModelHandler, state_dir: Path) -> None:

@@ -78,6 +78,7 @@ def test_good_images_become_documents_and_predictions_in_one_model_call(pipeline
     prediction = json.loads(out.predictions["img-0"])
     assert prediction["label"] == "dark" and [t["label"] for t in prediction["top_k"]] == ["dark", "light"]
     assert not out.dead
+    assert set(out.seconds) == {"decode", "model", "documents"} and all(out.seconds.values())
 
 
 def test_bad_input_becomes_dead_letters_and_the_rest_goes_on(pipeline):
