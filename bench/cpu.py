@@ -57,6 +57,15 @@ class CpuMeter:
         out["others"] = out.pop("machine") - sum(out.values())
         return out
 
+    def start(self, worker_pid: int) -> dict[str, float]:
+        """A snapshot to measure a run of the worker ``worker_pid`` from (:meth:`used_since`)."""
+        self.pids["worker"] = worker_pid
+        return self.snapshot()
+
+    def used_since(self, before: dict[str, float]) -> dict[str, float]:
+        """CPU seconds per process since ``before`` (:meth:`start`), the rest of the machine as ``others``."""
+        return self.diff(before, self.snapshot())
+
 
 @dataclass
 class Budget:

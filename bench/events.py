@@ -266,8 +266,7 @@ class EventStack(BenchStack):
         if profile is not None:
             profile.start(self.worker.proc.pid)
         if meter is not None:
-            meter.pids["worker"] = self.worker.proc.pid
-            cpu0 = meter.snapshot()
+            cpu0 = meter.start(self.worker.proc.pid)
         t0 = time.perf_counter()
         for i, (key, value) in enumerate(messages):
             self.deliveries.produce(topic, value, key)
@@ -291,7 +290,7 @@ class EventStack(BenchStack):
             time.sleep(0.25)
         run = PipelineRun(len(messages), time.perf_counter() - t0)
         if meter is not None:
-            self.cpu = CpuMeter.diff(cpu0, meter.snapshot())
+            self.cpu = meter.used_since(cpu0)
         if profile is not None:
             profile.stop()
         return run
@@ -340,7 +339,7 @@ class EventStack(BenchStack):
         payload = [with_id(values[i % len(base)], keys[i]) for i in range(count)]
         want = {keys[i] for i in range(count) if i % len(base) in expected}
         stages0, batches0, buckets0 = self.stage_seconds(), self.batches(), self.stage_buckets()
-        cpu0 = meter.snapshot() if meter is not None else None
+        cpu0 = meter.start(self.worker.proc.pid) if meter is not None else None
         topic = self.settings.topic("events")
         sent: dict[str, float] = {}
         sent_wall: dict[str, float] = {}
@@ -355,7 +354,7 @@ class EventStack(BenchStack):
             self.deliveries.producer.poll(0)
         produced_in = time.perf_counter() - t0
         if meter is not None:
-            self.cpu = CpuMeter.diff(cpu0, meter.snapshot())
+            self.cpu = meter.used_since(cpu0)
         deadline = time.perf_counter() + 120
         while time.perf_counter() < deadline and (len(got[topics[1]]) < count or not want <= set(got[topics[0]])):
             time.sleep(0.2)

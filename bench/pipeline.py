@@ -121,8 +121,7 @@ class BenchStack:
         sampler.start()
         start_count = self.count()
         if meter is not None:
-            meter.pids["worker"] = self.worker.proc.pid
-            cpu0 = meter.snapshot()
+            cpu0 = meter.start(self.worker.proc.pid)
         t0 = time.perf_counter()
         for i in range(total):
             self.deliveries.produce(topic, images[i % len(images)], f"{self.tag}-{start_count + i}")
@@ -142,7 +141,7 @@ class BenchStack:
             time.sleep(0.25)
         run.seconds = time.perf_counter() - t0
         if meter is not None:
-            self.cpu = CpuMeter.diff(cpu0, meter.snapshot())
+            self.cpu = meter.used_since(cpu0)
         done.set()
         return run
 

@@ -64,3 +64,12 @@ def test_meter_diff_puts_the_rest_of_the_machine_in_others() -> None:
 def test_cpu_table_rows_per_item() -> None:
     lines = cpu_table("µs", [("run", USED, 10_000, 2.0)])
     assert lines[2].startswith("| run | 120 | 70 | 20 | 10 | 5 | 225 | 1.12 of ")
+
+
+def test_meter_start_names_the_worker_and_used_since_counts_from_there() -> None:
+    meter = CpuMeter({"worker": None})
+    before = meter.start(os.getpid())  # this process stands in for the worker
+    sum(i * i for i in range(200_000))
+    used = meter.used_since(before)
+    assert meter.pids["worker"] == os.getpid()
+    assert set(used) == {"worker", "bench", "others"} and used["worker"] >= 0
