@@ -96,3 +96,17 @@ def test_worker_with_an_unknown_event_model_lists_the_trained_ones(tmp_path, mon
 def test_produce_events_needs_a_file_or_a_sample(capsys):
     assert main(["produce", "events"]) == 2
     assert "FILE or --sample sensors" in capsys.readouterr().err
+
+
+def test_python_m_streamdl_runs_the_command_only_as_the_main_module(monkeypatch, capsys):
+    """A child that ``multiprocessing`` spawns imports the parent's main module as ``__mp_main__``: it must
+    not run the command (a spawned child of ``streamdl worker`` would start a second worker)."""
+    import runpy
+
+    monkeypatch.setattr("sys.argv", ["streamdl", "--help"])
+    runpy.run_module("streamdl", run_name="__mp_main__")  # imported, not run: no SystemExit
+    assert capsys.readouterr().out == ""
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("streamdl", run_name="__main__")
+    assert exit_.value.code == 0
+    assert "worker" in capsys.readouterr().out
