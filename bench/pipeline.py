@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 from bench.cpu import CpuMeter
 from streamdl.connectors.es_client import es_client
 from streamdl.connectors.kafka_config import kafka_config
-from streamdl.connectors.kafka_producer import Deliveries, make_producer
+from streamdl.connectors.kafka_producer import Deliveries
 from streamdl.connectors.setup import init_all
 from streamdl.infra.process import free_port, rss_bytes
 from streamdl.models.catalog import load_handler
@@ -93,7 +93,7 @@ class BenchStack:
         init_all(self.settings)
         self.worker = process(self.settings, log_dir / f"{tag}.log").start(timeout=600)
         self.es = es_client(self.settings)
-        self.deliveries = Deliveries(make_producer(self.settings))
+        self.deliveries = Deliveries.connect(self.settings)
         self.cpu: dict[str, float] = {}
         """CPU seconds per process of the last run given a :class:`~bench.cpu.CpuMeter`."""
 

@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from streamdl.alert_rules import SEVERITIES
 from streamdl.connectors.kafka_config import kafka_config
 from streamdl.connectors.kafka_messages import from_confluent
-from streamdl.connectors.kafka_producer import Deliveries, make_producer
+from streamdl.connectors.kafka_producer import Deliveries
 from streamdl.connectors.webhook import Delivery, WebhookSink
 from streamdl.errors import ServiceUnavailable, SettingsError, StreamdlError
 from streamdl.records import DeadLetter, InMessage
@@ -338,7 +338,7 @@ def run_webhook(
     consumer = _consumer(
         settings, group, **{"auto.offset.reset": "earliest", "max.poll.interval.ms": max(300_000, max_poll_ms)}
     )
-    deliveries = Deliveries(make_producer(settings))
+    deliveries = Deliveries.connect(settings)
     report = WebhookReport()
     started = time.monotonic()
 

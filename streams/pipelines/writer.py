@@ -31,7 +31,7 @@ from streamdl.connectors.es_bulk import Rejected
 from streamdl.connectors.es_client import check_elasticsearch, es_client
 from streamdl.connectors.es_mappings import alerts_index
 from streamdl.connectors.kafka_admin import admin_client, check_kafka
-from streamdl.connectors.kafka_producer import Deliveries, make_producer
+from streamdl.connectors.kafka_producer import Deliveries
 from streamdl.connectors.setup import ensure_fixed_index
 from streamdl.records import DeadLetter
 from streamdl.settings import Settings
@@ -281,7 +281,7 @@ class MicroBatchPipeline(Stage):
         check_elasticsearch(es, self.settings)
         self.index = self.prepare(es)
         ensure_fixed_index(es, self.settings.alias("alerts"), alerts_index())
-        self.deliveries = Deliveries(make_producer(self.settings))
+        self.deliveries = Deliveries.connect(self.settings)
         stopping = self._stopping.is_set
         sinks: list[Sink] = [KafkaOutputs(self.settings, self.deliveries, stopping), *self.extra_sinks]
         for sink in sinks:

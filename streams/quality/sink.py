@@ -101,7 +101,7 @@ class QualitySink(Sink):
     def setup(self) -> None:
         """Create the quality indices and open the clients (fails fast when Elasticsearch or Kafka is wrong)."""
         from streamdl.connectors.es_client import es_client
-        from streamdl.connectors.kafka_producer import Deliveries, make_producer
+        from streamdl.connectors.kafka_producer import Deliveries
         from streamdl.streams.pipelines.sinks import ElasticsearchAlerts, KafkaOutputs
 
         self.es = es = es_client(self.settings)
@@ -109,7 +109,7 @@ class QualitySink(Sink):
         self.join = LabelJoin(es, self.settings, self.clock, self._stopping.is_set)
         stopping = self._stopping.is_set
         self.alert_index = ElasticsearchAlerts(es, self.settings.alias("alerts"), stopping)
-        self.alert_topic = KafkaOutputs(self.settings, Deliveries(make_producer(self.settings)), stopping)
+        self.alert_topic = KafkaOutputs(self.settings, Deliveries.connect(self.settings), stopping)
         if self.settings.rollback:
             self.guard = RollbackGuard(self.settings, self.raise_alert, self._registry, self._announce, self.clock)
         self._ticker.start()

@@ -135,10 +135,10 @@ class PacedProducer(threading.Thread):
         self.finished_at: float | None = None
 
     def run(self) -> None:
-        from streamdl.connectors.kafka_producer import Deliveries, make_producer
+        from streamdl.connectors.kafka_producer import Deliveries
 
         try:
-            deliveries = Deliveries(make_producer(self.settings, log_level=0))  # quiet through broker outages
+            deliveries = Deliveries.connect(self.settings, log_level=0)  # quiet through broker outages
             start = time.monotonic()
             for i, (key, value, headers) in enumerate(self.messages):
                 if self.rate:

@@ -14,7 +14,7 @@ import pytest
 
 from streamdl.alert_rules import parse_rules
 from streamdl.connectors.es_client import es_client
-from streamdl.connectors.kafka_producer import Deliveries, make_producer
+from streamdl.connectors.kafka_producer import Deliveries
 from streamdl.connectors.setup import init_all
 from streamdl.records import Document, InMessage, iso
 from streamdl.streams.pipelines import metrics
@@ -65,7 +65,7 @@ def writer(settings) -> BatchWriter:
     return BatchWriter(
         "events",
         ElasticsearchDocuments(es, settings.alias("events"), stop),
-        [KafkaOutputs(settings, Deliveries(make_producer(settings)), stop)],
+        [KafkaOutputs(settings, Deliveries.connect(settings), stop)],
         AlertEngine(RULES, "events", settings.topic("events")),
         metrics.EVENTS_PROCESSED,
         alerts=ElasticsearchAlerts(es, settings.alias("alerts"), stop),
