@@ -41,10 +41,11 @@ class Deliveries:
 
     Made by :meth:`connect`, the producer reports failed deliveries only (``delivery.report.only.error``).
     A delivery report per message costs a Python call, and the publishing thread has to take the
-    interpreter lock back for each. In the events worker that was a third of the publish step, and the worker
-    delivered 20-35 % fewer events per second (``bench.events``, docs/benchmarks.md, ninth session). So a
-    message counts as delivered once a ``flush`` found nothing in flight after it was produced. With a producer
-    that reports every delivery, the reports count it first. Both count the same.
+    interpreter lock back for each. Without them the events worker's publish step took 9-24 µs less wall per
+    event, and the worker delivered 0-35 % more events per second (five pairs of ``bench.events``,
+    docs/benchmarks.md, ninth session). So a message counts as delivered once a ``flush`` found nothing in
+    flight after it was produced. With a producer that reports every delivery, the reports count it first.
+    Both count the same.
     """
 
     producer: Producer
